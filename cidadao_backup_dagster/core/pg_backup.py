@@ -1,0 +1,152 @@
+"""One PostgreSQL backup, end to end: snapshot -> pg_dump -> pipeline -> storage -> manifest (last)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zstandard
+
+from .. import __version__
+from .errors import BackupError
+from .manifest import Manifest, iso, partition_prefix, remove_superseded, utc_now, write_manifest
+from .pipeline import EncryptionStage, Progress, stream_to_writer
+from .postgres import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
+from .storage import MiB, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    zstd_level: int = 3
+    zstd_threads: int = -1
+    pg_bin_dir: str | None = None
+    progress_every: float = 10.0
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def backup_postgres(
+    conn: PgConnection,
+    storage: Storage,
+    *,
+    series: str,
+    partition: str,
+    settings: BackupSettings = BackupSettings(),
+    encryption: EncryptionStage | None = None,
+    extra: dict | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Manifest:
+    """Back up `conn` into `storage` under `series/partition`. Returns the manifest, written last.
+
+    On any failure the partial upload is aborted, no manifest is written, and an earlier backup of
+    the same partition (if any) stays valid: its manifest is replaced only after the new data landed.
+    """
+    started_at = utc_now()
+    t0 = time.monotonic()
+    storage.check_writable()
+    pg_dump = pg_binary("pg_dump", settings.pg_bin_dir)
+    pg_dump_version = binary_version(pg_dump)
+
+    snapshot = ExportedSnapshot(conn)
+    try:
+        if major(pg_dump_version) < snapshot.server_version_num // 10000:
+            raise BackupError(
+                f"pg_dump {pg_dump_version} is older than the server ({snapshot.server_version}); pg_dump must be "
+                "at least the server's major version. Fix: install the matching postgresql-client and set PG_BIN_DIR."
+            )
+        stamp = snapshot.taken_at.strftime("%Y%m%dT%H%M%SZ")
+        source = safe_name(conn.dbname)
+        key = f"{partition_prefix(series, partition)}/{source}_{partition}_{stamp}.dump.zst"
+        snapshot.start_counting()
+        writer = storage.open_write(key)
+        dump: PgDumpProcess | None = None
+        try:
+            dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=settings.pg_bin_dir)
+            stats = stream_to_writer(
+                dump.stdout,  # type: ignore[arg-type]
+                writer,
+                level=settings.zstd_level,
+                threads=settings.zstd_threads,
+                encryption=encryption,
+                on_progress=on_progress,
+                progress_every=settings.progress_every,
+            )
+            dump.wait()  # a non-zero exit raises with pg_dump's own message, before anything is committed
+            counts = snapshot.counts()
+            dump_seconds = time.monotonic() - t0
+            writer.commit()
+        except BaseException:
+            if dump is not None:
+                dump.kill()
+            writer.abort()
+            raise
+    finally:
+        snapshot.close()
+
+    stored = storage.size(key)
+    if stored != stats.stored_bytes:
+        storage.delete(key)
+        raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
+
+    finished_at = utc_now()
+    manifest = Manifest(
+        {
+            "format_version": 1,
+            "kind": "postgres-dump",
+            "partition": partition,
+            "series": series,
+            "artifact": {
+                "key": key,
+                "uri": storage.uri(key),
+                "format": "pg_dump custom archive (uncompressed inside), zstd-compressed",
+                "restore_hint": "zstd -dc <file> | pg_restore --dbname=<target>  (or zstd -d first for --jobs)",
+                "compression": {"codec": "zstd", "level": settings.zstd_level, "checksum": True},
+                "encryption": None,
+                "raw_bytes": stats.raw_bytes,
+                "raw_sha256": stats.raw_sha256,
+                "stored_bytes": stats.stored_bytes,
+                "stored_sha256": stats.stored_sha256,
+            },
+            "source": {
+                "url": conn.display(),
+                "host": conn.host,
+                "port": conn.port,
+                "database": conn.dbname,
+                "user": conn.user,
+                "server_version": snapshot.server_version,
+            },
+            "contents": {
+                "tables": counts,
+                "table_count": len(counts),
+                "rows_total": sum(counts.values()),
+            },
+            "tools": {
+                "pg_dump": pg_dump_version,
+                "cidadao_backup_dagster": __version__,
+                "zstandard": zstandard.__version__,
+                "python": platform.python_version(),
+                "host": socket.gethostname(),
+            },
+            "timings": {
+                "started_at": iso(started_at),
+                "snapshot_at": iso(snapshot.taken_at),
+                "finished_at": iso(finished_at),
+                "dump_seconds": round(dump_seconds, 3),
+                "total_seconds": round(time.monotonic() - t0, 3),
+                "raw_mb_per_s": round(stats.raw_bytes / MiB / max(dump_seconds, 1e-9), 2),
+            },
+            **({"run": extra} if extra else {}),
+        }
+    )
+    write_manifest(storage, series, manifest)  # LAST: from here on the backup exists for readers
+    for old in remove_superseded(storage, series, manifest):
+        log.info("Removed superseded object %s", storage.uri(old))
+    return manifest

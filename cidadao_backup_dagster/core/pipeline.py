@@ -1,0 +1,104 @@
+"""The streaming pipeline: producer stdout -> SHA-256 (raw) -> zstd -> [encryption] -> SHA-256 (stored) -> storage.
+
+Bytes flow through in 1 MiB chunks; nothing holds a whole dump in memory or on local disk.
+The caller decides whether the upload is committed (only after the producer exited cleanly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Protocol
+
+import zstandard
+
+from .storage import MiB, ObjectWriter
+
+CHUNK = MiB
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+# An encryption stage (a later issue: age/pyrage) wraps the downstream sink and returns a writable
+# whose close() flushes its final block; it slots in between compression and the stored-bytes hash.
+EncryptionStage = Callable[[Writable], Writable]
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    raw_bytes: int
+    raw_sha256: str
+    stored_bytes: int
+    stored_sha256: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    raw_bytes: int
+    stored_bytes: int
+    elapsed: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.raw_bytes / MiB / self.elapsed if self.elapsed else 0.0
+
+
+class _HashingSink:
+    """Hashes and counts exactly the bytes handed to storage."""
+
+    def __init__(self, writer: ObjectWriter):
+        self.writer = writer
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.count += len(data)
+        self.writer.write(data)
+        return len(data)
+
+    def flush(self) -> None:  # zstandard's stream_writer calls flush() on its target
+        pass
+
+
+def compressor(level: int = 3, threads: int = -1) -> zstandard.ZstdCompressor:
+    # threads=-1: one zstd worker per core; write_checksum so `zstd -t` and readers catch corruption.
+    return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+
+
+def stream_to_writer(
+    source: BinaryIO,
+    writer: ObjectWriter,
+    *,
+    level: int = 3,
+    threads: int = -1,
+    encryption: EncryptionStage | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every: float = 10.0,
+) -> StreamStats:
+    """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise."""
+    started = time.monotonic()
+    last_report = started
+    sink = _HashingSink(writer)
+    downstream: Writable = encryption(sink) if encryption else sink
+    zwriter = compressor(level, threads).stream_writer(downstream, closefd=False, write_return_read=True)
+    raw_sha = hashlib.sha256()
+    raw_bytes = 0
+    read = source.read
+    while chunk := read(CHUNK):
+        raw_sha.update(chunk)
+        raw_bytes += len(chunk)
+        zwriter.write(chunk)
+        now = time.monotonic()
+        if on_progress and now - last_report >= progress_every:
+            last_report = now
+            on_progress(Progress(raw_bytes, sink.count, now - started))
+    zwriter.flush(zstandard.FLUSH_FRAME)
+    zwriter.close()
+    if encryption:
+        downstream.close()  # type: ignore[attr-defined]
+    return StreamStats(raw_bytes, raw_sha.hexdigest(), sink.count, sink.sha.hexdigest(), time.monotonic() - started)

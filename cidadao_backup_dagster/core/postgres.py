@@ -1,0 +1,246 @@
+"""PostgreSQL: connection settings without leaking passwords, exported snapshots, pg_dump and pg_restore."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import BackupError, ConfigurationError
+from .secrets import redact_text
+
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class PgConnection:
+    """libpq connection parameters, with the password kept apart from everything printable."""
+
+    params: dict[str, str]
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, variable: str = "DATABASE_URL") -> "PgConnection":
+        url = (url or "").strip()
+        if not url:
+            raise ConfigurationError(variable, "is not set", "set it to postgresql://user:password@host:5432/dbname")
+        # SQLAlchemy-style URLs (postgresql+asyncpg://) name a Python driver; libpq wants the plain scheme.
+        url = re.sub(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", r"\1://", url)
+        if not url.startswith(_SCHEMES) and "=" not in url:
+            raise ConfigurationError(
+                variable,
+                f"{redact_text(url)!r} is not a PostgreSQL URL",
+                "use postgresql://user:password@host:5432/dbname",
+            )
+        try:
+            params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                variable, f"cannot be parsed ({redact_text(str(exc))})", "use postgresql://user:password@host:5432/dbname"
+            ) from None
+        password = params.pop("password", None)
+        if not params.get("dbname"):
+            raise ConfigurationError(variable, "names no database", "append the database name: ...:5432/dbname")
+        return cls(params, password)
+
+    @property
+    def dbname(self) -> str:
+        return self.params["dbname"]
+
+    @property
+    def host(self) -> str:
+        return self.params.get("host", "localhost")
+
+    @property
+    def port(self) -> int:
+        return int(self.params.get("port", 5432))
+
+    @property
+    def user(self) -> str | None:
+        return self.params.get("user")
+
+    def with_dbname(self, dbname: str) -> "PgConnection":
+        return replace(self, params={**self.params, "dbname": dbname})
+
+    def display(self) -> str:
+        """`postgresql://user@host:port/db`: safe for logs, metadata and manifests."""
+        user = f"{self.user}@" if self.user else ""
+        return f"postgresql://{user}{self.host}:{self.port}/{self.dbname}"
+
+    def conninfo(self) -> str:
+        """Without the password: it travels in PGPASSWORD so it never shows in `ps` or an error."""
+        return make_conninfo(**self.params)
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ}
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.conninfo(), password=self.password, connect_timeout=15, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise BackupError(
+                f"Cannot connect to {self.display()}: {self.redact(str(exc)).strip()}. "
+                "Fix: check DATABASE_URL (host, port, user, password, database) and that the server accepts "
+                "connections from this machine."
+            ) from None
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, [self.password] if self.password else [])
+
+
+# ----------------------------------------------------------------------------------------- binaries
+
+
+def pg_binary(name: str, bin_dir: str | None = None) -> str:
+    path = str(Path(bin_dir) / name) if bin_dir else shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        where = f"in PG_BIN_DIR={bin_dir}" if bin_dir else "on PATH"
+        raise BackupError(
+            f"{name} not found {where}. Fix: install the PostgreSQL client matching the server "
+            "(Debian: apt-get install postgresql-client) or set PG_BIN_DIR to its bin folder."
+        )
+    return path
+
+
+def binary_version(path: str) -> str:
+    """`pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)` -> `15.20`."""
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    found = re.search(r"\)\s+(\d+(?:\.\d+)*)", out)
+    return found.group(1) if found else out
+
+
+def major(version: str) -> int:
+    return int(re.match(r"\d+", version).group())  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------- snapshot
+
+
+class ExportedSnapshot:
+    """A REPEATABLE READ transaction whose snapshot pg_dump imports, and in which rows are counted.
+
+    Counting runs in a thread while pg_dump streams, so the exact per-table counts cost little wall time.
+    The transaction stays open until `close()`, after pg_dump has finished.
+    """
+
+    def __init__(self, conn: PgConnection):
+        self._conn = conn.connect(autocommit=False)
+        self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self._conn.read_only = True
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_export_snapshot(), current_setting('server_version'), "
+                "current_setting('server_version_num')::int, current_database(), now()"
+            )
+            self.snapshot_id, self.server_version, self.server_version_num, self.database, self.taken_at = (
+                cur.fetchone()
+            )
+        self._counts: dict[str, int] | None = None
+        self._count_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def tables(self) -> list[tuple[str, str]]:
+        # Ordinary tables hold the data pg_dump writes (partitioned parents have none of their own).
+        with self._conn.cursor() as cur:
+            cur.execute(
+                """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                     AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+                   ORDER BY 1, 2"""
+            )
+            return cur.fetchall()
+
+    def start_counting(self) -> None:
+        def run() -> None:
+            try:
+                counts = {}
+                with self._conn.cursor() as cur:
+                    for schema, table in self.tables():
+                        cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
+                        counts[f"{schema}.{table}"] = cur.fetchone()[0]
+                self._counts = counts
+            except BaseException as exc:  # noqa: BLE001 - re-raised in counts()
+                self._count_error = exc
+
+        self._thread = threading.Thread(target=run, name="pg-row-count", daemon=True)
+        self._thread.start()
+
+    def counts(self) -> dict[str, int]:
+        if self._thread is None:
+            self.start_counting()
+        self._thread.join()  # type: ignore[union-attr]
+        if self._count_error is not None:
+            raise BackupError(f"Counting rows in the snapshot failed: {self._count_error}") from None
+        return self._counts  # type: ignore[return-value]
+
+    def close(self) -> None:
+        try:
+            self._conn.rollback()
+        finally:
+            self._conn.close()
+
+
+# ------------------------------------------------------------------------------------------ pg_dump
+
+
+class PgDumpProcess:
+    """`pg_dump --format=custom -Z0` on an exported snapshot; stdout is the stream, stderr is kept aside
+    (in a small temp file, so a chatty pg_dump can never block on a full pipe)."""
+
+    def __init__(self, conn: PgConnection, snapshot_id: str | None, *, bin_dir: str | None = None, extra_args=()):
+        self._conn = conn
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        args = [
+            pg_binary("pg_dump", bin_dir),
+            "--format=custom",
+            "--compress=0",  # zstd outside is faster and smaller than pg_dump's built-in gzip
+            "--no-password",
+            *(["--snapshot", snapshot_id] if snapshot_id else []),
+            *extra_args,
+            "--dbname",
+            conn.conninfo(),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr, env=conn.env())
+        self.stdout = self.proc.stdout
+
+    def wait(self) -> None:
+        """Wait for exit; raise with pg_dump's own error text (password-free) on failure."""
+        rc = self.proc.wait()
+        self._stderr.seek(0)
+        err = self._conn.redact(self._stderr.read().decode(errors="replace")).strip()
+        self._stderr.close()
+        if rc != 0:
+            raise BackupError(f"pg_dump failed (exit code {rc}): {err or 'no error text'}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+
+def restore_list(archive: str | None, *, stdout: IO[bytes], stderr: IO[bytes], bin_dir: str | None = None):
+    """`pg_restore --list` on an archive file, or on stdin when `archive` is None. Give `stdout` a file
+    when feeding stdin, so a long TOC cannot fill a pipe while we are still writing."""
+    args = [pg_binary("pg_restore", bin_dir), "--list", *([archive] if archive else [])]
+    stdin = subprocess.PIPE if archive is None else None
+    return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr)
+
+
+def count_table_data_entries(toc: str) -> int:
+    """TOC lines like `3361; 0 16390 TABLE DATA public investigations postgres`."""
+    return sum(1 for line in toc.splitlines() if not line.startswith(";") and " TABLE DATA " in line)

@@ -1,0 +1,348 @@
+"""Where backups live: one small interface, two real backends (an S3-compatible bucket, a local folder).
+
+Writers are explicit about success: nothing is visible under its final key until `commit()`, and
+`abort()` removes every trace (a local temp file, an S3 multipart upload).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+from urllib.parse import unquote, urlsplit
+
+from .errors import BackupError, ConfigurationError
+
+MiB = 1024 * 1024
+# S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.
+DEFAULT_PART_SIZE = 16 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+
+
+class ObjectWriter(ABC):
+    """A streaming upload. Bytes become visible under the key only on `commit()`."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class Storage(ABC):
+    """Keys are `/`-separated paths relative to the storage root (the URL's prefix)."""
+
+    url: str
+
+    def uri(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Fail fast, before any dump starts, when the storage cannot be reached or written."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> ObjectWriter: ...
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the object does not exist."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        writer = self.open_write(key)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+
+# --------------------------------------------------------------------------------------------- local
+
+
+class _LocalWriter(ObjectWriter):
+    def __init__(self, final: Path):
+        self._final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the final file, so the commit is an atomic rename.
+        self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+        self._f = open(self._tmp, "wb")
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._f.write(data)
+
+    def commit(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self._final)
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise BackupError(f"Key {key!r} escapes the storage root {self.root}")
+        return path
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BackupError(
+                f"Local backup folder {self.root} is not writable ({exc.strerror}). "
+                "Fix: create it with write permission for this user, or point BACKUP_STORAGE_URL elsewhere."
+            ) from exc
+
+    def open_write(self, key: str) -> ObjectWriter:
+        return _LocalWriter(self._path(key))
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise BackupError(f"{self.uri(key)} does not exist") from exc
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and ".partial-" not in p.name and not p.name.startswith(".write-probe")
+        )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ s3
+
+
+class _S3MultipartWriter(ObjectWriter):
+    """Buffers into equal-size parts (Cloudflare R2 rejects unequal non-trailing parts) and uploads
+    them on a small thread pool, so at most `max_in_flight + 1` parts are ever held in memory.
+    Retries with backoff on 5xx/SlowDown come from botocore's retry mode on the client."""
+
+    def __init__(self, client: Any, bucket: str, key: str, part_size: int, max_in_flight: int = 4):
+        self._client, self._bucket, self._key = client, bucket, key
+        self._part_size = part_size
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._buf += data
+        while len(self._buf) >= self._part_size:
+            part = bytes(self._buf[: self._part_size])
+            del self._buf[: self._part_size]
+            self._submit(part)
+        return len(data)
+
+    def _submit(self, part: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
+        for done in [f for f in self._parts if f.done()]:
+            done.result()  # surface a failed part early instead of after the whole dump
+        self._slots.acquire()
+        number = len(self._parts) + 1
+        future = self._pool.submit(self._upload_part, number, part)  # type: ignore[union-attr]
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._parts.append(future)
+
+    def _upload_part(self, number: int, body: bytes) -> dict:
+        resp = self._client.upload_part(
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def commit(self) -> None:
+        self._closed = True
+        if self._upload_id is None:  # small object: one PUT
+            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buf))
+            return
+        try:
+            if self._buf:
+                self._submit(bytes(self._buf))
+                self._buf.clear()
+            parts = [f.result() for f in self._parts]
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._pool.shutdown(wait=True)  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self._closed = True
+        self._buf.clear()
+        if self._upload_id is None:
+            return
+        if self._pool is not None:
+            for f in self._parts:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+        except Exception:  # noqa: BLE001 - best effort; lifecycle rules also expire abandoned uploads
+            pass
+        self._upload_id = None
+
+
+class S3Storage(Storage):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", part_size: int = DEFAULT_PART_SIZE):
+        if part_size < MIN_PART_SIZE:
+            raise ConfigurationError(
+                "BACKUP_S3_PART_SIZE_MB", f"{part_size // MiB} MiB is below S3's 5 MiB part minimum", "use 5 or more"
+            )
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        self.part_size = part_size
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def check_writable(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise BackupError(
+                f"S3 bucket {self.bucket!r} is not usable (error {code}). Fix: create the bucket, or check "
+                "BACKUP_STORAGE_URL, AWS_ENDPOINT_URL and the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY pair."
+            ) from None
+        except BotoCoreError as exc:
+            raise BackupError(
+                f"S3 storage {self.url} is unreachable ({type(exc).__name__}: {exc}). "
+                "Fix: check AWS_ENDPOINT_URL and the network path to it."
+            ) from None
+
+    def open_write(self, key: str) -> ObjectWriter:
+        return _S3MultipartWriter(self.client, self.bucket, self._key(key), self.part_size)
+
+    def open_read(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as exc:
+            raise BackupError(f"{self.uri(key)} cannot be read: {exc}") from None
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def list_keys(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+# --------------------------------------------------------------------------------------------- URLs
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def storage_from_url(
+    url: str,
+    *,
+    variable: str,
+    s3_client_factory: Callable[[], Any] | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> Storage:
+    """Build a Storage from `s3://bucket/prefix` or `file:///path`; errors name `variable`."""
+    url = (url or "").strip()
+    if not url:
+        raise ConfigurationError(variable, "is empty", "set it to s3://bucket/prefix or file:///absolute/path")
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(
+                variable, f"file URL {url!r} names host {parts.netloc!r}", "use three slashes: file:///absolute/path"
+            )
+        if not parts.path.startswith("/"):
+            raise ConfigurationError(variable, f"{url!r} is not an absolute path", "use file:///absolute/path")
+        return LocalStorage(unquote(parts.path))
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not _BUCKET.match(bucket):
+            raise ConfigurationError(
+                variable,
+                f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dots or hyphens)",
+                "use s3://bucket-name/optional/prefix",
+            )
+        if s3_client_factory is None:
+            raise ConfigurationError(variable, "an s3:// URL needs an S3 client", "configure the S3 resource")
+        return S3Storage(s3_client_factory(), bucket, unquote(parts.path), part_size=part_size)
+    raise ConfigurationError(
+        variable,
+        f"unsupported scheme {parts.scheme or '(none)'!r} in {url!r}",
+        "use s3://bucket/prefix (AWS S3, Supabase Storage, MinIO, R2) or file:///absolute/path",
+    )
+
+
+def iter_chunks(f: BinaryIO, size: int = MiB) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk
