@@ -1,0 +1,43 @@
+"""PostgreSQL backups: assets, checks, jobs and schedules."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets import DAILY_SPEC, WEEKLY_SPEC, postgres_daily_backup, postgres_weekly_offsite_backup
+from .checks import build_backup_checks
+from .schedules import (
+    postgres_daily_backup_job,
+    postgres_daily_backup_schedule,
+    postgres_weekly_offsite_backup_job,
+    postgres_weekly_offsite_backup_schedule,
+)
+
+daily_checks = build_backup_checks(DAILY_SPEC, postgres_daily_backup)
+weekly_checks = build_backup_checks(WEEKLY_SPEC, postgres_weekly_offsite_backup)
+freshness_checks = [c for c in [*daily_checks, *weekly_checks] if any(k.name == "freshness" for k in c.check_keys)]
+
+# Freshness is judged hourly on its own too: if backups stop running, nothing else would notice.
+postgres_freshness_job = dg.define_asset_job(
+    "postgres_backup_freshness_job",
+    selection=dg.AssetSelection.checks(*freshness_checks),
+    description="Evaluates the RPO freshness checks of the PostgreSQL backups from their manifests.",
+)
+postgres_freshness_schedule = dg.ScheduleDefinition(
+    name="postgres_backup_freshness_schedule",
+    job=postgres_freshness_job,
+    cron_schedule="17 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+defs = dg.Definitions(
+    assets=[postgres_daily_backup, postgres_weekly_offsite_backup],
+    asset_checks=[*daily_checks, *weekly_checks],
+    jobs=[postgres_daily_backup_job, postgres_weekly_offsite_backup_job, postgres_freshness_job],
+    schedules=[
+        postgres_daily_backup_schedule,
+        postgres_weekly_offsite_backup_schedule,
+        postgres_freshness_schedule,
+    ],
+)

@@ -1,0 +1,142 @@
+"""PostgreSQL backups as time-partitioned assets: a daily one, and a weekly copy to offsite storage."""
+
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.manifest import Manifest, series_prefix
+from ...core.pg_backup import backup_postgres, safe_name
+from ...core.pipeline import Progress
+from ...core.storage import MiB
+from ..resources import BackupPolicy, BackupStorage, PostgresSource
+
+# The strategy dates from 2025-01-24; nothing older can exist to back up.
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-24", timezone="UTC")
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
+
+# One dump of a database at a time: both assets share this pool (dagster.yaml sets its limit to 1).
+PG_DUMP_POOL = "postgres_dump"
+
+RETRY = dg.RetryPolicy(max_retries=2, delay=120, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    """What differs between the daily and the weekly offsite backup."""
+
+    asset_name: str
+    cadence: str  # path segment in storage: daily | weekly
+    partitions_def: dg.TimeWindowPartitionsDefinition
+    offsite: bool  # written to offsite_storage instead of backup_storage
+    description: str
+
+    def pick(self, backup_storage: BackupStorage, offsite_storage: BackupStorage) -> BackupStorage:
+        return offsite_storage if self.offsite else backup_storage
+
+
+DAILY_SPEC = BackupSpec(
+    asset_name="postgres_daily_backup",
+    cadence="daily",
+    partitions_def=DAILY,
+    offsite=False,
+    description=(
+        "Daily `pg_dump --format=custom` of DATABASE_URL taken from an exported snapshot, zstd-compressed and "
+        "streamed with SHA-256 into BACKUP_STORAGE_URL, with exact per-table row counts from the same snapshot. "
+        "A partition is the UTC day that just ended; the manifest.json beside the dump is written last."
+    ),
+)
+WEEKLY_SPEC = BackupSpec(
+    asset_name="postgres_weekly_offsite_backup",
+    cadence="weekly",
+    partitions_def=WEEKLY,
+    offsite=True,
+    description=(
+        "Weekly backup (Sunday-to-Saturday partitions) written to OFFSITE_STORAGE_URL: the strategy's manual "
+        "weekly backup to external S3-compatible storage, made the same way as the daily one."
+    ),
+)
+
+
+def series_for(spec: BackupSpec, source: PostgresSource) -> str:
+    return series_prefix("postgres", safe_name(source.connection().dbname), spec.cadence)
+
+
+def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
+    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
+    return {
+        "storage_uri": dg.MetadataValue.text(art["uri"]),
+        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
+        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
+        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
+        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
+        "duration_s": dg.MetadataValue.float(timings["total_seconds"]),
+        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
+        "tables": dg.MetadataValue.int(contents["table_count"]),
+        "rows": dg.MetadataValue.int(contents["rows_total"]),
+        "row_counts": dg.MetadataValue.json(contents["tables"]),
+        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
+        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
+        "server_version": dg.MetadataValue.text(manifest.data["source"]["server_version"]),
+        "pg_dump_version": dg.MetadataValue.text(manifest.data["tools"]["pg_dump"]),
+    }
+
+
+def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.asset_name,
+        group_name="postgres",
+        partitions_def=spec.partitions_def,
+        kinds={"postgres", "s3"},
+        pool=PG_DUMP_POOL,
+        retry_policy=RETRY,
+        description=spec.description,
+        tags={"cidadao/domain": "postgres"},
+    )
+    def _backup(
+        context: dg.AssetExecutionContext,
+        postgres_source: PostgresSource,
+        backup_policy: BackupPolicy,
+        backup_storage: BackupStorage,
+        offsite_storage: BackupStorage,
+    ) -> dg.MaterializeResult:
+        storage_res = spec.pick(backup_storage, offsite_storage)
+        try:
+            conn = postgres_source.connection()
+            storage = storage_res.open()
+            settings = backup_policy.settings(postgres_source)
+        except ConfigurationError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        series = series_for(spec, postgres_source)
+        partition = context.partition_key
+        context.log.info(f"Backing up {conn.display()} into {storage.uri(series + '/' + partition)}/")
+
+        def progress(p: Progress) -> None:
+            context.log.info(
+                f"pg_dump progress: {p.raw_bytes / MiB:,.0f} MiB read, {p.stored_bytes / MiB:,.0f} MiB stored, "
+                f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
+            )
+
+        try:
+            manifest = backup_postgres(
+                conn,
+                storage,
+                series=series,
+                partition=partition,
+                settings=settings,
+                extra={"dagster_run_id": context.run_id, "asset": spec.asset_name},
+                on_progress=progress,
+            )
+        except BackupError as exc:
+            raise dg.Failure(str(exc)) from None
+        context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
+        return dg.MaterializeResult(
+            metadata=backup_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+        )
+
+    return _backup
+
+
+postgres_daily_backup = build_backup_asset(DAILY_SPEC)
+postgres_weekly_offsite_backup = build_backup_asset(WEEKLY_SPEC)

@@ -1,0 +1,125 @@
+"""Checks on the PostgreSQL backups. Integrity and size are per partition and run in the backup's own run
+(a materialization that skipped them would clear their result in the UI); freshness judges the whole series
+from manifests and also runs hourly on its own, so a backup that stopped happening is noticed."""
+
+
+from datetime import timedelta
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.health import freshness_verdict, size_verdict
+from ...core.manifest import read_manifest, utc_now, valid_manifests
+from ...core.verify import verify_pg_artifact
+from ..resources import BackupPolicy, BackupStorage, PostgresSource
+from .assets import DAILY_SPEC, WEEKLY_SPEC, BackupSpec, series_for
+
+
+def _open(spec: BackupSpec, source: PostgresSource, backup_storage: BackupStorage, offsite_storage: BackupStorage):
+    return spec.pick(backup_storage, offsite_storage).open(), series_for(spec, source)
+
+
+def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(
+        asset=asset,
+        name="integrity",
+        blocking=True,
+        partitions_def=spec.partitions_def,
+        description="Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; "
+        "pg_restore --list reads the archive's table of contents.",
+    )
+    def integrity(
+        context: dg.AssetCheckExecutionContext,
+        postgres_source: PostgresSource,
+        backup_storage: BackupStorage,
+        offsite_storage: BackupStorage,
+    ) -> dg.AssetCheckResult:
+        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+        partition = context.partition_key
+        try:
+            manifest = read_manifest(storage, series, partition)
+        except BackupError as exc:
+            return dg.AssetCheckResult(passed=False, description=str(exc))
+        if manifest is None:
+            return dg.AssetCheckResult(
+                passed=False, description=f"No manifest for {partition} under {storage.uri(series)}: no backup exists"
+            )
+        result = verify_pg_artifact(storage, manifest, pg_bin_dir=postgres_source.bin_dir)
+        return dg.AssetCheckResult(
+            passed=result.ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(result.problems) or "Every byte re-read and matched the manifest",
+            metadata={
+                "storage_uri": manifest.data["artifact"]["uri"],
+                "stored_bytes": manifest.stored_bytes,
+                "sha256": manifest.stored_sha256,
+                **result.details,
+            },
+        )
+
+    @dg.asset_check(
+        asset=asset,
+        name="size_deviation",
+        partitions_def=spec.partitions_def,
+        description="WARN when the stored size is more than 50% from the median of the previous valid backups "
+        "(strategy: 'Backup Size Anomaly'), or outside the expected range (BACKUP_EXPECTED_SIZE_MB).",
+    )
+    def size_deviation(
+        context: dg.AssetCheckExecutionContext,
+        postgres_source: PostgresSource,
+        backup_policy: BackupPolicy,
+        backup_storage: BackupStorage,
+        offsite_storage: BackupStorage,
+    ) -> dg.AssetCheckResult:
+        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+        partition = context.partition_key
+        manifest = read_manifest(storage, series, partition)
+        if manifest is None:
+            return dg.AssetCheckResult(
+                passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"No backup for {partition}"
+            )
+        history = [m.stored_bytes for m in valid_manifests(storage, series, before=partition)]
+        low, high = backup_policy.expected_range()
+        verdict = size_verdict(
+            manifest.stored_bytes,
+            history[-backup_policy.size_history :],
+            max_deviation=backup_policy.max_size_deviation_pct / 100,
+            expected_min=low,
+            expected_max=high,
+        )
+        return dg.AssetCheckResult(
+            passed=verdict.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=verdict.description,
+            metadata=verdict.metadata,
+        )
+
+    max_age_field = "daily_max_age_hours" if spec.cadence == "daily" else "weekly_max_age_hours"
+
+    @dg.asset_check(
+        asset=asset,
+        name="freshness",
+        description="ERROR when the newest valid backup (by partition, from its manifest's snapshot time) is "
+        "older than the limit: 48 h for daily backups (RPO 24 h). Backfilling an old day does not count.",
+    )
+    def freshness(
+        context: dg.AssetCheckExecutionContext,
+        postgres_source: PostgresSource,
+        backup_policy: BackupPolicy,
+        backup_storage: BackupStorage,
+        offsite_storage: BackupStorage,
+    ) -> dg.AssetCheckResult:
+        try:
+            storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+        except ConfigurationError as exc:
+            return dg.AssetCheckResult(passed=False, description=str(exc))
+        max_age = timedelta(hours=getattr(backup_policy, max_age_field))
+        verdict = freshness_verdict(valid_manifests(storage, series), utc_now(), max_age)
+        return dg.AssetCheckResult(
+            passed=verdict.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=verdict.description,
+            metadata=verdict.metadata,
+        )
+
+    return [integrity, size_deviation, freshness]

@@ -1,0 +1,119 @@
+"""Resources: every setting comes from the environment through `dg.EnvVar`, validated where it is used,
+with errors that name the variable and the fix."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from ..core.errors import ConfigurationError
+from ..core.pg_backup import BackupSettings
+from ..core.postgres import PgConnection
+from ..core.storage import MiB, Storage, storage_from_url
+
+DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
+
+
+def env_or(variable: str, default, *, as_int: bool = False):
+    """`dg.EnvVar(variable)` when it is set (the UI then shows where the value came from), else `default`."""
+    if os.getenv(variable) in (None, ""):
+        return default
+    return dg.EnvVar.int(variable) if as_int else dg.EnvVar(variable)
+
+
+class PostgresSource(dg.ConfigurableResource):
+    """The database to back up (`DATABASE_URL`)."""
+
+    database_url: str = Field(default="", description="postgresql://user:password@host:5432/dbname (DATABASE_URL)")
+    pg_bin_dir: str = Field(default="", description="Folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = PATH")
+
+    def connection(self) -> PgConnection:
+        return PgConnection.from_url(self.database_url, "DATABASE_URL")
+
+    @property
+    def bin_dir(self) -> str | None:
+        return self.pg_bin_dir or None
+
+
+class BackupStorage(dg.ConfigurableResource):
+    """Where artifacts go: `s3://bucket/prefix` (AWS S3, Supabase Storage, MinIO, R2) or `file:///path`."""
+
+    url: str = Field(default="", description="s3://bucket/prefix or file:///absolute/path")
+    variable: str = Field(default="BACKUP_STORAGE_URL", description="Environment variable named in errors")
+    missing_hint: str = Field(default="", description="What to do when the URL is empty")
+    part_size_mb: int = Field(default=16, description="S3 multipart part size, equal for all parts (MiB)")
+    s3: S3Resource
+
+    def open(self) -> Storage:
+        if not self.url:
+            raise ConfigurationError(self.variable, "is not set", self.missing_hint or "set s3://bucket/prefix")
+        return storage_from_url(
+            self.url, variable=self.variable, s3_client_factory=self.s3.get_client, part_size=self.part_size_mb * MiB
+        )
+
+
+def _parse_range(text: str) -> tuple[int | None, int | None]:
+    """`500-2048` (MB) -> bytes; empty or `off` -> no range."""
+    text = text.strip().lower()
+    if text in ("", "off", "none"):
+        return None, None
+    try:
+        low, high = (int(float(x) * 1_000_000) if x.strip() else None for x in text.split("-", 1))
+    except ValueError:
+        raise ConfigurationError(
+            "BACKUP_EXPECTED_SIZE_MB", f"{text!r} is not a range", "write MIN-MAX in MB, e.g. 500-2000, or off"
+        ) from None
+    return low, high
+
+
+class BackupPolicy(dg.ConfigurableResource):
+    """Knobs for compression and the health checks; defaults come from the strategy."""
+
+    zstd_level: int = Field(default=3, description="zstd level (BACKUP_ZSTD_LEVEL): 1 fastest, 19 smallest")
+    size_history: int = Field(default=7, description="How many earlier valid backups the size check compares to")
+    max_size_deviation_pct: float = Field(default=50.0, description="Strategy: 'backup_size_deviation > 50%'")
+    expected_size_mb: str = Field(
+        default="500-2000", description="Expected stored size MIN-MAX in MB (BACKUP_EXPECTED_SIZE_MB); 'off' disables"
+    )
+    daily_max_age_hours: float = Field(default=48, description="Strategy alert: backup_age_hours > 48 (RPO 24 h)")
+    weekly_max_age_hours: float = Field(default=8 * 24 + 6, description="Weekly offsite copy: a week plus slack")
+
+    def settings(self, source: PostgresSource) -> BackupSettings:
+        if not 1 <= self.zstd_level <= 22:
+            raise ConfigurationError("BACKUP_ZSTD_LEVEL", f"{self.zstd_level} is out of range", "use 1..22 (3 is default)")
+        return BackupSettings(zstd_level=self.zstd_level, pg_bin_dir=source.bin_dir)
+
+    def expected_range(self) -> tuple[int | None, int | None]:
+        return _parse_range(self.expected_size_mb)
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    s3 = S3Resource(
+        endpoint_url=env_or("AWS_ENDPOINT_URL", None),
+        region_name=env_or("AWS_DEFAULT_REGION", env_or("AWS_REGION", None)),
+        max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
+    )
+    return {
+        "postgres_source": PostgresSource(
+            database_url=env_or("DATABASE_URL", ""), pg_bin_dir=env_or("PG_BIN_DIR", "")
+        ),
+        "backup_storage": BackupStorage(
+            url=env_or("BACKUP_STORAGE_URL", f"file://{DEFAULT_LOCAL_STORAGE}"),
+            variable="BACKUP_STORAGE_URL",
+            s3=s3,
+        ),
+        "offsite_storage": BackupStorage(
+            url=env_or("OFFSITE_STORAGE_URL", ""),
+            variable="OFFSITE_STORAGE_URL",
+            missing_hint="set it to an external bucket, e.g. s3://cidadao-ai-backups-offsite/postgres "
+            "(the weekly copy must not live beside the daily ones)",
+            s3=s3,
+        ),
+        "backup_policy": BackupPolicy(
+            zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
+            expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
+        ),
+    }
