@@ -6,21 +6,15 @@ import dagster as dg
 
 from .assets import postgres_daily_backup, postgres_weekly_offsite_backup
 
-# Run-level guard beside the op-level pool: the run queue never starts two dumps of one database at once
-# (dagster.yaml: tag_concurrency_limits on this tag).
-SOURCE_TAG = {"cidadao/pg-source": "DATABASE_URL"}
-
 postgres_daily_backup_job = dg.define_asset_job(
     "postgres_daily_backup_job",
     selection=dg.AssetSelection.assets(postgres_daily_backup),
     description="Daily PostgreSQL backup with its integrity, size and freshness checks.",
-    tags=SOURCE_TAG,
 )
 postgres_weekly_offsite_backup_job = dg.define_asset_job(
     "postgres_weekly_offsite_backup_job",
     selection=dg.AssetSelection.assets(postgres_weekly_offsite_backup),
     description="Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
-    tags=SOURCE_TAG,
 )
 
 # 03:00 UTC for the UTC day that just ended (the strategy's daily backup time).
