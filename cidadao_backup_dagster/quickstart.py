@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     partition = args.partition or (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
     instance = dg.DagsterInstance.get() if os.getenv("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
-        result = build_defs().get_job_def("postgres_daily_backup_job").execute_in_process(
+        result = build_defs().resolve_job_def("postgres_daily_backup_job").execute_in_process(
             partition_key=partition,
             instance=instance,
             raise_on_error=False,

@@ -97,7 +97,8 @@ def stream_to_writer(
         if on_progress and now - last_report >= progress_every:
             last_report = now
             on_progress(Progress(raw_bytes, sink.count, now - started))
-    zwriter.flush(zstandard.FLUSH_FRAME)
+    # close() ends the frame; an explicit flush(FLUSH_FRAME) before it made close() append a second,
+    # empty frame, which verify's single-frame decompressobj rejects when it lands in a later read chunk.
     zwriter.close()
     if encryption:
         downstream.close()  # type: ignore[attr-defined]

@@ -125,7 +125,7 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
                 series=series,
                 partition=partition,
                 settings=settings,
-                extra={"dagster_run_id": context.run_id, "asset": spec.asset_name},
+                extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
                 on_progress=progress,
             )
         except BackupError as exc:
