@@ -62,7 +62,9 @@ def backup_postgres(
                 f"pg_dump {pg_dump_version} is older than the server ({snapshot.server_version}); pg_dump must be "
                 "at least the server's major version. Fix: install the matching postgresql-client and set PG_BIN_DIR."
             )
-        stamp = snapshot.taken_at.strftime("%Y%m%dT%H%M%SZ")
+        # Microseconds: a re-run of the same partition within one second must not reuse (and overwrite)
+        # the object the current manifest points to before the new manifest lands.
+        stamp = snapshot.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
         source = safe_name(conn.dbname)
         key = f"{partition_prefix(series, partition)}/{source}_{partition}_{stamp}.dump.zst"
         snapshot.start_counting()

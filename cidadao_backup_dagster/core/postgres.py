@@ -49,6 +49,10 @@ class PgConnection:
                 variable, f"cannot be parsed ({redact_text(str(exc))})", "use postgresql://user:password@host:5432/dbname"
             ) from None
         password = params.pop("password", None)
+        if not re.fullmatch(r"\d{1,5}", params.get("port", "5432")):  # `port` below and display() need one number
+            raise ConfigurationError(
+                variable, f"port {params['port']!r} is not a single port number", "use ...@host:5432/dbname"
+            )
         if not params.get("dbname"):
             raise ConfigurationError(variable, "names no database", "append the database name: ...:5432/dbname")
         return cls(params, password)
