@@ -232,8 +232,9 @@ def test_schedules_pick_the_period_that_just_ended(env, schedule_name, tick, par
     defs = build_defs()
     schedule = defs.get_schedule_def(schedule_name)
     assert schedule.execution_timezone == "UTC"
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=tick
+    ) as context:
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests
     assert request.partition_key == partition

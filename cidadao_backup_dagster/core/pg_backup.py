@@ -85,10 +85,16 @@ def backup_postgres(
             counts = snapshot.counts()
             dump_seconds = time.monotonic() - t0
             writer.commit()
-        except BaseException:
+        except BaseException as exc:
             if dump is not None:
                 dump.kill()
             writer.abort()
+            if isinstance(exc, Exception) and not isinstance(exc, BackupError):
+                # Storage and driver errors arrive as botocore/OS exceptions: say where and that nothing stayed.
+                raise BackupError(
+                    f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
+                    "the partial upload was removed and earlier backups are untouched"
+                ) from exc
             raise
     finally:
         snapshot.close()
