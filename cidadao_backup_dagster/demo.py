@@ -38,11 +38,21 @@ CREATE TABLE IF NOT EXISTS agent_instances (
 
 # Cidadão.AI's agents are named after Brazilian historical and cultural figures.
 AGENTS = [
-    ("Abaporu", "master"), ("Zumbi dos Palmares", "investigator"), ("Anita Garibaldi", "analyst"),
-    ("Tiradentes", "reporter"), ("Nanã", "memory"), ("José Bonifácio", "policy"),
-    ("Machado de Assis", "text_analyst"), ("Carlos Drummond", "communicator"), ("Ayrton Senna", "router"),
-    ("Dandara", "social_equity"), ("Lampião", "regional"), ("Maria Quitéria", "security"),
-    ("Oscar Niemeyer", "visualizer"), ("Ceuci", "predictive"), ("Obaluaiê", "corruption_detector"),
+    ("Abaporu", "master"),
+    ("Zumbi dos Palmares", "investigator"),
+    ("Anita Garibaldi", "analyst"),
+    ("Tiradentes", "reporter"),
+    ("Nanã", "memory"),
+    ("José Bonifácio", "policy"),
+    ("Machado de Assis", "text_analyst"),
+    ("Carlos Drummond", "communicator"),
+    ("Ayrton Senna", "router"),
+    ("Dandara", "social_equity"),
+    ("Lampião", "regional"),
+    ("Maria Quitéria", "security"),
+    ("Oscar Niemeyer", "visualizer"),
+    ("Ceuci", "predictive"),
+    ("Obaluaiê", "corruption_detector"),
     ("Oxóssi", "fraud_hunter"),
 ]
 
@@ -52,7 +62,8 @@ SELECT
     'user-' || (g % 997),
     (ARRAY['Contratos emergenciais de', 'Licitações com preço acima da média em', 'Pagamentos a fornecedores de',
            'Despesas com diárias em', 'Convênios suspeitos de', 'Aditivos contratuais em'])[1 + g % 6]
-      || ' ' || (ARRAY['merenda escolar', 'saúde', 'obras públicas', 'transporte', 'tecnologia', 'segurança'])[1 + g % 5]
+      || ' ' || (ARRAY['merenda escolar', 'saúde', 'obras públicas', 'transporte', 'tecnologia',
+                       'segurança'])[1 + g % 5]
       || ' — ' || (ARRAY['Ministério da Saúde', 'Prefeitura de São Paulo', 'Governo do Pará', 'MEC',
                          'Ministério da Defesa', 'Câmara de Recife', 'DNIT'])[1 + g % 7]
       || ' (' || (2019 + g % 6) || ')',
@@ -99,8 +110,15 @@ def seed(target: PgConnection, investigations: int = 20_000) -> dict[str, int]:
                     "INSERT INTO agent_instances (agent_name, agent_type, status, capabilities, config, "
                     "tasks_completed, last_heartbeat) VALUES (%s, %s, %s, %s, %s, %s, now() - %s * interval '1 min')",
                     [
-                        (name, kind, "idle" if i % 3 else "busy", [kind, "pt-BR"],
-                         psycopg.types.json.Jsonb({"max_concurrency": 1 + i % 4, "temperature": 0.2}), i * 37, i)
+                        (
+                            name,
+                            kind,
+                            "idle" if i % 3 else "busy",
+                            [kind, "pt-BR"],
+                            psycopg.types.json.Jsonb({"max_concurrency": 1 + i % 4, "temperature": 0.2}),
+                            i * 37,
+                            i,
+                        )
                         for i, (name, kind) in enumerate(AGENTS)
                     ],
                 )

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 DEMO_URL = "postgresql://postgres@127.0.0.1:5432/cidadao_demo"
@@ -47,21 +47,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from .definitions import build_defs
 
-    partition = args.partition or (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
+    partition = args.partition or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
     instance = dg.DagsterInstance.get() if os.getenv("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
-        result = build_defs().resolve_job_def("postgres_daily_backup_job").execute_in_process(
-            partition_key=partition,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        result = (
+            build_defs()
+            .resolve_job_def("postgres_daily_backup_job")
+            .execute_in_process(
+                partition_key=partition,
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            )
         )
     print(f"\nDagster run {result.run_id} ({'succeeded' if result.success else 'FAILED'}), partition {partition}")
     for event in result.get_asset_materialization_events():
         meta = event.step_materialization_data.materialization.metadata
         print(f"  backup:   {meta['storage_uri'].value}")
-        print(f"            {meta['stored_bytes'].value:,} bytes stored, {meta['raw_bytes'].value:,} raw, "
-              f"{meta['tables'].value} tables, {meta['rows'].value:,} rows, {meta['duration_s'].value:.2f} s")
+        print(
+            f"            {meta['stored_bytes'].value:,} bytes stored, {meta['raw_bytes'].value:,} raw, "
+            f"{meta['tables'].value} tables, {meta['rows'].value:,} rows, {meta['duration_s'].value:.2f} s"
+        )
         manifest_uri = meta["storage_uri"].value.rsplit("/", 1)[0] + "/manifest.json"
         print(f"  manifest: {manifest_uri}")
         print(f"  rows:     {json.dumps(meta['row_counts'].value)}")

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from psycopg import sql
 
-from cidadao_backup_dagster.core.storage import MiB, LocalStorage, S3Storage
+from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MOTO_ACCESS_KEY = "testing"
@@ -51,8 +51,7 @@ def url_with_password(url: str, password: str) -> str:
 def drop_database(admin_url: str, dbname: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (dbname,),
         )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
@@ -168,9 +167,7 @@ def make_s3_client(endpoint: str, *, max_attempts: int = 3):
         region_name=MOTO_REGION,
         aws_access_key_id=MOTO_ACCESS_KEY,
         aws_secret_access_key=MOTO_SECRET_KEY,
-        config=Config(
-            retries={"mode": "standard", "max_attempts": max_attempts}, s3={"addressing_style": "path"}
-        ),
+        config=Config(retries={"mode": "standard", "max_attempts": max_attempts}, s3={"addressing_style": "path"}),
     )
 
 

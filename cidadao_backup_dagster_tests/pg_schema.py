@@ -323,8 +323,7 @@ def describe_database(url: str) -> dict[str, str]:
         for (table,) in conn.execute(_TABLES_SQL).fetchall():
             # `table` is already quoted with quote_ident, so it is safe to splice in.
             count, digest = conn.execute(
-                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                f"FROM {table} t"
+                f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
             ).fetchone()
             out[f"rows {table}"] = f"{count} rows, md5 {digest}"
     return out

@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,9 +14,9 @@ import pytest
 from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
-from cidadao_backup_dagster.defs.postgres import daily_checks
-from cidadao_backup_dagster.defs.postgres.assets import DAILY, PG_DUMP_POOL
 from cidadao_backup_dagster.definitions import build_defs
+from cidadao_backup_dagster.defs.postgres import daily_checks
+from cidadao_backup_dagster.defs.postgres.assets import PG_DUMP_POOL
 from cidadao_backup_dagster.demo import seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_rerun_of_a_partition_replaces_it_and_leaves_one_object(env, source_url)
 def run_checks(partition, *check_names):
     defs = build_defs()
     checks = [c for c in daily_checks if any(k.name in check_names for k in c.check_keys)]
-    job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks(*checks), partitions_def=DAILY)
+    job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks(*checks))
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("only_checks")
     # A checks-only selection has no assets to infer partitions from: pass the partition as the run tag,
     # which is what the UI does when it launches a check for one partition.
@@ -158,7 +158,13 @@ def _fake_backup(storage, series, partition, size, snapshot_at):
         Manifest(
             {
                 "partition": partition,
-                "artifact": {"key": key, "stored_bytes": size, "stored_sha256": "", "raw_bytes": size, "raw_sha256": ""},
+                "artifact": {
+                    "key": key,
+                    "stored_bytes": size,
+                    "stored_sha256": "",
+                    "raw_bytes": size,
+                    "raw_sha256": "",
+                },
                 "timings": {"snapshot_at": iso(snapshot_at)},
             }
         ),
@@ -171,7 +177,7 @@ def test_size_check_warns_on_deviation_from_crafted_history(env, source_url):
     series = f"postgres/{PgConnection.from_url(source_url).dbname}/daily"
     actual = json.loads((daily_dir(env, source_url, "2026-11-24") / MANIFEST_NAME).read_text())
     size = actual["artifact"]["stored_bytes"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for day in range(10, 17):  # seven earlier backups, each ~3x larger than today's
         _fake_backup(storage, series, f"2026-11-{day:02d}", size * 3, now - timedelta(days=24 - day))
     evaluation = checks_by_name(run_checks("2026-11-24", "size_deviation"))["size_deviation"]
@@ -183,7 +189,7 @@ def test_size_check_warns_on_deviation_from_crafted_history(env, source_url):
 def test_freshness_ignores_a_backfilled_old_partition(env, source_url):
     storage = LocalStorage(env / "backups")
     series = f"postgres/{PgConnection.from_url(source_url).dbname}/daily"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _fake_backup(storage, series, "2026-11-20", 1000, now - timedelta(days=3))  # newest partition, stale
     _fake_backup(storage, series, "2026-10-01", 1000, now)  # a backfill made just now
     result = run_job("postgres_backup_freshness_job")
@@ -222,19 +228,20 @@ def test_weekly_offsite_backup_lands_in_offsite_storage(env, monkeypatch, source
 @pytest.mark.parametrize(
     "schedule_name, tick, partition",
     [
-        ("postgres_daily_backup_schedule", datetime(2026, 11, 25, 3, 0, tzinfo=timezone.utc), "2026-11-24"),
-        ("postgres_daily_backup_schedule", datetime(2027, 1, 1, 3, 0, tzinfo=timezone.utc), "2026-12-31"),
+        ("postgres_daily_backup_schedule", datetime(2026, 11, 25, 3, 0, tzinfo=UTC), "2026-11-24"),
+        ("postgres_daily_backup_schedule", datetime(2027, 1, 1, 3, 0, tzinfo=UTC), "2026-12-31"),
         # Sunday 2026-11-29 02:00 UTC backs up the Sunday-to-Saturday week that began 2026-11-22.
-        ("postgres_weekly_offsite_backup_schedule", datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc), "2026-11-22"),
+        ("postgres_weekly_offsite_backup_schedule", datetime(2026, 11, 29, 2, 0, tzinfo=UTC), "2026-11-22"),
     ],
 )
 def test_schedules_pick_the_period_that_just_ended(env, schedule_name, tick, partition):
     defs = build_defs()
-    schedule = defs.get_schedule_def(schedule_name)
+    schedule = defs.resolve_schedule_def(schedule_name)
     assert schedule.execution_timezone == "UTC"
-    with dg.instance_for_test() as instance, dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=tick
-    ) as context:
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+    ):
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests
     assert request.partition_key == partition
@@ -253,7 +260,13 @@ def test_production_instance_yaml_uses_postgres_storage_and_one_dump_at_a_time(m
     )
     env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": make_database("cbd_instance")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage", "1", "run"]
+    assert out.stdout.split() == [
+        "PostgresRunStorage",
+        "PostgresEventLogStorage",
+        "PostgresScheduleStorage",
+        "1",
+        "run",
+    ]
 
 
 def test_cli_materialize_one_partition(env, tmp_path):
@@ -266,7 +279,9 @@ def test_cli_materialize_one_partition(env, tmp_path):
         "-m", "cidadao_backup_dagster.definitions",
         "--select", "postgres_daily_backup", "--partition", "2026-11-22",
     ]  # fmt: skip
-    out = subprocess.run(cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RUN_SUCCESS" in out.stderr + out.stdout
     assert PASSWORD not in out.stderr + out.stdout

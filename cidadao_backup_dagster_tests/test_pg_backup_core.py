@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -23,15 +23,15 @@ from cidadao_backup_dagster.core.health import freshness_verdict, size_verdict
 from cidadao_backup_dagster.core.manifest import (
     MANIFEST_NAME,
     Manifest,
-    iso,
     is_present,
+    iso,
     read_manifest,
     valid_manifests,
     write_manifest,
 )
 from cidadao_backup_dagster.core.pg_backup import BackupSettings, backup_postgres
 from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import MiB, LocalStorage, S3Storage, Storage
+from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, Storage
 from cidadao_backup_dagster.core.verify import verify_pg_artifact
 
 from .conftest import MotoServer, make_s3_client, url_with_dbname, url_with_password
@@ -89,9 +89,7 @@ def hidden_partials(storage: Storage) -> list[str]:
 def assert_only(storage: Storage, good: Manifest) -> None:
     """The series holds exactly the good backup (object + manifest), which still verifies; nothing is
     half-written (no open multipart upload, no partial file)."""
-    assert storage.list_keys(f"{SERIES}/") == sorted(
-        [good.artifact_key, f"{SERIES}/{good.partition}/{MANIFEST_NAME}"]
-    )
+    assert storage.list_keys(f"{SERIES}/") == sorted([good.artifact_key, f"{SERIES}/{good.partition}/{MANIFEST_NAME}"])
     assert read_manifest(storage, SERIES, good.partition) == good
     result = verify_pg_artifact(storage, good)
     assert result.ok, result.problems
@@ -109,9 +107,7 @@ def source_url(make_database):
 # -------------------------------------------------------------------------------------- round trip
 
 
-def test_backup_restores_with_stock_tools_to_an_identical_database(
-    storage, source_url, make_database, tmp_path
-):
+def test_backup_restores_with_stock_tools_to_an_identical_database(storage, source_url, make_database, tmp_path):
     manifest = backup_postgres(
         conn_for(source_url), storage, series=SERIES, partition=PARTITION, extra={"run_id": "run-1"}
     )
@@ -234,7 +230,7 @@ def test_pg_dump_dying_midway_leaves_nothing_and_keeps_the_earlier_backup(
     assert "administrator command" in text or "server closed the connection" in text
     assert SECRET not in text
 
-    (raw_at_kill, uploads_at_kill, partials_at_kill), = terminated
+    ((raw_at_kill, uploads_at_kill, partials_at_kill),) = terminated
     assert raw_at_kill < 30 * MiB  # well before the ~40 MB dump could have ended
     if isinstance(storage, S3Storage):
         assert len(uploads_at_kill) == 1  # a multipart upload was open, and the failure aborted it
@@ -294,8 +290,9 @@ def test_storage_lost_midway_aborts_and_writes_no_manifest(source_url, tmp_path)
     finally:
         server.stop()
     # no pg_dump left behind, streaming into nothing
-    leftover = subprocess.run(["pgrep", "-f", f"pg_dump.*{PgConnection.from_url(source_url).dbname}"],
-                              capture_output=True, text=True)
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"pg_dump.*{PgConnection.from_url(source_url).dbname}"], capture_output=True, text=True
+    )
     assert leftover.stdout.strip() == ""
 
 
@@ -438,7 +435,7 @@ def crafted_manifest(partition: str, snapshot_at: datetime, stored_bytes: int = 
 
 
 def test_freshness_verdict():
-    now = datetime(2024, 5, 10, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
     limit = timedelta(hours=26)
 
     none = freshness_verdict([], now, limit)

@@ -122,13 +122,15 @@ def test_backup_fails_cleanly_when_storage_keeps_answering_5xx(
 
     url = make_database("cbd_s3fault")
     with psycopg.connect(url) as conn:  # ~20 MB raw, so the upload needs several 5 MiB parts
-        conn.execute("CREATE TABLE filler AS SELECT g, md5(g::text) || md5((g * 7)::text) AS v "
-                     "FROM generate_series(1, 250000) g")
+        conn.execute(
+            "CREATE TABLE filler AS SELECT g, md5(g::text) || md5((g * 7)::text) AS v FROM generate_series(1, 250000) g"
+        )
     bucket = make_bucket()
     conn = PgConnection.from_url(url)
     series = f"postgres/{conn.dbname}/daily"
-    good = backup_postgres(conn, S3Storage(s3_client, bucket, "pg", part_size=5 * MiB), series=series,
-                           partition="2026-11-23")
+    good = backup_postgres(
+        conn, S3Storage(s3_client, bucket, "pg", part_size=5 * MiB), series=series, partition="2026-11-23"
+    )
     # Shorten botocore's backoff sleeps (the retry decisions stay botocore's own), so the test takes seconds.
     monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, ctx: 0.01)
     with FaultyProxy(moto_endpoint, fail_first=-1, status=500) as proxy:

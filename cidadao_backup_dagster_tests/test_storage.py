@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 
 import pytest
 
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
-from cidadao_backup_dagster.core.storage import MiB, LocalStorage, S3Storage, Storage, storage_from_url
+from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, Storage, storage_from_url
 
 from .conftest import make_s3_client
 
@@ -289,7 +288,9 @@ def test_storage_from_url_builds_working_backends(tmp_path, s3_client, make_buck
 
     bucket = make_bucket()
     s3 = storage_from_url(
-        f"s3://{bucket}/cidadao/prod/", variable="BACKUP_STORAGE_URL", s3_client_factory=lambda: s3_client,
+        f"s3://{bucket}/cidadao/prod/",
+        variable="BACKUP_STORAGE_URL",
+        s3_client_factory=lambda: s3_client,
         part_size=PART,
     )
     assert isinstance(s3, S3Storage)
@@ -298,4 +299,3 @@ def test_storage_from_url_builds_working_backends(tmp_path, s3_client, make_buck
     s3.put_bytes("k.bin", b"s3")
     assert s3_client.get_object(Bucket=bucket, Key="cidadao/prod/k.bin")["Body"].read() == b"s3"
     assert s3.list_keys("") == ["k.bin"]
-

@@ -6,8 +6,8 @@ import logging
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import zstandard
 

@@ -30,7 +30,7 @@ class PgConnection:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_url(cls, url: str, variable: str = "DATABASE_URL") -> "PgConnection":
+    def from_url(cls, url: str, variable: str = "DATABASE_URL") -> PgConnection:
         url = (url or "").strip()
         if not url:
             raise ConfigurationError(variable, "is not set", "set it to postgresql://user:password@host:5432/dbname")
@@ -46,7 +46,9 @@ class PgConnection:
             params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(
-                variable, f"cannot be parsed ({redact_text(str(exc))})", "use postgresql://user:password@host:5432/dbname"
+                variable,
+                f"cannot be parsed ({redact_text(str(exc))})",
+                "use postgresql://user:password@host:5432/dbname",
             ) from None
         password = params.pop("password", None)
         if not re.fullmatch(r"\d{1,5}", params.get("port", "5432")):  # `port` below and display() need one number
@@ -73,7 +75,7 @@ class PgConnection:
     def user(self) -> str | None:
         return self.params.get("user")
 
-    def with_dbname(self, dbname: str) -> "PgConnection":
+    def with_dbname(self, dbname: str) -> PgConnection:
         return replace(self, params={**self.params, "dbname": dbname})
 
     def display(self) -> str:
@@ -173,7 +175,9 @@ class ExportedSnapshot:
                 counts = {}
                 with self._conn.cursor() as cur:
                     for schema, table in self.tables():
-                        cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
+                        cur.execute(
+                            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+                        )
                         counts[f"{schema}.{table}"] = cur.fetchone()[0]
                 self._counts = counts
             except BaseException as exc:  # noqa: BLE001 - re-raised in counts()

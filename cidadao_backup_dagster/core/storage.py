@@ -11,9 +11,10 @@ import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from .errors import BackupError, ConfigurationError

@@ -1,7 +1,6 @@
 """Resources: every setting comes from the environment through `dg.EnvVar`, validated where it is used,
 with errors that name the variable and the fix."""
 
-
 import os
 from pathlib import Path
 
@@ -83,7 +82,9 @@ class BackupPolicy(dg.ConfigurableResource):
 
     def settings(self, source: PostgresSource) -> BackupSettings:
         if not 1 <= self.zstd_level <= 22:
-            raise ConfigurationError("BACKUP_ZSTD_LEVEL", f"{self.zstd_level} is out of range", "use 1..22 (3 is default)")
+            raise ConfigurationError(
+                "BACKUP_ZSTD_LEVEL", f"{self.zstd_level} is out of range", "use 1..22 (3 is default)"
+            )
         return BackupSettings(zstd_level=self.zstd_level, pg_bin_dir=source.bin_dir)
 
     def expected_range(self) -> tuple[int | None, int | None]:
@@ -97,9 +98,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
     )
     return {
-        "postgres_source": PostgresSource(
-            database_url=env_or("DATABASE_URL", ""), pg_bin_dir=env_or("PG_BIN_DIR", "")
-        ),
+        "postgres_source": PostgresSource(database_url=env_or("DATABASE_URL", ""), pg_bin_dir=env_or("PG_BIN_DIR", "")),
         "backup_storage": BackupStorage(
             url=env_or("BACKUP_STORAGE_URL", f"file://{DEFAULT_LOCAL_STORAGE}"),
             variable="BACKUP_STORAGE_URL",

@@ -1,6 +1,5 @@
 """PostgreSQL backups as time-partitioned assets: a daily one, and a weekly copy to offsite storage."""
 
-
 from dataclasses import dataclass
 
 import dagster as dg

@@ -2,7 +2,6 @@
 (a materialization that skipped them would clear their result in the UI); freshness judges the whole series
 from manifests and also runs hourly on its own, so a backup that stopped happening is noticed."""
 
-
 import warnings
 from datetime import timedelta
 
@@ -13,7 +12,7 @@ from ...core.health import freshness_verdict, size_verdict
 from ...core.manifest import read_manifest, utc_now, valid_manifests
 from ...core.verify import verify_pg_artifact
 from ..resources import BackupPolicy, BackupStorage, PostgresSource
-from .assets import DAILY_SPEC, WEEKLY_SPEC, BackupSpec, series_for
+from .assets import BackupSpec, series_for
 
 # Per-partition asset checks are a Dagster preview feature, used deliberately: integrity and size are
 # properties of one partition's backup, and the UI shows their results per partition.
