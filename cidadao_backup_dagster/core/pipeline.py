@@ -7,6 +7,7 @@ The caller decides whether the upload is committed (only after the producer exit
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,43 @@ class _HashingSink:
         pass
 
 
+class _Reporter:
+    """Calls `on_progress` at least every `every` seconds: from the copy loop while bytes flow, and from a
+    watchdog thread while they do not (a dump stuck behind a lock must still show up in the run log)."""
+
+    def __init__(self, on_progress, every: float, started: float, counters: Callable[[], tuple[int, int]]):
+        self._on_progress, self._every, self._started, self._counters = on_progress, every, started, counters
+        self._last = started
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = None
+        if on_progress and every >= 1:
+            self._thread = threading.Thread(target=self._watch, name="progress-watchdog", daemon=True)
+            self._thread.start()
+
+    def maybe(self) -> None:
+        if self._on_progress and time.monotonic() - self._last >= self._every:
+            self._emit()
+
+    def _emit(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._every:
+                return
+            self._last = now
+            raw, stored = self._counters()
+            self._on_progress(Progress(raw, stored, now - self._started))
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._every / 4):
+            self._emit()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 def compressor(level: int = 3, threads: int = -1) -> zstandard.ZstdCompressor:
     # threads=-1: one zstd worker per core; write_checksum so `zstd -t` and readers catch corruption.
     return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
@@ -83,21 +121,21 @@ def stream_to_writer(
 ) -> StreamStats:
     """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise."""
     started = time.monotonic()
-    last_report = started
     sink = _HashingSink(writer)
     downstream: Writable = encryption(sink) if encryption else sink
     zwriter = compressor(level, threads).stream_writer(downstream, closefd=False, write_return_read=True)
     raw_sha = hashlib.sha256()
     raw_bytes = 0
     read = source.read
-    while chunk := read(CHUNK):
-        raw_sha.update(chunk)
-        raw_bytes += len(chunk)
-        zwriter.write(chunk)
-        now = time.monotonic()
-        if on_progress and now - last_report >= progress_every:
-            last_report = now
-            on_progress(Progress(raw_bytes, sink.count, now - started))
+    report = _Reporter(on_progress, progress_every, started, lambda: (raw_bytes, sink.count))
+    try:
+        while chunk := read(CHUNK):
+            raw_sha.update(chunk)
+            raw_bytes += len(chunk)
+            zwriter.write(chunk)
+            report.maybe()
+    finally:
+        report.stop()
     # close() ends the frame; an explicit flush(FLUSH_FRAME) before it made close() append a second,
     # empty frame, which verify's single-frame decompressobj rejects when it lands in a later read chunk.
     zwriter.close()

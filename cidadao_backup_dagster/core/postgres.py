@@ -143,7 +143,12 @@ class ExportedSnapshot:
     """
 
     def __init__(self, conn: PgConnection):
-        self._conn = conn.connect(autocommit=False)
+        self._conn = conn.connect(autocommit=True)
+        # Managed servers often set these per role: a long count(*) or the idle wait while pg_dump runs must
+        # not get this session killed (pg_dump itself already disables statement_timeout for its session).
+        self._conn.execute("SET statement_timeout = 0")
+        self._conn.execute("SET idle_in_transaction_session_timeout = 0")
+        self._conn.autocommit = False
         self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._conn.read_only = True
         with self._conn.cursor() as cur:
