@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import postgres
+from .defs import postgres, recovery
 from .defs.resources import build_resources
+
+DOMAINS = [postgres, recovery]
+
+# Checks that judge a whole series (is the newest backup recent? did a drill pass lately?) also run hourly
+# on their own: if backups or drills stop running, nothing inside those runs would notice.
+health_checks_job = dg.define_asset_job(
+    "backup_health_checks_job",
+    selection=dg.AssetSelection.checks(*[c for domain in DOMAINS for c in domain.health_checks]),
+    description="RPO freshness of every backup series and recency of the last passing restore drill.",
+)
+health_checks_schedule = dg.ScheduleDefinition(
+    name="backup_health_checks_schedule",
+    job=health_checks_job,
+    cron_schedule="17 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 
 
 def build_defs() -> dg.Definitions:
     """Definitions with resources read from the environment as it is now (tests and the quick start
     call this after setting variables; the code location uses `defs` below)."""
-    return dg.Definitions.merge(postgres.defs, dg.Definitions(resources=build_resources()))
+    return dg.Definitions.merge(
+        *(domain.defs for domain in DOMAINS),
+        dg.Definitions(jobs=[health_checks_job], schedules=[health_checks_schedule], resources=build_resources()),
+    )
 
 
 defs = build_defs()

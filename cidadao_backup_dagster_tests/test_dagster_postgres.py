@@ -77,7 +77,7 @@ def test_definitions_load_with_expected_shape(env):
     assert {s.name for s in repo.schedule_defs} >= {
         "postgres_daily_backup_schedule",
         "postgres_weekly_offsite_backup_schedule",
-        "postgres_backup_freshness_schedule",
+        "backup_health_checks_schedule",
     }
 
 
@@ -192,7 +192,7 @@ def test_freshness_ignores_a_backfilled_old_partition(env, source_url):
     now = datetime.now(UTC)
     _fake_backup(storage, series, "2026-11-20", 1000, now - timedelta(days=3))  # newest partition, stale
     _fake_backup(storage, series, "2026-10-01", 1000, now)  # a backfill made just now
-    result = run_job("postgres_backup_freshness_job")
+    result = run_job("backup_health_checks_job")
     assert result.success
     evaluation = checks_by_name(result)
     fresh = [e for e in result.get_asset_check_evaluations() if e.asset_key.path == ["postgres_daily_backup"]]

@@ -1,7 +1,9 @@
-"""The streaming pipeline: producer stdout -> SHA-256 (raw) -> zstd -> [encryption] -> SHA-256 (stored) -> storage.
+"""The streaming pipeline: producer -> SHA-256 (raw) -> zstd | gzip -> [encryption] -> SHA-256 (stored) -> storage.
 
 Bytes flow through in 1 MiB chunks; nothing holds a whole dump in memory or on local disk.
 The caller decides whether the upload is committed (only after the producer exited cleanly).
+zstd (multi-threaded, checksummed) is for backups; gzip is for the human-facing exports that pandas,
+`zcat`, `jq` and spreadsheets open directly.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import zstandard
 
 from .storage import MiB, ObjectWriter
 
 CHUNK = MiB
+Codec = Literal["zstd", "gzip"]
+DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 6}
 
 
 class Writable(Protocol):
@@ -36,6 +41,7 @@ class StreamStats:
     stored_bytes: int
     stored_sha256: str
     seconds: float
+    raw_lines: int | None = None  # newlines in the raw stream, when asked for (count_lines=True)
 
 
 @dataclass(frozen=True)
@@ -109,36 +115,80 @@ def compressor(level: int = 3, threads: int = -1) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
 
 
+class GzipStreamWriter:
+    """A streaming gzip member (RFC 1952) over `downstream`: zlib's deflate with a gzip header and the
+    CRC-32 + size trailer, so `gzip -t`, `zcat` and pandas read it. The header carries no name and a zero
+    mtime, so the same input gives the same bytes. zlib releases the GIL while it deflates."""
+
+    def __init__(self, downstream: Writable, level: int = 6):
+        if not 0 <= level <= 9:
+            raise ValueError(f"gzip level must be 0..9, got {level}")
+        self._downstream = downstream
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9)
+
+    def write(self, data: bytes) -> int:
+        out = self._deflate.compress(data)
+        if out:
+            self._downstream.write(out)
+        return len(data)
+
+    def close(self) -> None:
+        self._downstream.write(self._deflate.flush(zlib.Z_FINISH))
+
+
 def stream_to_writer(
     source: BinaryIO,
     writer: ObjectWriter,
     *,
-    level: int = 3,
+    level: int | None = None,
     threads: int = -1,
     encryption: EncryptionStage | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: float = 10.0,
+    codec: Codec = "zstd",
+    count_lines: bool = False,
 ) -> StreamStats:
-    """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise."""
+    """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise.
+
+    `codec="zstd"` (default): one checksummed zstd frame, `threads` workers, `level` default 3.
+    `codec="gzip"`: one gzip member, `level` default 6 (`threads` is ignored).
+    `count_lines=True` also counts newline bytes of the raw stream (`StreamStats.raw_lines`).
+    """
+    if codec not in DEFAULT_LEVELS:
+        raise ValueError(f"unknown codec {codec!r}; use one of {sorted(DEFAULT_LEVELS)}")
+    level = DEFAULT_LEVELS[codec] if level is None else level
     started = time.monotonic()
     sink = _HashingSink(writer)
     downstream: Writable = encryption(sink) if encryption else sink
-    zwriter = compressor(level, threads).stream_writer(downstream, closefd=False, write_return_read=True)
+    if codec == "zstd":
+        cwriter = compressor(level, threads).stream_writer(downstream, closefd=False, write_return_read=True)
+    else:
+        cwriter = GzipStreamWriter(downstream, level)
     raw_sha = hashlib.sha256()
     raw_bytes = 0
+    lines = 0
     read = source.read
     report = _Reporter(on_progress, progress_every, started, lambda: (raw_bytes, sink.count))
     try:
         while chunk := read(CHUNK):
             raw_sha.update(chunk)
             raw_bytes += len(chunk)
-            zwriter.write(chunk)
+            if count_lines:
+                lines += chunk.count(b"\n")
+            cwriter.write(chunk)
             report.maybe()
     finally:
         report.stop()
     # close() ends the frame; an explicit flush(FLUSH_FRAME) before it made close() append a second,
     # empty frame, which verify's single-frame decompressobj rejects when it lands in a later read chunk.
-    zwriter.close()
+    cwriter.close()
     if encryption:
         downstream.close()  # type: ignore[attr-defined]
-    return StreamStats(raw_bytes, raw_sha.hexdigest(), sink.count, sink.sha.hexdigest(), time.monotonic() - started)
+    return StreamStats(
+        raw_bytes,
+        raw_sha.hexdigest(),
+        sink.count,
+        sink.sha.hexdigest(),
+        time.monotonic() - started,
+        lines if count_lines else None,
+    )

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -82,6 +83,14 @@ class PgConnection:
         """`postgresql://user@host:port/db`: safe for logs, metadata and manifests."""
         user = f"{self.user}@" if self.user else ""
         return f"postgresql://{user}{self.host}:{self.port}/{self.dbname}"
+
+    def url_with_password(self) -> str:
+        """A full URL for a child process that expects DATABASE_URL (never for logs: use display())."""
+        user = quote(self.user or "", safe="")
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else (f"{user}@" if user else "")
+        extra = {k: v for k, v in self.params.items() if k not in ("host", "port", "dbname", "user")}
+        query = f"?{urlencode(extra)}" if extra else ""
+        return f"postgresql://{auth}{quote(self.host, safe='')}:{self.port}/{quote(self.dbname, safe='')}{query}"
 
     def conninfo(self) -> str:
         """Without the password: it travels in PGPASSWORD so it never shows in `ps` or an error."""

@@ -91,6 +91,44 @@ class BackupPolicy(dg.ConfigurableResource):
         return _parse_range(self.expected_size_mb)
 
 
+class RecoverySettings(dg.ConfigurableResource):
+    """Where restores work. Passwords live here (from the environment), never in a job's run config,
+    because run config is stored in the run history for everyone to read."""
+
+    tmp_dir: str = Field(default="", description="Folder for decompressed archives (RESTORE_TMPDIR); empty = TMPDIR")
+    target_password: str = Field(
+        default="", description="Password for a restore target server other than the source (RESTORE_TARGET_PASSWORD)"
+    )
+    drill_server_url: str = Field(
+        default="",
+        description="Server for restore drills' scratch databases (DRILL_DATABASE_URL); empty = the source server",
+    )
+    restore_jobs: int = Field(default=2, description="pg_restore --jobs for drills")
+
+    def scratch_dir(self) -> str | None:
+        return self.tmp_dir or None
+
+    def server(self, url: str, source: PgConnection, variable: str) -> PgConnection:
+        """A server to restore onto: `url` (its database part is only used to connect), else the source's.
+        The source's password is reused on the source's own host and port."""
+        if not url:
+            return source.with_dbname("postgres")
+        if "/" not in url.split("://", 1)[-1]:
+            url = f"{url}/postgres"
+        conn = PgConnection.from_url(url, variable)
+        if conn.password and variable != "DRILL_DATABASE_URL":
+            raise ConfigurationError(
+                variable,
+                "contains a password, and run config is kept in the run history",
+                "remove it and set RESTORE_TARGET_PASSWORD in the code location's environment",
+            )
+        if not conn.password and self.target_password:
+            return PgConnection(conn.params, self.target_password)
+        if not conn.password and (conn.host, conn.port) == (source.host, source.port):
+            return PgConnection(conn.params, source.password)
+        return conn
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     s3 = S3Resource(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
@@ -114,5 +152,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "backup_policy": BackupPolicy(
             zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
             expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
+        ),
+        "recovery": RecoverySettings(
+            tmp_dir=env_or("RESTORE_TMPDIR", ""),
+            target_password=env_or("RESTORE_TARGET_PASSWORD", ""),
+            drill_server_url=env_or("DRILL_DATABASE_URL", ""),
         ),
     }

@@ -17,27 +17,15 @@ daily_checks = build_backup_checks(DAILY_SPEC, postgres_daily_backup)
 weekly_checks = build_backup_checks(WEEKLY_SPEC, postgres_weekly_offsite_backup)
 freshness_checks = [c for c in [*daily_checks, *weekly_checks] if any(k.name == "freshness" for k in c.check_keys)]
 
-# Freshness is judged hourly on its own too: if backups stop running, nothing else would notice.
-postgres_freshness_job = dg.define_asset_job(
-    "postgres_backup_freshness_job",
-    selection=dg.AssetSelection.checks(*freshness_checks),
-    description="Evaluates the RPO freshness checks of the PostgreSQL backups from their manifests.",
-)
-postgres_freshness_schedule = dg.ScheduleDefinition(
-    name="postgres_backup_freshness_schedule",
-    job=postgres_freshness_job,
-    cron_schedule="17 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+# Series-wide checks that must also run on their own schedule (see definitions.py).
+health_checks = freshness_checks
 
 defs = dg.Definitions(
     assets=[postgres_daily_backup, postgres_weekly_offsite_backup],
     asset_checks=[*daily_checks, *weekly_checks],
-    jobs=[postgres_daily_backup_job, postgres_weekly_offsite_backup_job, postgres_freshness_job],
+    jobs=[postgres_daily_backup_job, postgres_weekly_offsite_backup_job],
     schedules=[
         postgres_daily_backup_schedule,
         postgres_weekly_offsite_backup_schedule,
-        postgres_freshness_schedule,
     ],
 )

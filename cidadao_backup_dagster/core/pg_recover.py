@@ -1,0 +1,212 @@
+"""Scenario 2, accidental DELETE: bring chosen rows of one table back from a backup into the live table.
+
+The backup goes into a temporary database (schema plus that one table's data, no indexes), the rows
+matching the operator's filter are staged on the live server in a TEMP table, and inserted with
+`ON CONFLICT DO NOTHING` (or `DO UPDATE`) in one transaction. The dry run stages, counts, samples and rolls
+back: the live table is never written. The temporary database is dropped whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .errors import BackupError
+from .manifest import Manifest
+from .pg_restore import Logger, create_database, drop_database, fetch_archive, run_pg_restore
+from .postgres import PgConnection, pg_binary
+from .storage import Storage
+
+
+@dataclass
+class RecoverResult:
+    table: str
+    partition: str
+    matched_in_backup: int
+    would_insert: int
+    already_present: int
+    inserted: int = 0
+    updated: int = 0
+    dry_run: bool = True
+    sample: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or "public"), table
+
+
+def _restore_one_table(archive: Path, temp: PgConnection, schema: str, table: str, bin_dir: str | None) -> None:
+    """Pre-data for everything (types, domains, functions the table may need) plus this table's data only."""
+    toc = subprocess.run(
+        [pg_binary("pg_restore", bin_dir), "--list", str(archive)], capture_output=True, text=True, check=True
+    ).stdout
+    wanted = f" TABLE DATA {schema} {table} "
+    keep = [
+        line
+        for line in toc.splitlines()
+        if line.startswith(";") or (" TABLE DATA " not in line and " BLOB" not in line) or wanted in line
+    ]
+    if not any(wanted in line for line in keep):
+        raise BackupError(f"The backup holds no data for table {schema}.{table}: check the table name")
+    with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as f:
+        f.write("\n".join(keep) + "\n")
+    try:
+        run_pg_restore(
+            archive,
+            temp,
+            jobs=1,
+            no_owner=True,
+            extra_args=("--section=pre-data", "--section=data", f"--use-list={f.name}"),
+            bin_dir=bin_dir,
+        )
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+
+def _key_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    """Primary key, else the first unique constraint: what ON CONFLICT needs to avoid duplicating rows."""
+    rows = conn.execute(
+        """SELECT con.contype, array_agg(a.attname ORDER BY k.ord)
+           FROM pg_constraint con
+           CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+           WHERE con.conrelid = %s::regclass AND con.contype IN ('p', 'u')
+           GROUP BY con.oid, con.contype ORDER BY con.contype, con.oid""",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    return list(rows[0][1]) if rows else []
+
+
+def _insertable_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0
+               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""",
+            (sql.Identifier(schema, table).as_string(conn),),
+        )
+    ]
+
+
+def recover_rows(
+    storage: Storage,
+    manifest: Manifest,
+    live: PgConnection,
+    table: str,
+    where: str,
+    *,
+    scratch_server: PgConnection | None = None,
+    dry_run: bool = True,
+    on_conflict: str = "nothing",
+    sample_rows: int = 5,
+    tmp_dir: str | None = None,
+    bin_dir: str | None = None,
+    say: Logger = print,
+) -> RecoverResult:
+    t0 = time.monotonic()
+    if on_conflict not in ("nothing", "update"):
+        raise BackupError(f"on_conflict must be 'nothing' or 'update', not {on_conflict!r}")
+    if not where.strip():
+        raise BackupError("where is empty: give a filter such as \"id = '...'\" or \"created_at >= '2026-11-20'\"")
+    schema, name = split_table(table)
+    qualified = f"{schema}.{name}"
+    if qualified not in manifest.tables:
+        raise BackupError(f"Table {qualified} is not in backup {manifest.partition} (it has {len(manifest.tables)})")
+    with live.connect() as conn:
+        if not conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]:
+            raise BackupError(f"Table {qualified} does not exist in the live database {live.display()}")
+        keys = _key_columns(conn, schema, name)
+        live_columns = _insertable_columns(conn, schema, name)
+    if not keys:
+        raise BackupError(
+            f"{qualified} has no primary key or unique constraint in the live database: rows could be duplicated. "
+            "Add one, or restore the backup with restore_postgres and copy rows by hand"
+        )
+
+    server = scratch_server or live
+    temp_db = f"cbd_recover_{name[:30]}_{uuid.uuid4().hex[:8]}".lower()
+    archive = fetch_archive(storage, manifest, tmp_dir)
+    try:
+        say(f"Restoring {qualified} from backup {manifest.partition} into temporary database {temp_db}")
+        create_database(server, temp_db)
+        temp = server.with_dbname(temp_db)
+        _restore_one_table(archive, temp, schema, name, bin_dir)
+        archive.unlink(missing_ok=True)
+        with temp.connect() as src:
+            backup_columns = set(_insertable_columns(src, schema, name))
+            missing = [c for c in keys if c not in backup_columns]
+            if missing:
+                raise BackupError(f"Key column(s) {missing} of {qualified} are not in the backup's table")
+            columns = [c for c in live_columns if c in backup_columns]
+            col_list = sql.SQL(", ").join(map(sql.Identifier, columns))
+            try:
+                matched = src.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(schema, name), sql.SQL(where))
+                ).fetchone()[0]
+            except psycopg.Error as exc:
+                raise BackupError(f"The filter {where!r} does not work on {qualified}: {exc}".strip()) from None
+            src.rollback()
+            result = RecoverResult(qualified, manifest.partition, matched, 0, 0, dry_run=dry_run)
+            with live.connect() as dst:
+                stage = sql.Identifier(f"cbd_stage_{uuid.uuid4().hex[:8]}")
+                dst.execute(
+                    sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                        stage, col_list, sql.Identifier(schema, name)
+                    )
+                )
+                copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+                    col_list, sql.Identifier(schema, name), sql.SQL(where)
+                )
+                copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, col_list)
+                # Text COPY: binary would carry this database's type OIDs (enums, composites), which differ there.
+                with src.cursor().copy(copy_out) as out, dst.cursor().copy(copy_in) as into:
+                    for block in out:
+                        into.write(block)
+                key_match = sql.SQL(" AND ").join(
+                    sql.SQL("l.{k} IS NOT DISTINCT FROM s.{k}").format(k=sql.Identifier(k)) for k in keys
+                )
+                absent = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {})").format(
+                    sql.Identifier(schema, name), key_match
+                )
+                result.would_insert = dst.execute(
+                    sql.SQL("SELECT count(*) FROM {} s WHERE {}").format(stage, absent)
+                ).fetchone()[0]
+                result.already_present = matched - result.would_insert
+                sample_query = sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} LIMIT {}").format(
+                    stage, absent, sql.Literal(sample_rows)
+                )
+                result.sample = [json.loads(json.dumps(r[0], default=str)) for r in dst.execute(sample_query)]
+                if dry_run:
+                    dst.rollback()  # dry run: the live table is never written
+                else:
+                    conflict = sql.SQL(", ").join(map(sql.Identifier, keys))
+                    if on_conflict == "update":
+                        sets = sql.SQL(", ").join(
+                            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns if c not in keys
+                        )
+                        action = sql.SQL("DO UPDATE SET {}").format(sets)
+                    else:
+                        action = sql.SQL("DO NOTHING")
+                    insert = sql.SQL(
+                        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {} "
+                        "RETURNING (xmax = 0)"
+                    ).format(sql.Identifier(schema, name), col_list, col_list, stage, conflict, action)
+                    flags = [r[0] for r in dst.execute(insert)]
+                    result.inserted = sum(1 for f in flags if f)
+                    result.updated = len(flags) - result.inserted
+                    dst.commit()
+    finally:
+        archive.unlink(missing_ok=True)
+        drop_database(server, temp_db)
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result

@@ -1,0 +1,163 @@
+"""The monthly restore drill: proves the newest daily backup restores, and how long it takes (the RTO)."""
+
+import warnings
+from datetime import timedelta
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.pg_backup import safe_name
+from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, report_age, run_drill
+from ..postgres.assets import DAILY_SPEC, series_for
+from ..resources import BackupStorage, PostgresSource, RecoverySettings
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
+
+MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
+MAX_DRILL_AGE = timedelta(days=35)
+
+
+def _source_name(source: PostgresSource) -> str:
+    return safe_name(source.connection().dbname)
+
+
+@dg.asset(
+    name="postgres_restore_drill",
+    group_name="recovery",
+    partitions_def=MONTHLY,
+    kinds={"postgres"},
+    description="Monthly drill: restores the newest valid daily backup into a scratch database, verifies the SHA-256 "
+    "and every table's row count, times it against the 30-minute RTO, drops the scratch database, and stores a "
+    "report under drills/ in BACKUP_STORAGE_URL.",
+    tags={"cidadao/domain": "recovery"},
+)
+def postgres_restore_drill(
+    context: dg.AssetExecutionContext,
+    postgres_source: PostgresSource,
+    backup_storage: BackupStorage,
+    recovery: RecoverySettings,
+) -> dg.MaterializeResult:
+    try:
+        source = postgres_source.connection()
+        server = recovery.server(recovery.drill_server_url, source, "DRILL_DATABASE_URL")
+        storage = backup_storage.open()
+        report = run_drill(
+            storage,
+            series_for(DAILY_SPEC, postgres_source),
+            server,
+            source=_source_name(postgres_source),
+            partition=context.partition_key,
+            jobs=recovery.restore_jobs,
+            tmp_dir=recovery.scratch_dir(),
+            bin_dir=postgres_source.bin_dir,
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
+    context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
+    return dg.MaterializeResult(
+        metadata={
+            "passed": dg.MetadataValue.bool(report["passed"]),
+            "proved_backup": dg.MetadataValue.text(report["backup_partition"]),
+            "backup_uri": dg.MetadataValue.text(report["backup_uri"]),
+            "backup_sha256": dg.MetadataValue.text(report["backup_sha256"]),
+            "duration_s": dg.MetadataValue.float(report["duration_seconds"]),
+            "rto_s": dg.MetadataValue.int(RTO_DATABASE_CORRUPTION_S),
+            "tables": dg.MetadataValue.int(report.get("tables", 0)),
+            "rows": dg.MetadataValue.int(report.get("rows", 0)),
+        }
+    )
+
+
+def _report(postgres_source: PostgresSource, backup_storage: BackupStorage, partition: str) -> dict | None:
+    return read_report(backup_storage.open(), _source_name(postgres_source), partition)
+
+
+@dg.asset_check(
+    asset=postgres_restore_drill,
+    name="drill_passed",
+    blocking=True,
+    partitions_def=MONTHLY,
+    description="ERROR unless the drill restored the backup and every table's row count matched its manifest.",
+)
+def drill_passed(
+    context: dg.AssetCheckExecutionContext, postgres_source: PostgresSource, backup_storage: BackupStorage
+) -> dg.AssetCheckResult:
+    report = _report(postgres_source, backup_storage, context.partition_key)
+    if report is None:
+        return dg.AssetCheckResult(passed=False, description=f"No drill report for {context.partition_key}")
+    return dg.AssetCheckResult(
+        passed=bool(report["passed"]),
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=("Restored and verified " if report["passed"] else "Drill failed: " + "; ".join(report["problems"]))
+        + f" (backup {report['backup_partition']})",
+        metadata={"proved_backup": report["backup_partition"], "backup_uri": report["backup_uri"]},
+    )
+
+
+@dg.asset_check(
+    asset=postgres_restore_drill,
+    name="drill_duration_within_rto",
+    partitions_def=MONTHLY,
+    description="Restore time against the RTO for database corruption (30 min): WARN above 15 min, ERROR above 30.",
+)
+def drill_duration_within_rto(
+    context: dg.AssetCheckExecutionContext, postgres_source: PostgresSource, backup_storage: BackupStorage
+) -> dg.AssetCheckResult:
+    report = _report(postgres_source, backup_storage, context.partition_key)
+    if report is None:
+        return dg.AssetCheckResult(passed=False, description=f"No drill report for {context.partition_key}")
+    seconds = float(report["duration_seconds"])
+    rto = RTO_DATABASE_CORRUPTION_S
+    meta = {"duration_s": seconds, "rto_s": rto, "rto_used_pct": round(100 * seconds / rto, 1)}
+    if seconds > rto:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{seconds:.0f} s exceeds the RTO",
+            metadata=meta,
+        )
+    if seconds > rto / 2:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{seconds:.0f} s is over half the {rto} s RTO",
+            metadata=meta,
+        )
+    return dg.AssetCheckResult(passed=True, description=f"{seconds:.1f} s of the {rto} s RTO", metadata=meta)
+
+
+@dg.asset_check(
+    asset=postgres_restore_drill,
+    name="recent_passing_drill",
+    description="ERROR when no drill has passed in the last 35 days: an untested backup is a hope, not a backup.",
+)
+def recent_passing_drill(postgres_source: PostgresSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+    report = newest_passing_report(backup_storage.open(), _source_name(postgres_source))
+    if report is None:
+        return dg.AssetCheckResult(passed=False, description="No restore drill has ever passed")
+    age = report_age(report)
+    return dg.AssetCheckResult(
+        passed=age <= MAX_DRILL_AGE,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"Last passing drill ({report['partition']}, backup {report['backup_partition']}) "
+        f"finished {age.days} days ago (limit {MAX_DRILL_AGE.days})",
+        metadata={"age_days": round(age.total_seconds() / 86400, 2), "proved_backup": report["backup_partition"]},
+    )
+
+
+postgres_restore_drill_job = dg.define_asset_job(
+    "postgres_restore_drill_job",
+    selection=dg.AssetSelection.assets(postgres_restore_drill),
+    description="Monthly restore drill with its checks.",
+)
+# On the 1st at 05:00 UTC, the drill of the month that just ended (after the 03:00 daily backup landed).
+postgres_restore_drill_schedule = dg.build_schedule_from_partitioned_job(
+    postgres_restore_drill_job,
+    name="postgres_restore_drill_schedule",
+    day_of_month=1,
+    hour_of_day=5,
+    minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

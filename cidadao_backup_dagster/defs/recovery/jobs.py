@@ -1,0 +1,211 @@
+"""Recovery jobs an on-call engineer launches from the Launchpad (or `dagster job execute -c config.yaml`).
+
+`restore_postgres`: the strategy's scenarios 1 (corruption) and 3 (complete loss).
+`recover_rows`: scenario 2 (accidental DELETE).
+"""
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.pg_recover import recover_rows as recover_rows_core
+from ...core.pg_restore import restore_backup, select_backup
+from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
+from ..resources import BackupStorage, PostgresSource, RecoverySettings
+
+
+class BackupChoice(dg.Config):
+    backup: str = Field(
+        default="latest",
+        description="Which backup: a partition key (daily: 2026-11-24; offsite: the week's Sunday, 2026-11-22) "
+        "or 'latest' for the newest valid one.",
+    )
+    backup_set: Literal["daily", "offsite"] = Field(
+        default="daily", description="daily = BACKUP_STORAGE_URL; offsite = the weekly copy in OFFSITE_STORAGE_URL."
+    )
+
+
+class RestorePostgresConfig(BackupChoice):
+    target_server_url: str = Field(
+        default="",
+        description="Server to restore onto, postgresql://user@host:5432 (no password: set RESTORE_TARGET_PASSWORD). "
+        "Empty = the source server of DATABASE_URL.",
+    )
+    target_database: str = Field(
+        default="", description="New database name. Empty = <source>_restored_<YYYYMMDD_HHMM> (UTC)."
+    )
+    replace_existing: bool = Field(
+        default=False, description="Allow replacing a database that already holds data (also needs the confirmation)."
+    )
+    confirm_database_name: str = Field(
+        default="", description="With replace_existing: repeat the target database's name to confirm."
+    )
+    jobs: int = Field(default=2, description="pg_restore --jobs.")
+    no_owner: bool = Field(
+        default=False, description="pg_restore --no-owner --no-acl, for a server without the source's roles."
+    )
+    post_restore_command: str = Field(
+        default="",
+        description="Shell command run after a verified restore with DATABASE_URL set to the restored database, "
+        "e.g. 'alembic upgrade head'.",
+    )
+    post_restore_workdir: str = Field(default="", description="Working directory for the post-restore command.")
+
+
+class RecoverRowsConfig(BackupChoice):
+    table: str = Field(default="investigations", description="Table to recover rows of (schema.table or table).")
+    where: str = Field(
+        description="SQL filter selecting the rows to bring back, evaluated on the backup's copy, e.g. "
+        "\"created_at >= '2026-11-20' AND status = 'completed'\". Use TRUE for every row."
+    )
+    dry_run: bool = Field(default=True, description="Only report what would come back, with a sample; write nothing.")
+    on_conflict: Literal["nothing", "update"] = Field(
+        default="nothing",
+        description="Rows whose key still exists in the live table: keep them (nothing) or overwrite them (update).",
+    )
+    sample_rows: int = Field(default=5, description="How many would-be-restored rows to show.")
+
+
+def _storage_and_series(config: BackupChoice, source, backup_storage, offsite_storage):
+    spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
+    return spec.pick(backup_storage, offsite_storage).open(), series_for(spec, source)
+
+
+@dg.op(
+    description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a new database, verify "
+    "every table's row count against the manifest, optionally run a post-restore command.",
+    tags={"cidadao/domain": "recovery"},
+)
+def restore_postgres_op(
+    context: dg.OpExecutionContext,
+    config: RestorePostgresConfig,
+    postgres_source: PostgresSource,
+    backup_storage: BackupStorage,
+    offsite_storage: BackupStorage,
+    recovery: RecoverySettings,
+) -> dg.Output:
+    try:
+        source = postgres_source.connection()
+        server = recovery.server(config.target_server_url, source, "target_server_url")
+        storage, series = _storage_and_series(config, postgres_source, backup_storage, offsite_storage)
+        manifest = select_backup(storage, series, config.backup)
+        dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
+        context.log.info(
+            f"Restoring backup {manifest.partition} ({config.backup_set}) to {server.with_dbname(dbname).display()}"
+        )
+        result = restore_backup(
+            storage,
+            manifest,
+            server,
+            dbname,
+            replace=config.replace_existing,
+            confirm=config.confirm_database_name,
+            jobs=config.jobs,
+            no_owner=config.no_owner,
+            tmp_dir=recovery.scratch_dir(),
+            bin_dir=postgres_source.bin_dir,
+            post_restore_command=config.post_restore_command,
+            post_restore_workdir=config.post_restore_workdir or None,
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    if not result.ok:
+        raise dg.Failure(
+            f"Restored {result.target} but row counts differ from the backup's manifest (the database is kept for "
+            f"inspection): {'; '.join(result.mismatches)}",
+            allow_retries=False,
+        )
+    context.log.info(f"Restore verified: {result.tables} tables, {result.rows:,} rows in {result.total_seconds:.1f} s")
+    return dg.Output(
+        None,
+        metadata={
+            "target": dg.MetadataValue.text(result.target),
+            "backup_partition": dg.MetadataValue.text(result.partition),
+            "backup_uri": dg.MetadataValue.text(result.backup_uri),
+            "duration_s": dg.MetadataValue.float(result.total_seconds),
+            "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
+            "restore_s": dg.MetadataValue.float(result.restore_seconds),
+            "verify_s": dg.MetadataValue.float(result.verify_seconds),
+            "tables": dg.MetadataValue.int(result.tables),
+            "rows": dg.MetadataValue.int(result.rows),
+        },
+    )
+
+
+@dg.job(
+    name="restore_postgres",
+    description="Scenarios 1 and 3: restore a backup into a new (or, confirmed, replaced) database and verify it.",
+    tags={"cidadao/domain": "recovery"},
+)
+def restore_postgres():
+    restore_postgres_op()
+
+
+@dg.op(
+    description="Restore a backup into a temporary database, select rows matching the filter, and copy them into "
+    "the live table with ON CONFLICT DO NOTHING (or UPDATE). Dry run by default. The temporary database is dropped.",
+    tags={"cidadao/domain": "recovery"},
+)
+def recover_rows_op(
+    context: dg.OpExecutionContext,
+    config: RecoverRowsConfig,
+    postgres_source: PostgresSource,
+    backup_storage: BackupStorage,
+    offsite_storage: BackupStorage,
+    recovery: RecoverySettings,
+) -> dg.Output:
+    try:
+        live = postgres_source.connection()
+        storage, series = _storage_and_series(config, postgres_source, backup_storage, offsite_storage)
+        manifest = select_backup(storage, series, config.backup)
+        result = recover_rows_core(
+            storage,
+            manifest,
+            live,
+            config.table,
+            config.where,
+            dry_run=config.dry_run,
+            on_conflict=config.on_conflict,
+            sample_rows=config.sample_rows,
+            tmp_dir=recovery.scratch_dir(),
+            bin_dir=postgres_source.bin_dir,
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    if result.dry_run:
+        context.log.info(
+            f"DRY RUN: {result.matched_in_backup} rows match in backup {result.partition}; {result.would_insert} are "
+            f"missing from the live table and would come back; {result.already_present} are still there. "
+            "Nothing was written. Set dry_run: false to restore them."
+        )
+    else:
+        context.log.info(f"Recovered {result.inserted} rows into {result.table} (updated {result.updated})")
+    return dg.Output(
+        None,
+        metadata={
+            "table": dg.MetadataValue.text(result.table),
+            "backup_partition": dg.MetadataValue.text(result.partition),
+            "dry_run": dg.MetadataValue.bool(result.dry_run),
+            "matched_in_backup": dg.MetadataValue.int(result.matched_in_backup),
+            "would_insert": dg.MetadataValue.int(result.would_insert),
+            "already_present": dg.MetadataValue.int(result.already_present),
+            "inserted": dg.MetadataValue.int(result.inserted),
+            "updated": dg.MetadataValue.int(result.updated),
+            "sample": dg.MetadataValue.json(result.sample),
+            "duration_s": dg.MetadataValue.float(result.seconds),
+        },
+    )
+
+
+@dg.job(
+    name="recover_rows",
+    description="Scenario 2 (accidental DELETE): bring rows of one table back from a backup. Dry run by default.",
+    tags={"cidadao/domain": "recovery"},
+)
+def recover_rows():
+    recover_rows_op()
