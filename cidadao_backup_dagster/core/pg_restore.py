@@ -71,12 +71,19 @@ def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = No
     fd, name = tempfile.mkstemp(prefix="cbd-restore-", suffix=".dump", dir=root)
     path = Path(name)
     stored_sha, raw_sha = hashlib.sha256(), hashlib.sha256()
+    decode_error = None
     try:
         with os.fdopen(fd, "wb") as out, storage.open_read(manifest.artifact_key) as src:
             dobj = zstandard.ZstdDecompressor().decompressobj()
             while chunk := src.read(MiB):
                 stored_sha.update(chunk)
-                raw = dobj.decompress(chunk)
+                if decode_error:
+                    continue  # keep hashing: the SHA-256 verdict is the one to report
+                try:
+                    raw = dobj.decompress(chunk)
+                except zstandard.ZstdError as exc:
+                    decode_error = str(exc)
+                    continue
                 raw_sha.update(raw)
                 out.write(raw)
         if stored_sha.hexdigest() != manifest.stored_sha256:
@@ -84,11 +91,12 @@ def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = No
                 f"SHA-256 of {storage.uri(manifest.artifact_key)} does not match its manifest: the stored object "
                 "changed since the backup was taken. Refusing to restore it; pick another backup"
             )
+        if decode_error:
+            raise BackupError(
+                f"{storage.uri(manifest.artifact_key)} does not decode as zstd ({decode_error}): refusing"
+            )
         if not dobj.eof or raw_sha.hexdigest() != manifest.raw_sha256:
             raise BackupError("The decompressed archive does not match the manifest's raw SHA-256: refusing")
-    except zstandard.ZstdError as exc:
-        path.unlink(missing_ok=True)
-        raise BackupError(f"{storage.uri(manifest.artifact_key)} does not decode as zstd ({exc}): refusing") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -1,0 +1,384 @@
+"""Recovery against real PostgreSQL: restore_postgres, recover_rows and the restore drill, each round trip,
+and every refusal path leaving the target untouched."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from cidadao_backup_dagster.core.manifest import iso
+from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.definitions import build_defs
+from cidadao_backup_dagster.demo import seed
+
+from .conftest import drop_database, unique_name, url_with_dbname
+from .pg_schema import compare_databases, create_object_kinds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def drop_later(pg_admin_url):
+    """Names of databases a test expects a job to create; dropped at teardown whatever happened."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    for var in ("OFFSITE_STORAGE_URL", "RESTORE_TMPDIR", "DRILL_DATABASE_URL", "RESTORE_TARGET_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BACKUP_STORAGE_URL", f"file://{tmp_path}/backups")
+    monkeypatch.setenv("BACKUP_EXPECTED_SIZE_MB", "off")
+    return tmp_path
+
+
+def run(job, config=None, partition=None):
+    op = {"restore_postgres": "restore_postgres_op", "recover_rows": "recover_rows_op"}.get(job)
+    run_config = {"ops": {op: {"config": config or {}}}} if op else None
+    return (
+        build_defs()
+        .resolve_job_def(job)
+        .execute_in_process(
+            run_config=run_config,
+            partition_key=partition,
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+    )
+
+
+def failure_message(result) -> str:
+    return next(e for e in result.all_events if e.is_step_failure).event_specific_data.error.message
+
+
+def output_metadata(result) -> dict:
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+
+
+def backed_up(monkeypatch, url, partition="2026-11-24"):
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = run("postgres_daily_backup_job", partition=partition)
+    assert result.success
+    return result
+
+
+def db_exists(admin_url, name) -> bool:
+    with psycopg.connect(admin_url) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def leftover_databases(admin_url, prefix) -> list[str]:
+    with psycopg.connect(admin_url) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",))]
+
+
+@pytest.fixture
+def demo_source(make_database, env, monkeypatch):
+    url = make_database("cbd_rec")
+    seed(PgConnection.from_url(url), investigations=400)
+    backed_up(monkeypatch, url)
+    return url
+
+
+# ------------------------------------------------------------------------------------ restore_postgres
+
+
+def test_restore_postgres_round_trip_of_every_object_kind(make_database, env, monkeypatch, pg_admin_url, drop_later):
+    source = make_database("cbd_restore_src")
+    create_object_kinds(source)
+    backed_up(monkeypatch, source)
+    target = unique_name("cbd_restored")
+    drop_later.append(target)
+    result = run("restore_postgres", {"target_database": target, "jobs": 2})
+    assert result.success, failure_message(result)
+    meta = output_metadata(result)
+    assert meta["target"].endswith(f"/{target}") and meta["rows"] > 0 and meta["duration_s"] > 0
+    assert compare_databases(source, url_with_dbname(pg_admin_url, target)) == []
+
+
+def test_restore_refuses_a_non_empty_database_and_changes_nothing(demo_source, pg_admin_url, make_database):
+    occupied = make_database("cbd_occupied")
+    with psycopg.connect(occupied) as conn:
+        conn.execute("CREATE TABLE precious (v text)")
+        conn.execute("INSERT INTO precious VALUES ('keep me')")
+    name = PgConnection.from_url(occupied).dbname
+    for config in (
+        {"target_database": name},
+        {"target_database": name, "replace_existing": True},
+        {"target_database": name, "replace_existing": True, "confirm_database_name": name + "x"},
+    ):
+        result = run("restore_postgres", config)
+        assert not result.success
+        message = failure_message(result)
+        assert "Refusing" in message and "confirm_database_name" in message and "Nothing was changed" in message
+    with psycopg.connect(occupied) as conn:
+        assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
+        assert conn.execute("SELECT to_regclass('investigations')").fetchone()[0] is None
+
+
+def test_restore_replaces_with_confirmation(demo_source, make_database):
+    occupied = make_database("cbd_replace")
+    with psycopg.connect(occupied) as conn:
+        conn.execute("CREATE TABLE precious (v text)")
+    name = PgConnection.from_url(occupied).dbname
+    result = run("restore_postgres", {"target_database": name, "replace_existing": True, "confirm_database_name": name})
+    assert result.success, failure_message(result)
+    with psycopg.connect(occupied) as conn:
+        assert conn.execute("SELECT count(*) FROM investigations").fetchone()[0] == 400
+        assert conn.execute("SELECT to_regclass('precious')").fetchone()[0] is None
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"backup": "2020-01-01"}, "No backup for partition 2020-01-01"),
+        ({"backup": "yesterday"}, "not a partition key"),
+        ({"backup_set": "offsite"}, "OFFSITE_STORAGE_URL"),
+    ],
+)
+def test_restore_refusals_never_create_the_target(demo_source, pg_admin_url, drop_later, config, expected):
+    target = unique_name("cbd_never")
+    drop_later.append(target)
+    result = run("restore_postgres", {"target_database": target, **config})
+    assert not result.success
+    assert expected in failure_message(result)
+    assert not db_exists(pg_admin_url, target)
+
+
+def test_restore_with_no_valid_backup(make_database, env, monkeypatch, pg_admin_url, drop_later):
+    monkeypatch.setenv("DATABASE_URL", make_database("cbd_nobackup"))
+    target = unique_name("cbd_never")
+    drop_later.append(target)
+    result = run("restore_postgres", {"target_database": target})
+    assert not result.success and "No valid backup" in failure_message(result)
+    assert not db_exists(pg_admin_url, target)
+
+
+def test_restore_refuses_an_object_whose_sha256_changed(demo_source, env, pg_admin_url, drop_later):
+    (dump,) = env.glob("backups/postgres/*/daily/2026-11-24/*.dump.zst")
+    data = bytearray(dump.read_bytes())
+    data[-100] ^= 0xFF  # same size, different bytes
+    dump.write_bytes(bytes(data))
+    target = unique_name("cbd_never")
+    drop_later.append(target)
+    result = run("restore_postgres", {"target_database": target})
+    assert not result.success and "SHA-256" in failure_message(result)
+    assert not db_exists(pg_admin_url, target)
+
+
+def test_post_restore_command_sees_the_restored_database(demo_source, pg_admin_url, drop_later):
+    target = unique_name("cbd_post")
+    drop_later.append(target)
+    command = 'psql "$DATABASE_URL" -qc "CREATE TABLE post_restore_marker AS SELECT current_database() AS db"'
+    result = run("restore_postgres", {"target_database": target, "post_restore_command": command})
+    assert result.success, failure_message(result)
+    with psycopg.connect(url_with_dbname(pg_admin_url, target)) as conn:
+        assert conn.execute("SELECT db FROM post_restore_marker").fetchone()[0] == target
+
+
+def test_restore_job_from_the_cli_with_a_config_file(demo_source, env, tmp_path, pg_admin_url, drop_later):
+    """`dagster job execute -c config.yaml`, the Launchpad's twin."""
+    target = unique_name("cbd_cli")
+    drop_later.append(target)
+    config = tmp_path / "restore.yaml"
+    config.write_text(f"ops:\n  restore_postgres_op:\n    config:\n      target_database: {target}\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
+    cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "cidadao_backup_dagster.definitions"]
+    cmd += ["-j", "restore_postgres", "-c", str(config)]
+    out = subprocess.run(cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with psycopg.connect(url_with_dbname(pg_admin_url, target)) as conn:
+        assert conn.execute("SELECT count(*) FROM investigations").fetchone()[0] == 400
+
+
+# ---------------------------------------------------------------------------------------- recover_rows
+
+
+def table_digest(url, table="investigations"):
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t"
+        ).fetchone()
+
+
+def test_recover_rows_dry_run_then_real_run(demo_source, pg_admin_url):
+    before = table_digest(demo_source)
+    with psycopg.connect(demo_source) as conn:
+        deleted = conn.execute("DELETE FROM investigations WHERE status = 'failed' RETURNING id").fetchall()
+        conn.execute("UPDATE investigations SET query = 'edited after the backup' WHERE status = 'pending'")
+    edited = table_digest(demo_source)
+    assert len(deleted) > 10
+
+    dry = run("recover_rows", {"where": "status = 'failed'"})
+    assert dry.success, failure_message(dry)
+    meta = output_metadata(dry)
+    assert meta["dry_run"] and meta["would_insert"] == len(deleted) and meta["inserted"] == 0
+    assert len(meta["sample"]) == 5 and all(row["status"] == "failed" for row in meta["sample"])
+    assert table_digest(demo_source) == edited  # the dry run wrote nothing
+
+    real = run("recover_rows", {"where": "status IN ('failed', 'pending')", "dry_run": False})
+    assert real.success, failure_message(real)
+    meta = output_metadata(real)
+    assert meta["inserted"] == len(deleted) and meta["updated"] == 0
+    with psycopg.connect(demo_source) as conn:  # exactly the deleted rows came back; edits were kept
+        assert conn.execute("SELECT count(*) FROM investigations WHERE status = 'failed'").fetchone()[0] == len(deleted)
+        kept = conn.execute("SELECT count(*) FROM investigations WHERE query = 'edited after the backup'").fetchone()[0]
+        assert kept > 0
+    assert table_digest(demo_source)[0] == before[0]
+
+    update = run("recover_rows", {"where": "status = 'pending'", "dry_run": False, "on_conflict": "update"})
+    assert update.success and output_metadata(update)["updated"] == kept
+    assert table_digest(demo_source) == before  # now identical to the backup
+    assert leftover_databases(pg_admin_url, "cbd_recover_") == []
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"where": "no_such_column = 1"}, "does not work on public.investigations"),
+        ({"where": "TRUE", "table": "missing_table"}, "not in backup"),
+        ({"where": "TRUE", "backup": "2020-01-01"}, "No backup for partition"),
+    ],
+)
+def test_recover_rows_failures_leave_no_temporary_database(demo_source, pg_admin_url, config, expected):
+    before = table_digest(demo_source)
+    result = run("recover_rows", {"dry_run": False, **config})
+    assert not result.success and expected in failure_message(result)
+    assert leftover_databases(pg_admin_url, "cbd_recover_") == []
+    assert table_digest(demo_source) == before
+
+
+# --------------------------------------------------------------------------------------------- drills
+
+
+def drill_checks(result):
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_drill_proves_the_newest_backup_and_leaves_nothing(demo_source, env, pg_admin_url, monkeypatch):
+    backed_up(monkeypatch, demo_source, "2026-11-23")  # older partition: the drill must pick 2026-11-24
+    result = run("postgres_restore_drill_job", partition="2026-10-01")
+    assert result.success
+    checks = drill_checks(result)
+    assert checks["drill_passed"].passed and checks["drill_duration_within_rto"].passed
+    assert checks["recent_passing_drill"].passed
+    (mat,) = result.get_asset_materialization_events()
+    meta = mat.step_materialization_data.materialization.metadata
+    assert meta["proved_backup"].value == "2026-11-24" and meta["passed"].value
+    (report,) = env.glob("backups/drills/postgres/*/2026-10-01/report.json")
+    assert json.loads(report.read_text())["backup_partition"] == "2026-11-24"
+    assert leftover_databases(pg_admin_url, "cbd_drill_") == []
+
+
+def test_drill_on_a_damaged_backup_fails_its_check(demo_source, env, pg_admin_url):
+    (dump,) = env.glob("backups/postgres/*/daily/2026-11-24/*.dump.zst")
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    result = run("postgres_restore_drill_job", partition="2026-10-01")
+    checks = drill_checks(result)
+    assert not checks["drill_passed"].passed and "SHA-256" in checks["drill_passed"].description
+    assert checks["drill_passed"].severity == dg.AssetCheckSeverity.ERROR
+    assert not checks["recent_passing_drill"].passed
+    assert leftover_databases(pg_admin_url, "cbd_drill_") == []
+
+
+def test_recent_drill_check_fails_when_the_last_pass_is_too_old(demo_source, env):
+    source = PgConnection.from_url(demo_source).dbname
+    report = env / "backups" / "drills" / "postgres" / source / "2026-09-01" / "report.json"
+    report.parent.mkdir(parents=True)
+    old = datetime.now(UTC) - timedelta(days=40)
+    report.write_text(
+        json.dumps(
+            {"passed": True, "partition": "2026-09-01", "backup_partition": "2026-09-30", "finished_at": iso(old)}
+        )
+    )
+    result = run("backup_health_checks_job")
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "recent_passing_drill"]
+    assert not check.passed and "40 days ago" in check.description
+
+
+def test_drill_schedule_runs_monthly_for_the_month_that_ended(env):
+    schedule = build_defs().resolve_schedule_def("postgres_restore_drill_schedule")
+    assert schedule.cron_schedule == "0 5 1 * *"
+    tick = datetime(2026, 12, 1, 5, 0, tzinfo=UTC)
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+    ):
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-01"
+
+
+# ---------------------------------------------------------------------------- disaster recovery runbook
+
+
+def runbook_block(title: str) -> str:
+    """The fenced bash block right after the README heading `title`: the test runs it verbatim."""
+    readme = (REPO / "README.md").read_text()
+    match = re.search(re.escape(title) + r".*?```bash\n(.*?)```", readme, re.S)
+    assert match, f"README has no bash block under {title!r}"
+    return match.group(1)
+
+
+def test_runbook_restore_from_a_local_folder_without_dagster(demo_source, env, pg_admin_url, drop_later):
+    target = unique_name("cbd_runbook")
+    drop_later.append(target)
+    source = PgConnection.from_url(demo_source).dbname
+    variables = {
+        "BACKUP_DIR": str(env / "backups" / "postgres" / source / "daily"),
+        "PARTITION": "2026-11-24",
+        "NEW_DB": target,
+        "PGHOST": "127.0.0.1",
+        "PGUSER": "postgres",
+        "WORK": str(env / "work"),
+    }
+    script = runbook_block("#### 1a. Fetch from a local folder") + runbook_block("#### 2. Check, restore, verify")
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env={**os.environ, **variables},
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert compare_databases(demo_source, url_with_dbname(pg_admin_url, target)) == []
+
+
+def test_runbook_restore_from_s3_without_dagster(
+    make_database, env, monkeypatch, pg_admin_url, drop_later, aws_env, make_bucket
+):
+    if not subprocess.run(["bash", "-c", "command -v aws"], capture_output=True).returncode == 0:
+        pytest.skip("the aws CLI is not installed (pip install awscli)")
+    source = make_database("cbd_rbs3")
+    seed(PgConnection.from_url(source), investigations=200)
+    bucket = make_bucket()
+    monkeypatch.setenv("BACKUP_STORAGE_URL", f"s3://{bucket}/cidadao")
+    backed_up(monkeypatch, source)
+    target = unique_name("cbd_runbook")
+    drop_later.append(target)
+    variables = {
+        "BACKUP_URL": f"s3://{bucket}/cidadao",
+        "DB": PgConnection.from_url(source).dbname,
+        "AWS_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"],
+        "PARTITION": "2026-11-24",
+        "NEW_DB": target,
+        "PGHOST": "127.0.0.1",
+        "PGUSER": "postgres",
+        "WORK": str(env / "work"),
+    }
+    script = runbook_block("#### 1b. Fetch from S3-compatible storage") + runbook_block(
+        "#### 2. Check, restore, verify"
+    )
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env={**os.environ, **variables},
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert compare_databases(source, url_with_dbname(pg_admin_url, target)) == []
