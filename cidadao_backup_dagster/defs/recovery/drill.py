@@ -70,8 +70,12 @@ def postgres_restore_drill(
     )
 
 
-def _report(postgres_source: PostgresSource, backup_storage: BackupStorage, partition: str) -> dict | None:
-    return read_report(backup_storage.open(), _source_name(postgres_source), partition)
+def _report(postgres_source: PostgresSource, backup_storage: BackupStorage, partition: str):
+    """(report, None), or (None, a failed check result) when this month has no drill report."""
+    report = read_report(backup_storage.open(), _source_name(postgres_source), partition)
+    if report is None:
+        return None, dg.AssetCheckResult(passed=False, description=f"No drill report for {partition}")
+    return report, None
 
 
 @dg.asset_check(
@@ -84,9 +88,9 @@ def _report(postgres_source: PostgresSource, backup_storage: BackupStorage, part
 def drill_passed(
     context: dg.AssetCheckExecutionContext, postgres_source: PostgresSource, backup_storage: BackupStorage
 ) -> dg.AssetCheckResult:
-    report = _report(postgres_source, backup_storage, context.partition_key)
-    if report is None:
-        return dg.AssetCheckResult(passed=False, description=f"No drill report for {context.partition_key}")
+    report, missing = _report(postgres_source, backup_storage, context.partition_key)
+    if missing:
+        return missing
     return dg.AssetCheckResult(
         passed=bool(report["passed"]),
         severity=dg.AssetCheckSeverity.ERROR,
@@ -105,9 +109,9 @@ def drill_passed(
 def drill_duration_within_rto(
     context: dg.AssetCheckExecutionContext, postgres_source: PostgresSource, backup_storage: BackupStorage
 ) -> dg.AssetCheckResult:
-    report = _report(postgres_source, backup_storage, context.partition_key)
-    if report is None:
-        return dg.AssetCheckResult(passed=False, description=f"No drill report for {context.partition_key}")
+    report, missing = _report(postgres_source, backup_storage, context.partition_key)
+    if missing:
+        return missing
     seconds = float(report["duration_seconds"])
     rto = RTO_DATABASE_CORRUPTION_S
     meta = {"duration_s": seconds, "rto_s": rto, "rto_used_pct": round(100 * seconds / rto, 1)}

@@ -69,9 +69,11 @@ class RecoverRowsConfig(BackupChoice):
     sample_rows: int = Field(default=5, description="How many would-be-restored rows to show.")
 
 
-def _storage_and_series(config: BackupChoice, source, backup_storage, offsite_storage):
+def _chosen_backup(config: BackupChoice, source: PostgresSource, backup_storage, offsite_storage):
+    """(storage, manifest) of the backup the config names; refuses unknown or invalid ones."""
     spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
-    return spec.pick(backup_storage, offsite_storage).open(), series_for(spec, source)
+    storage = spec.pick(backup_storage, offsite_storage).open()
+    return storage, select_backup(storage, series_for(spec, source), config.backup)
 
 
 @dg.op(
@@ -90,8 +92,7 @@ def restore_postgres_op(
     try:
         source = postgres_source.connection()
         server = recovery.server(config.target_server_url, source, "target_server_url")
-        storage, series = _storage_and_series(config, postgres_source, backup_storage, offsite_storage)
-        manifest = select_backup(storage, series, config.backup)
+        storage, manifest = _chosen_backup(config, postgres_source, backup_storage, offsite_storage)
         dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
         context.log.info(
             f"Restoring backup {manifest.partition} ({config.backup_set}) to {server.with_dbname(dbname).display()}"
@@ -160,8 +161,7 @@ def recover_rows_op(
 ) -> dg.Output:
     try:
         live = postgres_source.connection()
-        storage, series = _storage_and_series(config, postgres_source, backup_storage, offsite_storage)
-        manifest = select_backup(storage, series, config.backup)
+        storage, manifest = _chosen_backup(config, postgres_source, backup_storage, offsite_storage)
         result = recover_rows_core(
             storage,
             manifest,
