@@ -88,6 +88,15 @@ def make_database(pg_admin_url):
     assert not errors, f"could not drop test databases: {errors}"
 
 
+@pytest.fixture
+def drop_later(pg_admin_url):
+    """Names of databases a test expects a job to create; dropped at teardown whatever happened."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        drop_database(pg_admin_url, name)
+
+
 # ---------------------------------------------------------------------------------------------- S3
 
 

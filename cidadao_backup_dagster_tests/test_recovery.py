@@ -18,19 +18,10 @@ from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 
-from .conftest import drop_database, unique_name, url_with_dbname
+from .conftest import unique_name, url_with_dbname
 from .pg_schema import compare_databases, create_object_kinds
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def drop_later(pg_admin_url):
-    """Names of databases a test expects a job to create; dropped at teardown whatever happened."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        drop_database(pg_admin_url, name)
 
 
 @pytest.fixture

@@ -48,7 +48,9 @@ def load_identities(path: str, variable: str = "BACKUP_AGE_IDENTITY_FILE") -> li
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
-        raise ConfigurationError(variable, f"cannot read {path} ({exc.strerror})", "check the path and permissions")
+        raise ConfigurationError(
+            variable, f"cannot read {path} ({exc.strerror})", "check the path and permissions"
+        ) from None
     identities = []
     for line in lines:
         line = line.strip()

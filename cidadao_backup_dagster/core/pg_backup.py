@@ -41,6 +41,7 @@ def backup_postgres(
     partition: str,
     settings: BackupSettings = BackupSettings(),
     encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
     extra: dict | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> Manifest:
@@ -66,7 +67,8 @@ def backup_postgres(
         # the object the current manifest points to before the new manifest lands.
         stamp = snapshot.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
         source = safe_name(conn.dbname)
-        key = f"{partition_prefix(series, partition)}/{source}_{partition}_{stamp}.dump.zst"
+        suffix = ".dump.zst.age" if encryption else ".dump.zst"
+        key = f"{partition_prefix(series, partition)}/{source}_{partition}_{stamp}{suffix}"
         snapshot.start_counting()
         writer = storage.open_write(key)
         dump: PgDumpProcess | None = None
@@ -115,9 +117,13 @@ def backup_postgres(
                 "key": key,
                 "uri": storage.uri(key),
                 "format": "pg_dump custom archive (uncompressed inside), zstd-compressed",
-                "restore_hint": "zstd -dc <file> | pg_restore --dbname=<target>  (or zstd -d first for --jobs)",
+                "restore_hint": (
+                    "age -d -i key.txt <file> | zstd -d -o backup.dump; pg_restore --dbname=<target> backup.dump"
+                    if encryption
+                    else "zstd -d <file> -o backup.dump; pg_restore --jobs 4 --dbname=<target> backup.dump"
+                ),
                 "compression": {"codec": "zstd", "level": settings.zstd_level, "checksum": True},
-                "encryption": None,
+                "encryption": encryption_info if encryption else None,
                 "raw_bytes": stats.raw_bytes,
                 "raw_sha256": stats.raw_sha256,
                 "stored_bytes": stats.stored_bytes,

@@ -32,6 +32,7 @@ def run_drill(
     jobs: int = 2,
     tmp_dir: str | None = None,
     bin_dir: str | None = None,
+    identities: list | None = None,
     say: Logger = print,
 ) -> dict:
     """Run one drill and store its report (also on failure, when a backup was found to prove)."""
@@ -51,7 +52,16 @@ def run_drill(
     }
     try:
         result = restore_backup(
-            storage, manifest, server, scratch, jobs=jobs, tmp_dir=tmp_dir, bin_dir=bin_dir, no_owner=True, say=say
+            storage,
+            manifest,
+            server,
+            scratch,
+            jobs=jobs,
+            tmp_dir=tmp_dir,
+            bin_dir=bin_dir,
+            no_owner=True,
+            identities=identities,
+            say=say,
         )
         report.update(
             passed=result.ok,

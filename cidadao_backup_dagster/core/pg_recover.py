@@ -111,6 +111,7 @@ def recover_rows(
     sample_rows: int = 5,
     tmp_dir: str | None = None,
     bin_dir: str | None = None,
+    identities: list | None = None,
     say: Logger = print,
 ) -> RecoverResult:
     t0 = time.monotonic()
@@ -135,7 +136,7 @@ def recover_rows(
 
     server = scratch_server or live
     temp_db = f"cbd_recover_{name[:30]}_{uuid.uuid4().hex[:8]}".lower()
-    archive = fetch_archive(storage, manifest, tmp_dir)
+    archive = fetch_archive(storage, manifest, tmp_dir, identities)
     try:
         say(f"Restoring {qualified} from backup {manifest.partition} into temporary database {temp_db}")
         create_database(server, temp_db)

@@ -6,7 +6,6 @@ valid backup, SHA-256 mismatch) happens before the target server is touched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -18,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
 from psycopg import sql
 
+from .artifact_reader import is_encrypted, read_artifact
 from .errors import BackupError
 from .manifest import Manifest, list_partitions, read_manifest, valid_manifests
 from .postgres import PgConnection, pg_binary
@@ -58,9 +57,14 @@ def select_backup(storage: Storage, series: str, which: str = "latest") -> Manif
 # ------------------------------------------------------------------------------------ fetch + verify
 
 
-def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = None) -> Path:
-    """Download and decompress into a temporary file, checking both SHA-256s against the manifest.
+def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = None, identities=None) -> Path:
+    """Download (decrypt) and decompress into a temporary file, checking both SHA-256s against the manifest.
     The caller deletes the file. Nothing is restored from bytes that did not match."""
+    if is_encrypted(manifest) and not identities:
+        raise BackupError(
+            f"{storage.uri(manifest.artifact_key)} is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity "
+            "file to restore it"
+        )
     root = Path(tmp_dir or tempfile.gettempdir())
     free = shutil.disk_usage(root).free
     if free < manifest.raw_bytes * 1.05:
@@ -70,33 +74,17 @@ def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = No
         )
     fd, name = tempfile.mkstemp(prefix="cbd-restore-", suffix=".dump", dir=root)
     path = Path(name)
-    stored_sha, raw_sha = hashlib.sha256(), hashlib.sha256()
-    decode_error = None
     try:
-        with os.fdopen(fd, "wb") as out, storage.open_read(manifest.artifact_key) as src:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            while chunk := src.read(MiB):
-                stored_sha.update(chunk)
-                if decode_error:
-                    continue  # keep hashing: the SHA-256 verdict is the one to report
-                try:
-                    raw = dobj.decompress(chunk)
-                except zstandard.ZstdError as exc:
-                    decode_error = str(exc)
-                    continue
-                raw_sha.update(raw)
-                out.write(raw)
-        if stored_sha.hexdigest() != manifest.stored_sha256:
+        with os.fdopen(fd, "wb") as out:
+            outcome = read_artifact(storage, manifest, out.write, identities=identities)
+        problems = outcome.problems(manifest)
+        if outcome.stored_sha256 != manifest.stored_sha256:
             raise BackupError(
                 f"SHA-256 of {storage.uri(manifest.artifact_key)} does not match its manifest: the stored object "
                 "changed since the backup was taken. Refusing to restore it; pick another backup"
             )
-        if decode_error:
-            raise BackupError(
-                f"{storage.uri(manifest.artifact_key)} does not decode as zstd ({decode_error}): refusing"
-            )
-        if not dobj.eof or raw_sha.hexdigest() != manifest.raw_sha256:
-            raise BackupError("The decompressed archive does not match the manifest's raw SHA-256: refusing")
+        if problems:
+            raise BackupError(f"{storage.uri(manifest.artifact_key)}: {'; '.join(problems)}. Refusing to restore it")
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -237,13 +225,14 @@ def restore_backup(
     bin_dir: str | None = None,
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
+    identities: list | None = None,
     say: Logger = log.info,
 ) -> RestoreResult:
     """Restore `manifest`'s backup into database `dbname` on `server` and verify every table's row count."""
     t0 = time.monotonic()
     state = check_target(server, dbname, replace=replace, confirm=confirm)  # refuses before anything changes
     say(f"Fetching {storage.uri(manifest.artifact_key)} ({manifest.stored_bytes / MiB:,.1f} MiB) and checking SHA-256")
-    archive = fetch_archive(storage, manifest, tmp_dir)
+    archive = fetch_archive(storage, manifest, tmp_dir, identities)
     try:
         fetched = time.monotonic()
         target = server.with_dbname(dbname)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 
-import zstandard
-
+from .artifact_reader import read_artifact
 from .manifest import Manifest
 from .postgres import count_table_data_entries, restore_list
 from .storage import MiB, Storage
@@ -25,9 +23,12 @@ class VerifyResult:
         return not self.problems
 
 
-def verify_pg_artifact(storage: Storage, manifest: Manifest, *, pg_bin_dir: str | None = None) -> VerifyResult:
-    """Object exists; size and SHA-256 match; the zstd frame decodes to its end with a valid checksum;
-    the decoded bytes match the raw SHA-256; `pg_restore --list` reads the archive's table of contents."""
+def verify_pg_artifact(
+    storage: Storage, manifest: Manifest, *, pg_bin_dir: str | None = None, identities: list | None = None
+) -> VerifyResult:
+    """Object exists; size and SHA-256 match; (decrypted with `identities` when encrypted) the zstd frame
+    decodes to its end with a valid checksum; the decoded bytes match the raw SHA-256; `pg_restore --list`
+    reads the archive's table of contents. Encrypted without an identity: the stored bytes only."""
     result = VerifyResult()
     key = manifest.artifact_key
     size = storage.size(key)
@@ -37,34 +38,26 @@ def verify_pg_artifact(storage: Storage, manifest: Manifest, *, pg_bin_dir: str 
     if size != manifest.stored_bytes:
         result.problems.append(f"object holds {size} bytes, the manifest says {manifest.stored_bytes}")
 
-    stored_sha, raw_sha, raw_bytes = hashlib.sha256(), hashlib.sha256(), 0
-    dobj = zstandard.ZstdDecompressor().decompressobj()
     toc_out, toc_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     lister = restore_list(None, stdout=toc_out, stderr=toc_err, bin_dir=pg_bin_dir)
     feeding = True
-    decode_error = None
-    with storage.open_read(key) as f:
-        while chunk := f.read(CHUNK_SIZE):
-            stored_sha.update(chunk)
-            if decode_error:
-                continue
+
+    def feed(raw: bytes) -> None:
+        nonlocal feeding
+        if feeding:
             try:
-                raw = dobj.decompress(chunk)
-            except zstandard.ZstdError as exc:
-                decode_error = f"zstd stream does not decode: {exc}"
-                continue
-            raw_sha.update(raw)
-            raw_bytes += len(raw)
-            if feeding and raw:
-                try:
-                    lister.stdin.write(raw)  # type: ignore[union-attr]
-                except BrokenPipeError:  # pg_restore --list stops reading once it has the TOC
-                    feeding = False
+                lister.stdin.write(raw)  # type: ignore[union-attr]
+            except BrokenPipeError:  # pg_restore --list stops reading once it has the TOC
+                feeding = False
+
     try:
-        lister.stdin.close()  # type: ignore[union-attr]
-    except BrokenPipeError:
-        pass
-    rc = lister.wait()
+        outcome = read_artifact(storage, manifest, feed, identities=identities)
+    finally:
+        try:
+            lister.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass
+        rc = lister.wait()
     toc_out.seek(0)
     toc = toc_out.read().decode(errors="replace")
     toc_out.close()
@@ -72,20 +65,17 @@ def verify_pg_artifact(storage: Storage, manifest: Manifest, *, pg_bin_dir: str 
     err = toc_err.read().decode(errors="replace").strip()
     toc_err.close()
 
-    if stored_sha.hexdigest() != manifest.stored_sha256:
-        result.problems.append("SHA-256 of the stored object does not match the manifest")
-    if decode_error:
-        result.problems.append(decode_error)
-    elif not dobj.eof:
-        result.problems.append("zstd stream ends before its frame is complete (truncated object)")
-    elif raw_sha.hexdigest() != manifest.raw_sha256 or raw_bytes != manifest.raw_bytes:
-        result.problems.append("decoded archive does not match the manifest's raw size/SHA-256")
+    result.problems.extend(outcome.problems(manifest))
+    result.details = {"stored_bytes_read": outcome.stored_bytes, "raw_bytes_decoded": outcome.raw_bytes}
+    if outcome.shallow:
+        result.details["deep_verification"] = "skipped: encrypted, and BACKUP_AGE_IDENTITY_FILE is not set"
+        return result
     table_data = count_table_data_entries(toc)
+    result.details["toc_table_data_entries"] = table_data
     if rc != 0:
         result.problems.append(f"pg_restore --list cannot read the archive: {err or f'exit code {rc}'}")
     elif table_data < len(manifest.tables):
         result.problems.append(
             f"archive lists {table_data} TABLE DATA entries, the manifest counted {len(manifest.tables)} tables"
         )
-    result.details = {"stored_bytes_read": size, "raw_bytes_decoded": raw_bytes, "toc_table_data_entries": table_data}
     return result

@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
 from ..core.errors import ConfigurationError
 from ..core.pg_backup import BackupSettings
 from ..core.postgres import PgConnection
@@ -91,6 +92,38 @@ class BackupPolicy(dg.ConfigurableResource):
         return _parse_range(self.expected_size_mb)
 
 
+class BackupEncryption(dg.ConfigurableResource):
+    """age encryption of every artifact. The worker needs only the public keys; the identity file is read
+    only by restores, drills and deep verification."""
+
+    recipients: str = Field(default="", description="age public keys, comma-separated (BACKUP_AGE_RECIPIENTS)")
+    identity_file: str = Field(default="", description="age identity file for restores (BACKUP_AGE_IDENTITY_FILE)")
+    environment: str = Field(
+        default="", description="Deployment marker (CIDADAO_ENV); 'production' requires encryption"
+    )
+
+    @property
+    def production(self) -> bool:
+        return self.environment.strip().lower() == "production"
+
+    def _recipients(self):
+        return parse_recipients(self.recipients) if self.recipients.strip() else []
+
+    def stage(self):
+        """The pipeline's encryption stage, or None when no recipients are configured."""
+        recipients = self._recipients()
+        return encryption_stage(recipients) if recipients else None
+
+    def manifest_entry(self) -> dict | None:
+        recipients = self._recipients()
+        if not recipients:
+            return None
+        return {"format": "age-encryption.org/v1", "recipients": [fingerprint(r) for r in recipients]}
+
+    def identities(self) -> list | None:
+        return load_identities(self.identity_file) if self.identity_file else None
+
+
 class RecoverySettings(dg.ConfigurableResource):
     """Where restores work. Passwords live here (from the environment), never in a job's run config,
     because run config is stored in the run history for everyone to read."""
@@ -152,6 +185,11 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "backup_policy": BackupPolicy(
             zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
             expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
+        ),
+        "encryption": BackupEncryption(
+            recipients=env_or("BACKUP_AGE_RECIPIENTS", ""),
+            identity_file=env_or("BACKUP_AGE_IDENTITY_FILE", ""),
+            environment=env_or("CIDADAO_ENV", ""),
         ),
         "recovery": RecoverySettings(
             tmp_dir=env_or("RESTORE_TMPDIR", ""),

@@ -9,7 +9,7 @@ from ...core.manifest import Manifest, series_prefix
 from ...core.pg_backup import backup_postgres, safe_name
 from ...core.pipeline import Progress
 from ...core.storage import MiB
-from ..resources import BackupPolicy, BackupStorage, PostgresSource
+from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 
 # The strategy dates from 2025-01-24; nothing older can exist to back up.
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-24", timezone="UTC")
@@ -70,6 +70,7 @@ def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
         "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
         "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
         "sha256": dg.MetadataValue.text(art["stored_sha256"]),
+        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
         "duration_s": dg.MetadataValue.float(timings["total_seconds"]),
         "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
         "tables": dg.MetadataValue.int(contents["table_count"]),
@@ -99,12 +100,14 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
         backup_policy: BackupPolicy,
         backup_storage: BackupStorage,
         offsite_storage: BackupStorage,
+        encryption: BackupEncryption,
     ) -> dg.MaterializeResult:
         storage_res = spec.pick(backup_storage, offsite_storage)
         try:
             conn = postgres_source.connection()
             storage = storage_res.open()
             settings = backup_policy.settings(postgres_source)
+            stage, encryption_info = encryption.stage(), encryption.manifest_entry()
         except ConfigurationError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
         series = series_for(spec, postgres_source)
@@ -124,6 +127,8 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
                 series=series,
                 partition=partition,
                 settings=settings,
+                encryption=stage,
+                encryption_info=encryption_info,
                 extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
                 on_progress=progress,
             )

@@ -11,7 +11,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.health import freshness_verdict, size_verdict
 from ...core.manifest import read_manifest, utc_now, valid_manifests
 from ...core.verify import verify_pg_artifact
-from ..resources import BackupPolicy, BackupStorage, PostgresSource
+from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 from .assets import BackupSpec, series_for
 
 # Per-partition asset checks are a Dagster preview feature, used deliberately: integrity and size are
@@ -37,6 +37,7 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
         postgres_source: PostgresSource,
         backup_storage: BackupStorage,
         offsite_storage: BackupStorage,
+        encryption: BackupEncryption,
     ) -> dg.AssetCheckResult:
         storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
         partition = context.partition_key
@@ -48,11 +49,18 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             return dg.AssetCheckResult(
                 passed=False, description=f"No manifest for {partition} under {storage.uri(series)}: no backup exists"
             )
-        result = verify_pg_artifact(storage, manifest, pg_bin_dir=postgres_source.bin_dir)
+        result = verify_pg_artifact(
+            storage, manifest, pg_bin_dir=postgres_source.bin_dir, identities=encryption.identities()
+        )
+        verified = (
+            "Stored bytes match the manifest (encrypted; set BACKUP_AGE_IDENTITY_FILE to also decode the archive)"
+            if "deep_verification" in result.details
+            else "Every byte re-read and matched the manifest"
+        )
         return dg.AssetCheckResult(
             passed=result.ok,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(result.problems) or "Every byte re-read and matched the manifest",
+            description="; ".join(result.problems) or verified,
             metadata={
                 "storage_uri": manifest.data["artifact"]["uri"],
                 "stored_bytes": manifest.stored_bytes,
@@ -98,6 +106,37 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             metadata=verdict.metadata,
         )
 
+    @dg.asset_check(
+        asset=asset,
+        name="encrypted",
+        partitions_def=spec.partitions_def,
+        description="ERROR when a backup is stored unencrypted while CIDADAO_ENV=production (LGPD: backups hold "
+        "citizens' personal data). Outside production an unencrypted backup passes with a note.",
+    )
+    def encrypted(
+        context: dg.AssetCheckExecutionContext,
+        postgres_source: PostgresSource,
+        backup_storage: BackupStorage,
+        offsite_storage: BackupStorage,
+        encryption: BackupEncryption,
+    ) -> dg.AssetCheckResult:
+        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+        manifest = read_manifest(storage, series, context.partition_key)
+        if manifest is None:
+            return dg.AssetCheckResult(passed=False, description=f"No backup for {context.partition_key}")
+        info = manifest.data["artifact"].get("encryption")
+        if info:
+            return dg.AssetCheckResult(
+                passed=True, description="age-encrypted", metadata={"recipients": ", ".join(info["recipients"])}
+            )
+        if encryption.production:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description="Stored UNENCRYPTED in production: set BACKUP_AGE_RECIPIENTS and re-run the backup",
+            )
+        return dg.AssetCheckResult(passed=True, description="Not encrypted (allowed outside production)")
+
     max_age_field = "daily_max_age_hours" if spec.cadence == "daily" else "weekly_max_age_hours"
 
     @dg.asset_check(
@@ -126,4 +165,4 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             metadata=verdict.metadata,
         )
 
-    return [integrity, size_deviation, freshness]
+    return [integrity, size_deviation, encrypted, freshness]

@@ -9,7 +9,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_backup import safe_name
 from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, report_age, run_drill
 from ..postgres.assets import DAILY_SPEC, series_for
-from ..resources import BackupStorage, PostgresSource, RecoverySettings
+from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
@@ -36,6 +36,7 @@ def postgres_restore_drill(
     postgres_source: PostgresSource,
     backup_storage: BackupStorage,
     recovery: RecoverySettings,
+    encryption: BackupEncryption,
 ) -> dg.MaterializeResult:
     try:
         source = postgres_source.connection()
@@ -50,6 +51,7 @@ def postgres_restore_drill(
             jobs=recovery.restore_jobs,
             tmp_dir=recovery.scratch_dir(),
             bin_dir=postgres_source.bin_dir,
+            identities=encryption.identities(),
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:

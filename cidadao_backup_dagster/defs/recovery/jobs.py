@@ -14,7 +14,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_recover import recover_rows as recover_rows_core
 from ...core.pg_restore import restore_backup, select_backup
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
-from ..resources import BackupStorage, PostgresSource, RecoverySettings
+from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
 
 
 class BackupChoice(dg.Config):
@@ -88,6 +88,7 @@ def restore_postgres_op(
     backup_storage: BackupStorage,
     offsite_storage: BackupStorage,
     recovery: RecoverySettings,
+    encryption: BackupEncryption,
 ) -> dg.Output:
     try:
         source = postgres_source.connection()
@@ -110,6 +111,7 @@ def restore_postgres_op(
             bin_dir=postgres_source.bin_dir,
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
+            identities=encryption.identities(),
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
@@ -158,6 +160,7 @@ def recover_rows_op(
     backup_storage: BackupStorage,
     offsite_storage: BackupStorage,
     recovery: RecoverySettings,
+    encryption: BackupEncryption,
 ) -> dg.Output:
     try:
         live = postgres_source.connection()
@@ -173,6 +176,7 @@ def recover_rows_op(
             sample_rows=config.sample_rows,
             tmp_dir=recovery.scratch_dir(),
             bin_dir=postgres_source.bin_dir,
+            identities=encryption.identities(),
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
