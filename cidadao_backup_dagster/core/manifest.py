@@ -120,18 +120,26 @@ def is_present(storage: Storage, manifest: Manifest) -> bool:
     return storage.size(manifest.artifact_key) == manifest.stored_bytes
 
 
-def valid_manifests(storage: Storage, series: str, before: str | None = None) -> list[Manifest]:
-    """Manifests whose object is present, oldest partition first; optionally only partitions < `before`."""
+def valid_manifests(
+    storage: Storage, series: str, before: str | None = None, *, limit: int | None = None
+) -> list[Manifest]:
+    """Manifests whose object is present, oldest partition first; optionally only partitions < `before`.
+
+    `limit=N` keeps only the newest N valid ones, and reads no further back than it needs to (a series
+    of daily partitions grows by 365 a year; a check that compares with the last few should not fetch
+    every manifest ever written)."""
+    partitions = [p for p in list_partitions(storage, series) if before is None or p < before]
     result = []
-    for partition in list_partitions(storage, series):
-        if before is not None and partition >= before:
-            continue
+    for partition in reversed(partitions):
+        if limit is not None and len(result) >= limit:
+            break
         try:
             manifest = read_manifest(storage, series, partition)
         except BackupError:
             continue
         if manifest is not None and is_present(storage, manifest):
             result.append(manifest)
+    result.reverse()
     return result
 
 

@@ -9,10 +9,11 @@ zstd (multi-threaded, checksummed) is for backups; gzip is for the human-facing 
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
@@ -136,6 +137,50 @@ class GzipStreamWriter:
         self._downstream.write(self._deflate.flush(zlib.Z_FINISH))
 
 
+def _chunks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    while chunk := read(CHUNK):
+        yield chunk
+
+
+def _read_ahead(read: Callable[[int], bytes], depth: int) -> Iterator[bytes]:
+    """Chunks of `read`, fetched by a helper thread up to `depth` chunks ahead: while this thread hashes and
+    compresses one chunk (zlib, zstd and hashlib release the GIL), the next one is already being received.
+    Memory stays bounded at `depth + 2` chunks. A read error is raised here, in the consuming thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                chunk = read(CHUNK)
+                items.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=pump, name="pipeline-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        # On an early exit (a failed write), let the pump finish its current read and stop; it may be
+        # blocked on a full queue, so keep draining until it is gone.
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 def stream_to_writer(
     source: BinaryIO,
     writer: ObjectWriter,
@@ -147,12 +192,15 @@ def stream_to_writer(
     progress_every: float = 10.0,
     codec: Codec = "zstd",
     count_lines: bool = False,
+    read_ahead: int = 0,
 ) -> StreamStats:
     """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise.
 
     `codec="zstd"` (default): one checksummed zstd frame, `threads` workers, `level` default 3.
     `codec="gzip"`: one gzip member, `level` default 6 (`threads` is ignored).
     `count_lines=True` also counts newline bytes of the raw stream (`StreamStats.raw_lines`).
+    `read_ahead=N` reads the source on a helper thread, up to N chunks ahead of compression (for sources
+    that cost CPU in this process, like a psycopg COPY); 0 reads inline, as before.
     """
     if codec not in DEFAULT_LEVELS:
         raise ValueError(f"unknown codec {codec!r}; use one of {sorted(DEFAULT_LEVELS)}")
@@ -167,10 +215,10 @@ def stream_to_writer(
     raw_sha = hashlib.sha256()
     raw_bytes = 0
     lines = 0
-    read = source.read
+    chunks = _read_ahead(source.read, read_ahead) if read_ahead > 0 else _chunks(source.read)
     report = _Reporter(on_progress, progress_every, started, lambda: (raw_bytes, sink.count))
     try:
-        while chunk := read(CHUNK):
+        for chunk in chunks:
             raw_sha.update(chunk)
             raw_bytes += len(chunk)
             if count_lines:
@@ -179,6 +227,7 @@ def stream_to_writer(
             report.maybe()
     finally:
         report.stop()
+        chunks.close()
     # close() ends the frame; an explicit flush(FLUSH_FRAME) before it made close() append a second,
     # empty frame, which verify's single-frame decompressobj rejects when it lands in a later read chunk.
     cwriter.close()
