@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import postgres, recovery
+from .defs import exports, postgres, recovery
 from .defs.resources import build_resources
 
-DOMAINS = [postgres, recovery]
+DOMAINS = [postgres, recovery, exports]
 
 # Checks that judge a whole series (is the newest backup recent? did a drill pass lately?) also run hourly
 # on their own: if backups or drills stop running, nothing inside those runs would notice.
@@ -30,7 +30,11 @@ def build_defs() -> dg.Definitions:
     call this after setting variables; the code location uses `defs` below)."""
     return dg.Definitions.merge(
         *(domain.defs for domain in DOMAINS),
-        dg.Definitions(jobs=[health_checks_job], schedules=[health_checks_schedule], resources=build_resources()),
+        dg.Definitions(
+            jobs=[health_checks_job],
+            schedules=[health_checks_schedule],
+            resources={**build_resources(), **exports.build_export_resources()},
+        ),
     )
 
 

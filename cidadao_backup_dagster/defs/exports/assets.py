@@ -1,0 +1,210 @@
+"""Critical data exports as time-partitioned assets: investigations as daily gzip JSON Lines, the agent
+pool as a weekly gzip CSV snapshot. The work is in `core.exports`; this module only declares."""
+
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
+from ...core.manifest import Manifest
+from ...core.pipeline import Progress
+from ...core.storage import MiB
+from ..resources import BackupStorage, PostgresSource
+from .resources import ExportPolicy
+
+# BackfillPolicy is beta in Dagster 1.13, used deliberately: a backfilled month is one run and one snapshot.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+# Investigations are dated by created_at; the first daily partition is the start of the strategy's year.
+# Older rows (if a deployment has them) need an earlier start here.
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
+
+RETRY = dg.RetryPolicy(max_retries=2, delay=120, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+@dataclass(frozen=True)
+class ExportAssetSpec:
+    """What differs between the two exports."""
+
+    asset_name: str
+    cadence: str  # path segment in storage: daily | weekly
+    partitions_def: dg.TimeWindowPartitionsDefinition
+    time_partitioned: bool  # rows of the partition's window (daily) vs a full snapshot per partition (weekly)
+    warn_age_field: str
+    error_age_field: str
+    description: str
+
+    def export_spec(self, policy: ExportPolicy) -> ExportSpec:
+        return policy.investigations_spec() if self.time_partitioned else policy.agent_instances_spec()
+
+
+INVESTIGATIONS = ExportAssetSpec(
+    asset_name="investigations_json_export",
+    cadence="daily",
+    partitions_def=DAILY,
+    time_partitioned=True,
+    warn_age_field="daily_warn_age_hours",
+    error_age_field="daily_error_age_hours",
+    description=(
+        "The day's investigations (UTC, by created_at) as gzip JSON Lines: one row_to_json object per line with "
+        "id, query, status, results, metadata, created_at (INVESTIGATIONS_EXPORT_COLUMNS); timestamps ISO 8601 "
+        "with offset, jsonb nested. Streamed with COPY into BACKUP_STORAGE_URL under exports/, with the exact "
+        "row count from the same snapshot; manifest.json last. The strategy's 'last 7 days' is the union of the "
+        "last seven partitions, and the schedule re-exports those seven every day so late updates land too."
+    ),
+)
+AGENT_INSTANCES = ExportAssetSpec(
+    asset_name="agent_instances_csv_export",
+    cadence="weekly",
+    partitions_def=WEEKLY,
+    time_partitioned=False,
+    warn_age_field="weekly_warn_age_hours",
+    error_age_field="weekly_error_age_hours",
+    description=(
+        "A full snapshot of agent_instances (the agent pool's state) as gzip CSV with a header, exactly what "
+        "`COPY agent_instances TO STDOUT WITH CSV HEADER` writes; one per Sunday-to-Saturday week, taken when "
+        "the week ends. Same storage, manifest and row-count path as the daily JSON export."
+    ),
+)
+
+
+def series_for(spec: ExportAssetSpec, source: PostgresSource, policy: ExportPolicy) -> str:
+    return spec.export_spec(policy).series(source.connection().dbname, spec.cadence)
+
+
+def windows_for(spec: ExportAssetSpec, keys: list[str]) -> list[Window]:
+    """Daily: each key's [00:00, 24:00) UTC. Weekly: a whole-table snapshot, no window."""
+    if not spec.time_partitioned:
+        return [Window(key) for key in keys]
+    out = []
+    for key in keys:
+        start = datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=UTC)
+        out.append(Window(key, start, start + timedelta(days=1)))
+    return out
+
+
+def export_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
+    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
+    schema = dg.TableSchema(columns=[dg.TableColumn(c["name"], c["type"]) for c in contents["columns"]])
+    meta: dict[str, dg.MetadataValue] = {
+        "storage_uri": dg.MetadataValue.text(art["uri"]),
+        "dagster/row_count": dg.MetadataValue.int(contents["records"]),
+        "dagster/column_schema": dg.MetadataValue.table_schema(schema),
+        "source_rows": dg.MetadataValue.int(contents["source_rows"]),
+        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
+        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
+        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
+        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
+        "duration_s": dg.MetadataValue.float(timings["export_seconds"]),
+        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
+        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
+        "table": dg.MetadataValue.text(contents["table"]),
+        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
+    }
+    if contents.get("window"):
+        window = contents["window"]
+        meta["window"] = dg.MetadataValue.text(f"{window['column']} in [{window['start']}, {window['end']})")
+    return meta
+
+
+def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.asset_name,
+        group_name="exports",
+        partitions_def=spec.partitions_def,
+        kinds={"postgres", "json" if spec.time_partitioned else "csv"},
+        # One run exports a range of partitions in one snapshot: a backfilled month is one run (31 COPYs
+        # in one transaction), and a year is twelve, so no transaction stays open for hours.
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31 if spec.time_partitioned else 8),
+        # One run per export at a time (dagster.yaml: default pool limit 1, run granularity): two runs
+        # rewriting the same partition could delete each other's new object.
+        pool=spec.asset_name,
+        retry_policy=RETRY,
+        description=spec.description,
+        tags={"cidadao/domain": "exports"},
+    )
+    def _export(
+        context: dg.AssetExecutionContext,
+        postgres_source: PostgresSource,
+        backup_storage: BackupStorage,
+        export_policy: ExportPolicy,
+    ) -> dg.MaterializeResult:
+        try:
+            conn = postgres_source.connection()
+            storage = backup_storage.open()
+            export_spec = spec.export_spec(export_policy)
+            settings = export_policy.settings()
+        except ConfigurationError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        series = export_spec.series(conn.dbname, spec.cadence)
+        keys = list(context.partition_keys)
+        where = storage.uri(series)
+        span = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} partitions)"
+        context.log.info(f"Exporting {export_spec.table} of {conn.display()} for {span} into {where}/")
+
+        def resolved(table: ResolvedTable) -> None:
+            names = ", ".join(c.name for c in table.columns)
+            context.log.info(f"{table.qualified}: exporting columns {names}")
+            if table.time_column is not None and not table.time_column_indexed:
+                context.log.warning(
+                    f"{table.qualified}.{table.time_column.name} has no index: every daily partition scans the "
+                    f"whole table. Consider CREATE INDEX ON {table.qualified} ({table.time_column.name})."
+                )
+
+        def progress(key: str, p: Progress) -> None:
+            context.log.info(
+                f"{key}: {p.raw_bytes / MiB:,.0f} MiB read, {p.stored_bytes / MiB:,.0f} MiB stored, "
+                f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
+            )
+
+        def done(manifest: Manifest) -> None:
+            contents = manifest.data["contents"]
+            context.log.info(
+                f"{manifest.partition}: {contents['records']:,} rows, {manifest.stored_bytes:,} bytes -> "
+                f"{manifest.data['artifact']['uri']}"
+            )
+            if len(keys) > 1:
+                context.add_asset_metadata(export_metadata(manifest), partition_key=manifest.partition)
+
+        try:
+            manifests = export_partitions(
+                conn,
+                storage,
+                export_spec,
+                series=series,
+                windows=windows_for(spec, keys),
+                settings=settings,
+                extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
+                on_progress=progress,
+                on_resolved=resolved,
+                on_partition=done,
+            )
+        except ExportSchemaError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot create a column
+        except ConfigurationError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        except BackupError as exc:
+            raise dg.Failure(str(exc)) from None
+        if len(manifests) == 1:
+            (manifest,) = manifests
+            return dg.MaterializeResult(
+                metadata=export_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+            )
+        # A range: each partition got its own metadata above; these figures describe the whole run.
+        return dg.MaterializeResult(
+            metadata={
+                "partitions_in_run": dg.MetadataValue.int(len(manifests)),
+                "rows_in_run": dg.MetadataValue.int(sum(m.data["contents"]["records"] for m in manifests)),
+                "stored_bytes_in_run": dg.MetadataValue.int(sum(m.stored_bytes for m in manifests)),
+            }
+        )
+
+    return _export
+
+
+investigations_json_export = build_export_asset(INVESTIGATIONS)
+agent_instances_csv_export = build_export_asset(AGENT_INSTANCES)
