@@ -6,7 +6,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -20,6 +24,7 @@ from cidadao_backup_dagster.definitions import build_defs, health_checks_job
 from cidadao_backup_dagster.defs import exports
 from cidadao_backup_dagster.demo import SCHEMA, seed
 
+REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "exp0rt-Dagster-Pa55"
 COLUMNS = ["id", "query", "status", "results", "metadata", "created_at"]
 CHECKS = {"integrity", "row_count", "schema_drift", "size_deviation", "freshness"}
@@ -115,15 +120,12 @@ def manifest_of(env, source_url, partition, table="investigations", cadence="dai
 def test_export_definitions_shape(env):
     repo = build_defs().get_repository_def()
     checks = {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys}
-    for asset, kind, policy_max in (
-        ("investigations_json_export", "json", 31),
-        ("agent_instances_csv_export", "csv", 8),
-    ):
+    for asset, kind in (("investigations_json_export", "json"), ("agent_instances_csv_export", "csv")):
         node = repo.assets_defs_by_key[dg.AssetKey(asset)]
         assert {(asset, name) for name in CHECKS} <= checks
         assert node.specs_by_key[dg.AssetKey(asset)].kinds == {"postgres", kind}
         assert node.op.pool == asset  # one run of an export at a time
-        assert node.backfill_policy.max_partitions_per_run == policy_max
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()  # a backfilled range is one run
         assert node.required_resource_keys >= {"postgres_source", "backup_storage", "export_policy"}
     integrity = next(c for c in exports.investigations_checks if any(k.name == "integrity" for k in c.check_keys))
     assert integrity.check_specs_by_output_name and all(s.blocking for s in integrity.check_specs)
@@ -173,7 +175,7 @@ def test_daily_export_lands_opens_in_pandas_identical_and_passes_its_checks(env,
 
 
 def test_a_ranged_run_exports_each_day_in_one_snapshot_with_its_own_results(env, source_url):
-    """What a backfill (BackfillPolicy.multi_run(31)) and the daily trailing-week schedule launch."""
+    """What a backfill (BackfillPolicy.single_run()) and the daily trailing-week schedule launch."""
     result = run_job("investigations_json_export_job", tags={RANGE_START: "2026-11-18", RANGE_END: "2026-11-24"})
     assert result.success, failure_messages(result)
     mats = {
@@ -392,3 +394,21 @@ def test_configured_columns_change_what_is_exported(env, monkeypatch, source_url
     assert list(first) == ["id", "status", "created_at", "user_id"]
     weekly = manifest_of(env, source_url, "2026-11-15", "agent_instances", "weekly")
     assert gzip.decompress(stored(env, weekly.artifact_key)).splitlines()[0] == b"agent_name,status"
+
+
+def test_cli_backfills_a_range_in_one_run(env, tmp_path, source_url):
+    """The README's backfill command: a partition range through the real CLI, in one run."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
+    cmd = [
+        sys.executable, "-m", "dagster", "asset", "materialize", "-m", "cidadao_backup_dagster.definitions",
+        "--select", "investigations_json_export", "--partition-range", "2026-11-22...2026-11-24",
+    ]  # fmt: skip
+    out = subprocess.run(
+        cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("RUN_SUCCESS") == 1 and PASSWORD not in out.stderr + out.stdout
+    for day in ("2026-11-22", "2026-11-23", "2026-11-24"):
+        assert manifest_of(env, source_url, day).data["contents"]["records"] == 40

@@ -117,9 +117,9 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
         group_name="exports",
         partitions_def=spec.partitions_def,
         kinds={"postgres", "json" if spec.time_partitioned else "csv"},
-        # One run exports a range of partitions in one snapshot: a backfilled month is one run (31 COPYs
-        # in one transaction), and a year is twelve, so no transaction stays open for hours.
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31 if spec.time_partitioned else 8),
+        # A backfill of any range is ONE run: one snapshot, one COPY per partition, per-partition results
+        # (and `dagster asset materialize --partition-range` works, which needs single_run).
+        backfill_policy=dg.BackfillPolicy.single_run(),
         # One run per export at a time (dagster.yaml: default pool limit 1, run granularity): two runs
         # rewriting the same partition could delete each other's new object.
         pool=spec.asset_name,
