@@ -4,11 +4,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError
+from ...core.errors import BackupError, ConfigurationError, is_permanent
 from ...core.manifest import Manifest, series_prefix
 from ...core.pg_backup import backup_postgres, safe_name
 from ...core.pipeline import Progress
 from ...core.storage import MiB
+from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 
 # The strategy dates from 2025-01-24; nothing older can exist to back up.
@@ -120,20 +121,22 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
                 f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
             )
 
-        try:
-            manifest = backup_postgres(
-                conn,
-                storage,
-                series=series,
-                partition=partition,
-                settings=settings,
-                encryption=stage,
-                encryption_info=encryption_info,
-                extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
-                on_progress=progress,
-            )
-        except BackupError as exc:
-            raise dg.Failure(str(exc)) from None
+        with audited(context, storage, "backup", storage.uri(f"{series}/{partition}/")) as audit:
+            try:
+                manifest = backup_postgres(
+                    conn,
+                    storage,
+                    series=series,
+                    partition=partition,
+                    settings=settings,
+                    encryption=stage,
+                    encryption_info=encryption_info,
+                    extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
+                    on_progress=progress,
+                )
+            except BackupError as exc:
+                raise dg.Failure(str(exc), allow_retries=not is_permanent(str(exc))) from None
+            audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
         context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
         return dg.MaterializeResult(
             metadata=backup_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)

@@ -11,6 +11,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.health import freshness_verdict, size_verdict
 from ...core.manifest import read_manifest, utc_now, valid_manifests
 from ...core.verify import verify_pg_artifact
+from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 from .assets import BackupSpec, series_for
 
@@ -49,9 +50,11 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             return dg.AssetCheckResult(
                 passed=False, description=f"No manifest for {partition} under {storage.uri(series)}: no backup exists"
             )
-        result = verify_pg_artifact(
-            storage, manifest, pg_bin_dir=postgres_source.bin_dir, identities=encryption.identities()
-        )
+        with audited(context, storage, "verify", manifest.data["artifact"]["uri"]) as audit:
+            result = verify_pg_artifact(
+                storage, manifest, pg_bin_dir=postgres_source.bin_dir, identities=encryption.identities()
+            )
+            audit.update(result="ok" if result.ok else "failed", problems=result.problems)
         verified = (
             "Stored bytes match the manifest (encrypted; set BACKUP_AGE_IDENTITY_FILE to also decode the archive)"
             if "deep_verification" in result.details

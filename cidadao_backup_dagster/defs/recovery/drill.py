@@ -8,6 +8,7 @@ import dagster as dg
 from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_backup import safe_name
 from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, report_age, run_drill
+from ..audit import audit_storage, audited
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
 
@@ -38,24 +39,14 @@ def postgres_restore_drill(
     recovery: RecoverySettings,
     encryption: BackupEncryption,
 ) -> dg.MaterializeResult:
-    try:
-        source = postgres_source.connection()
-        server = recovery.server(recovery.drill_server_url, source, "DRILL_DATABASE_URL")
-        storage = backup_storage.open()
-        report = run_drill(
-            storage,
-            series_for(DAILY_SPEC, postgres_source),
-            server,
-            source=_source_name(postgres_source),
-            partition=context.partition_key,
-            jobs=recovery.restore_jobs,
-            tmp_dir=recovery.scratch_dir(),
-            bin_dir=postgres_source.bin_dir,
-            identities=encryption.identities(),
-            say=context.log.info,
+    with audited(context, audit_storage(backup_storage), "drill") as audit:
+        report = _drill(context, postgres_source, backup_storage, recovery, encryption)
+        audit.update(
+            artifact=report["backup_uri"],
+            result="ok" if report["passed"] else "failed",
+            duration_seconds=report["duration_seconds"],
+            problems=report["problems"],
         )
-    except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
     verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
     context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
     return dg.MaterializeResult(
@@ -70,6 +61,27 @@ def postgres_restore_drill(
             "rows": dg.MetadataValue.int(report.get("rows", 0)),
         }
     )
+
+
+def _drill(context, postgres_source, backup_storage, recovery, encryption) -> dict:
+    try:
+        source = postgres_source.connection()
+        server = recovery.server(recovery.drill_server_url, source, "DRILL_DATABASE_URL")
+        storage = backup_storage.open()
+        return run_drill(
+            storage,
+            series_for(DAILY_SPEC, postgres_source),
+            server,
+            source=_source_name(postgres_source),
+            partition=context.partition_key,
+            jobs=recovery.restore_jobs,
+            tmp_dir=recovery.scratch_dir(),
+            bin_dir=postgres_source.bin_dir,
+            identities=encryption.identities(),
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
 
 
 def _report(postgres_source: PostgresSource, backup_storage: BackupStorage, partition: str):

@@ -13,6 +13,7 @@ from pydantic import Field
 from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_recover import recover_rows as recover_rows_core
 from ...core.pg_restore import restore_backup, select_backup
+from ..audit import audit_storage, audited
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
 from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
 
@@ -69,6 +70,14 @@ class RecoverRowsConfig(BackupChoice):
     sample_rows: int = Field(default=5, description="How many would-be-restored rows to show.")
 
 
+def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
+    """Copy an op's output metadata into its audit record."""
+    meta = {k: v.value for k, v in output.metadata.items() if k != "sample"}
+    audit.update(meta, artifact=meta[artifact_key])
+    if meta.get("dry_run"):
+        audit["result"] = "dry_run"
+
+
 def _chosen_backup(config: BackupChoice, source: PostgresSource, backup_storage, offsite_storage):
     """(storage, manifest) of the backup the config names; refuses unknown or invalid ones."""
     spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
@@ -82,6 +91,21 @@ def _chosen_backup(config: BackupChoice, source: PostgresSource, backup_storage,
     tags={"cidadao/domain": "recovery"},
 )
 def restore_postgres_op(
+    context: dg.OpExecutionContext,
+    config: RestorePostgresConfig,
+    postgres_source: PostgresSource,
+    backup_storage: BackupStorage,
+    offsite_storage: BackupStorage,
+    recovery: RecoverySettings,
+    encryption: BackupEncryption,
+) -> dg.Output:
+    with audited(context, audit_storage(backup_storage), "restore") as audit:
+        output = _restore(context, config, postgres_source, backup_storage, offsite_storage, recovery, encryption)
+        audit_output(audit, output, "target")
+        return output
+
+
+def _restore(
     context: dg.OpExecutionContext,
     config: RestorePostgresConfig,
     postgres_source: PostgresSource,
@@ -154,6 +178,21 @@ def restore_postgres():
     tags={"cidadao/domain": "recovery"},
 )
 def recover_rows_op(
+    context: dg.OpExecutionContext,
+    config: RecoverRowsConfig,
+    postgres_source: PostgresSource,
+    backup_storage: BackupStorage,
+    offsite_storage: BackupStorage,
+    recovery: RecoverySettings,
+    encryption: BackupEncryption,
+) -> dg.Output:
+    with audited(context, audit_storage(backup_storage), "recover_rows") as audit:
+        output = _recover_rows(context, config, postgres_source, backup_storage, offsite_storage, recovery, encryption)
+        audit_output(audit, output, "table")
+        return output
+
+
+def _recover_rows(
     context: dg.OpExecutionContext,
     config: RecoverRowsConfig,
     postgres_source: PostgresSource,
