@@ -298,7 +298,11 @@ def test_recent_drill_check_fails_when_the_last_pass_is_too_old(demo_source, env
         )
     )
     result = run("backup_health_checks_job")
-    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "recent_passing_drill"]
+    (check,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "recent_passing_drill" and e.asset_key.path == ["postgres_restore_drill"]
+    ]
     assert not check.passed and "40 days ago" in check.description
 
 
