@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import exports, postgres, recovery
+from .defs import exports, postgres, recovery, redis
 from .defs.resources import build_resources
 
-DOMAINS = [postgres, recovery, exports]
+DOMAINS = [postgres, recovery, exports, redis]
 
 # Checks that judge a whole series (is the newest backup recent? did a drill pass lately?) also run hourly
 # on their own: if backups or drills stop running, nothing inside those runs would notice.

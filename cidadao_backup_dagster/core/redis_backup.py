@@ -131,7 +131,6 @@ class RedisEndpoint:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.socket_timeout,
-            retry_on_timeout=False,
         )
         if self.tls:
             kwargs.update(
@@ -438,6 +437,7 @@ def backup_redis(
     source_name: str,
     settings: RedisSnapshotSettings = RedisSnapshotSettings(),
     encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
     extra: dict | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     warn: Logger = log.warning,
@@ -488,7 +488,7 @@ def backup_redis(
 
     segment = partition_segment(partition)
     stamp = taken_at.strftime("%Y%m%dT%H%M%S%fZ")
-    ext = "rdb.zst" if mode == "rdb" else "resp.zst"
+    ext = ("rdb.zst" if mode == "rdb" else "resp.zst") + (".age" if encryption else "")
     key = f"{partition_prefix(series, segment)}/{safe_name(source_name)}_{segment}_{stamp}.{ext}"
     dump: LogicalDump | None = None
     if mode == "rdb":
@@ -561,7 +561,9 @@ def backup_redis(
             "diskless_transfer": sync.diskless,
         }
         fmt = "Redis RDB (point-in-time, from SYNC), zstd-compressed"
-        hint = "zstd -d <file> -o dump.rdb; start redis-server --dir <folder> --dbfilename dump.rdb"
+        hint = (
+            "zstd -d <file> -o dump.rdb; redis-server --dir <folder> --dbfilename dump.rdb (age -d first if encrypted)"
+        )
     else:
         keys = {str(db): n for db, n in dump.keys.items()}  # type: ignore[union-attr]
         contents = {
@@ -574,7 +576,7 @@ def backup_redis(
             "fallback_reason": fallback_reason,
         }
         fmt = "RESP stream of RESTORE ... REPLACE ABSTTL commands (logical snapshot), zstd-compressed"
-        hint = "zstd -dc <file> | redis-cli -u <target url> --pipe"
+        hint = "zstd -dc <file> | redis-cli -u <target url> --pipe  (age -d first if encrypted)"
 
     finished_at = utc_now()
     manifest = Manifest(
@@ -590,7 +592,7 @@ def backup_redis(
                 "format": fmt,
                 "restore_hint": hint,
                 "compression": {"codec": "zstd", "level": settings.zstd_level, "checksum": True},
-                "encryption": None,
+                "encryption": encryption_info if encryption else None,
                 "raw_bytes": stats.raw_bytes,
                 "raw_sha256": stats.raw_sha256,
                 "stored_bytes": stats.stored_bytes,

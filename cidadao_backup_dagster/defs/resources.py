@@ -12,6 +12,7 @@ from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_
 from ..core.errors import ConfigurationError
 from ..core.pg_backup import BackupSettings
 from ..core.postgres import PgConnection
+from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
 from ..core.storage import MiB, Storage, storage_from_url
 
 DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
@@ -162,6 +163,71 @@ class RecoverySettings(dg.ConfigurableResource):
         return conn
 
 
+class RedisSource(dg.ConfigurableResource):
+    """The Redis to snapshot (`REDIS_URL`) and how. Only the Redis assets, checks, sensor and jobs need
+    REDIS_URL: without it they fail (or skip) saying so, and everything else still loads and runs."""
+
+    redis_url: str = Field(
+        default="", description="redis://[user:password@]host:6379[/db], rediss:// for TLS (REDIS_URL)"
+    )
+    name: str = Field(
+        default="cache",
+        description="Name of the snapshot series in storage (REDIS_SOURCE_NAME): keep it when the instance is "
+        "re-provisioned under a new host, so restores and checks still find the earlier snapshots",
+    )
+    mode: str = Field(
+        default="auto",
+        description="REDIS_SNAPSHOT_MODE: rdb (SYNC, point-in-time), logical (SCAN + DUMP + PTTL, for services "
+        "that refuse SYNC) or auto (rdb, falling back to logical with a warning)",
+    )
+    connect_timeout_s: int = Field(default=10, description="Connect timeout in seconds (REDIS_CONNECT_TIMEOUT_S)")
+    socket_timeout_s: int = Field(
+        default=60, description="Read timeout in seconds while waiting for the server (REDIS_SOCKET_TIMEOUT_S)"
+    )
+    server_bin: str = Field(
+        default="", description="redis-server for restores and drills (REDIS_SERVER_BIN); empty = PATH"
+    )
+    target_password: str = Field(
+        default="", description="Password for a restore/flush target given in run config (REDIS_TARGET_PASSWORD)"
+    )
+    max_last_save_age_s: int = Field(default=3600, description="Strategy alert: redis_rdb_last_save_age > 3600")
+    snapshot_max_age_hours: float = Field(default=2.0, description="Freshness: newest valid snapshot at most this old")
+
+    def endpoint(self) -> RedisEndpoint:
+        return RedisEndpoint.from_url(
+            self.redis_url,
+            "REDIS_URL",
+            connect_timeout=self.connect_timeout_s,
+            socket_timeout=self.socket_timeout_s,
+        )
+
+    def target(self, url: str) -> RedisEndpoint:
+        """A restore/flush target: `url` from run config (no password there; REDIS_TARGET_PASSWORD), else REDIS_URL."""
+        if not url.strip():
+            return self.endpoint()
+        target = RedisEndpoint.from_url(
+            url, "target_url", connect_timeout=self.connect_timeout_s, socket_timeout=self.socket_timeout_s
+        )
+        if target.password is not None:
+            raise ConfigurationError(
+                "target_url",
+                "contains a password, and run config is kept in the run history",
+                "remove it and set REDIS_TARGET_PASSWORD in the code location's environment",
+            )
+        return target.with_password(self.target_password or None)
+
+    def settings(self, zstd_level: int = 3) -> RedisSnapshotSettings:
+        if self.mode not in MODES:
+            raise ConfigurationError(
+                "REDIS_SNAPSHOT_MODE", f"{self.mode!r} is not a mode", "use auto, rdb or logical (auto is default)"
+            )
+        return RedisSnapshotSettings(mode=self.mode, zstd_level=zstd_level)  # type: ignore[arg-type]
+
+    @property
+    def bin(self) -> str | None:
+        return self.server_bin or None
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     s3 = S3Resource(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
@@ -190,6 +256,15 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             recipients=env_or("BACKUP_AGE_RECIPIENTS", ""),
             identity_file=env_or("BACKUP_AGE_IDENTITY_FILE", ""),
             environment=env_or("CIDADAO_ENV", ""),
+        ),
+        "redis_source": RedisSource(
+            redis_url=env_or("REDIS_URL", ""),
+            name=env_or("REDIS_SOURCE_NAME", "cache"),
+            mode=env_or("REDIS_SNAPSHOT_MODE", "auto"),
+            connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
+            socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
+            server_bin=env_or("REDIS_SERVER_BIN", ""),
+            target_password=env_or("REDIS_TARGET_PASSWORD", ""),
         ),
         "recovery": RecoverySettings(
             tmp_dir=env_or("RESTORE_TMPDIR", ""),

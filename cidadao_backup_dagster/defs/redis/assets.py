@@ -1,0 +1,114 @@
+"""Hourly Redis snapshots as a time-partitioned asset: a point-in-time RDB over the replication protocol
+(or the logical fallback), verified while it streams, stored beside a manifest written last."""
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.manifest import Manifest, series_prefix
+from ...core.pipeline import Progress
+from ...core.redis_backup import backup_redis, partition_segment, safe_name
+from ...core.storage import MiB
+from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
+
+# UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
+HOURLY = dg.HourlyPartitionsDefinition(start_date="2025-01-24-00:00", timezone="UTC")
+
+# One snapshot of the instance at a time (each SYNC forks the server): dagster.yaml's default pool limit is 1.
+REDIS_SNAPSHOT_POOL = "redis_snapshot"
+
+RETRY = dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def redis_series(source: RedisSource) -> str:
+    return series_prefix("redis", safe_name(source.name), "hourly")
+
+
+def snapshot_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
+    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
+    meta = {
+        "storage_uri": dg.MetadataValue.text(art["uri"]),
+        "format": dg.MetadataValue.text(contents["format"]),
+        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
+        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
+        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
+        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
+        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
+        "keys": dg.MetadataValue.int(contents["keys_total"]),
+        "keys_per_db": dg.MetadataValue.json(contents["keys_per_db"]),
+        "duration_s": dg.MetadataValue.float(timings["total_seconds"]),
+        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
+        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
+        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
+        "redis_version": dg.MetadataValue.text(manifest.data["source"]["redis_version"]),
+    }
+    if contents["format"] == "rdb":
+        meta["rdb_version"] = dg.MetadataValue.int(contents["rdb_version"])
+        meta["crc64"] = dg.MetadataValue.text(contents["crc64"] or "")
+        meta["diskless_transfer"] = dg.MetadataValue.bool(contents["diskless_transfer"])
+    return meta
+
+
+@dg.asset(
+    name="redis_snapshot",
+    group_name="redis",
+    partitions_def=HOURLY,
+    kinds={"redis", "s3"},
+    pool=REDIS_SNAPSHOT_POOL,
+    retry_policy=RETRY,
+    description=(
+        "Hourly point-in-time snapshot of REDIS_URL: the RDB fetched over the replication protocol (REPLCONF + "
+        "SYNC, as `redis-cli --rdb` does), its magic, version, EOF opcode and CRC64 checked while it streams "
+        "through zstd and SHA-256 into BACKUP_STORAGE_URL. Servers that refuse SYNC get a logical snapshot "
+        "(SCAN + DUMP + PTTL as RESTORE commands). The manifest.json beside it is written last."
+    ),
+    tags={"cidadao/domain": "redis"},
+)
+def redis_snapshot(
+    context: dg.AssetExecutionContext,
+    redis_source: RedisSource,
+    backup_policy: BackupPolicy,
+    backup_storage: BackupStorage,
+    encryption: BackupEncryption,
+) -> dg.MaterializeResult:
+    try:
+        endpoint = redis_source.endpoint()
+        storage = backup_storage.open()
+        settings = redis_source.settings(backup_policy.zstd_level)
+        stage, encryption_info = encryption.stage(), encryption.manifest_entry()
+    except ConfigurationError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    series = redis_series(redis_source)
+    partition = context.partition_key
+    context.log.info(
+        f"Snapshotting {endpoint.display()} ({settings.mode} mode) into "
+        f"{storage.uri(series + '/' + partition_segment(partition))}/"
+    )
+
+    def progress(p: Progress) -> None:
+        context.log.info(
+            f"Snapshot progress: {p.raw_bytes / MiB:,.0f} MiB received, {p.stored_bytes / MiB:,.0f} MiB stored, "
+            f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
+        )
+
+    try:
+        manifest = backup_redis(
+            endpoint,
+            storage,
+            series=series,
+            partition=partition,
+            source_name=redis_source.name,
+            settings=settings,
+            encryption=stage,
+            encryption_info=encryption_info,
+            extra={"dagster_run_id": context.run.run_id, "asset": "redis_snapshot"},
+            on_progress=progress,
+            warn=context.log.warning,
+        )
+    except BackupError as exc:
+        raise dg.Failure(str(exc)) from None
+    context.log.info(
+        f"Snapshot complete: {manifest.data['contents']['keys_total']:,} keys, {manifest.data['artifact']['uri']}"
+    )
+    return dg.MaterializeResult(
+        metadata=snapshot_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+    )

@@ -1,0 +1,168 @@
+"""Checks on the Redis snapshots and on the live server's own persistence.
+
+Per partition, in the snapshot's own run: `integrity` (blocking) and `size_deviation`. Series-wide, also
+hourly in backup_health_checks_job: `freshness` (from manifests), `persistence_config` and `last_save`
+(from the live server: the strategy's redis.conf and its "Redis Persistence Disabled" alert)."""
+
+import warnings
+from datetime import timedelta
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.health import freshness_verdict, size_verdict
+from ...core.manifest import read_manifest, utc_now, valid_manifests
+from ...core.redis_backup import partition_segment
+from ...core.redis_health import last_save_verdict, persistence_config_verdict, read_persistence
+from ...core.redis_restore import verify_redis_artifact
+from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
+from .assets import HOURLY, redis_series, redis_snapshot
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="integrity",
+    blocking=True,
+    partitions_def=HOURLY,
+    description="Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; the RDB's "
+    "magic, version, EOF opcode and CRC64 are right and redis-check-rdb accepts it (when installed); a logical "
+    "snapshot has its header, its end marker with matching counts, and every DUMP payload's CRC64.",
+)
+def integrity(
+    context: dg.AssetCheckExecutionContext,
+    redis_source: RedisSource,
+    backup_storage: BackupStorage,
+    encryption: BackupEncryption,
+) -> dg.AssetCheckResult:
+    storage, series = backup_storage.open(), redis_series(redis_source)
+    partition = context.partition_key
+    try:
+        manifest = read_manifest(storage, series, partition_segment(partition))
+    except BackupError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc))
+    if manifest is None:
+        return dg.AssetCheckResult(
+            passed=False, description=f"No manifest for {partition} under {storage.uri(series)}: no snapshot exists"
+        )
+    try:
+        identities = encryption.identities()
+    except ConfigurationError:
+        identities = None
+    result = verify_redis_artifact(storage, manifest, server_bin=redis_source.bin, identities=identities)
+    return dg.AssetCheckResult(
+        passed=result.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(result.problems) or "Every byte re-read and matched the manifest; the RDB checks out",
+        metadata={
+            "storage_uri": manifest.data["artifact"]["uri"],
+            "stored_bytes": manifest.stored_bytes,
+            "sha256": manifest.stored_sha256,
+            **{k: v for k, v in result.details.items() if v is not None},
+        },
+    )
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="size_deviation",
+    partitions_def=HOURLY,
+    description="WARN when the stored size is more than 50% from the median of the previous valid snapshots "
+    "(strategy: 'Backup Size Anomaly').",
+)
+def size_deviation(
+    context: dg.AssetCheckExecutionContext,
+    redis_source: RedisSource,
+    backup_policy: BackupPolicy,
+    backup_storage: BackupStorage,
+) -> dg.AssetCheckResult:
+    storage, series = backup_storage.open(), redis_series(redis_source)
+    segment = partition_segment(context.partition_key)
+    manifest = read_manifest(storage, series, segment)
+    if manifest is None:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"No snapshot for {context.partition_key}"
+        )
+    history = [
+        m.stored_bytes for m in valid_manifests(storage, series, before=segment, limit=backup_policy.size_history)
+    ]
+    verdict = size_verdict(manifest.stored_bytes, history, max_deviation=backup_policy.max_size_deviation_pct / 100)
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=verdict.description,
+        metadata={**verdict.metadata, "keys": manifest.data["contents"]["keys_total"]},
+    )
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="freshness",
+    description="ERROR when the newest valid snapshot (by partition, from its manifest's snapshot time) is older than "
+    "2 h (REDIS_SNAPSHOT_MAX_AGE_H). Backfilling an old hour does not count.",
+)
+def freshness(redis_source: RedisSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+    try:
+        storage = backup_storage.open()
+    except ConfigurationError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc))
+    series = redis_series(redis_source)
+    max_age = timedelta(hours=redis_source.snapshot_max_age_hours)
+    verdict = freshness_verdict(valid_manifests(storage, series), utc_now(), max_age)
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.description,
+        metadata=verdict.metadata,
+    )
+
+
+def _persistence(redis_source: RedisSource):
+    """(Persistence, None), or (None, a failed result naming the problem)."""
+    try:
+        return read_persistence(redis_source.endpoint()), None
+    except (ConfigurationError, BackupError) as exc:
+        return None, dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc))
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="persistence_config",
+    description="WARN unless the live server runs AOF with appendfsync everysec or always and has RDB save rules "
+    "(the strategy's redis.conf). Reads CONFIG GET; managed services that refuse it get a WARN saying so.",
+)
+def persistence_config(redis_source: RedisSource) -> dg.AssetCheckResult:
+    persistence, failed = _persistence(redis_source)
+    if failed:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description=failed.description)
+    verdict = persistence_config_verdict(persistence)
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=verdict.description,
+        metadata=verdict.metadata,
+    )
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="last_save",
+    description="ERROR when the live server's last successful RDB save (LASTSAVE) is older than 3600 s while changes "
+    "wait to be saved, or its last BGSAVE failed (strategy alert 'Redis Persistence Disabled', high).",
+)
+def last_save(redis_source: RedisSource) -> dg.AssetCheckResult:
+    persistence, failed = _persistence(redis_source)
+    if failed:
+        return failed
+    verdict = last_save_verdict(persistence.info, utc_now(), redis_source.max_last_save_age_s)
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.description,
+        metadata=verdict.metadata,
+    )
+
+
+snapshot_checks = [integrity, size_deviation, freshness, persistence_config, last_save]
+series_checks = [freshness, persistence_config, last_save]

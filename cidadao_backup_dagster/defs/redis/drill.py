@@ -1,0 +1,172 @@
+"""The monthly Redis restore drill: proves the newest snapshot loads, with every database's key count, and
+how long that takes against the RTO.
+
+Which RTO: the strategy's RTO table has one Redis row, "Cache failure < 5 minutes" ("provision new Redis,
+flush old cache"); its recovery scenario 2, "Redis instance loss", is that same procedure plus loading the
+RDB. So the restore must fit inside those 5 minutes: WARN above half (2.5 min, little room left for
+provisioning), ERROR above 5 min."""
+
+import warnings
+from datetime import timedelta
+
+import dagster as dg
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.redis_backup import safe_name
+from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, report_age, run_redis_drill
+from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
+from .assets import redis_series
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
+
+MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
+MAX_DRILL_AGE = timedelta(days=35)
+
+
+def _source(redis_source: RedisSource) -> str:
+    return safe_name(redis_source.name)
+
+
+@dg.asset(
+    name="redis_restore_drill",
+    group_name="recovery",
+    partitions_def=MONTHLY,
+    kinds={"redis"},
+    description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
+    "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
+    "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL.",
+    tags={"cidadao/domain": "recovery"},
+)
+def redis_restore_drill(
+    context: dg.AssetExecutionContext,
+    redis_source: RedisSource,
+    backup_storage: BackupStorage,
+    encryption: BackupEncryption,
+    recovery: RecoverySettings,
+) -> dg.MaterializeResult:
+    try:
+        storage = backup_storage.open()
+        report = run_redis_drill(
+            storage,
+            redis_series(redis_source),
+            source=_source(redis_source),
+            partition=context.partition_key,
+            server_bin=redis_source.bin,
+            tmp_dir=recovery.scratch_dir(),
+            identities=encryption.identities(),
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
+    context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
+    return dg.MaterializeResult(
+        metadata={
+            "passed": dg.MetadataValue.bool(report["passed"]),
+            "proved_backup": dg.MetadataValue.text(report["backup_partition"]),
+            "backup_uri": dg.MetadataValue.text(report["backup_uri"]),
+            "format": dg.MetadataValue.text(report["format"]),
+            "duration_s": dg.MetadataValue.float(report["duration_seconds"]),
+            "rto_s": dg.MetadataValue.int(RTO_REDIS_S),
+            "keys": dg.MetadataValue.int(report.get("keys", 0)),
+            "keys_per_db": dg.MetadataValue.json(report.get("keys_restored", {})),
+        }
+    )
+
+
+def _report(redis_source: RedisSource, backup_storage: BackupStorage, partition: str):
+    report = read_report(backup_storage.open(), _source(redis_source), partition)
+    if report is None:
+        return None, dg.AssetCheckResult(passed=False, description=f"No Redis drill report for {partition}")
+    return report, None
+
+
+@dg.asset_check(
+    asset=redis_restore_drill,
+    name="drill_passed",
+    blocking=True,
+    partitions_def=MONTHLY,
+    description="ERROR unless the snapshot loaded and every database's key count matched the manifest (within the "
+    "keys that carry a TTL, which may have expired since).",
+)
+def redis_drill_passed(
+    context: dg.AssetCheckExecutionContext, redis_source: RedisSource, backup_storage: BackupStorage
+) -> dg.AssetCheckResult:
+    report, missing = _report(redis_source, backup_storage, context.partition_key)
+    if missing:
+        return missing
+    return dg.AssetCheckResult(
+        passed=bool(report["passed"]),
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=("Restored and verified" if report["passed"] else "Drill failed: " + "; ".join(report["problems"]))
+        + f" (snapshot {report['backup_partition']})",
+        metadata={"proved_backup": report["backup_partition"], "backup_uri": report["backup_uri"]},
+    )
+
+
+@dg.asset_check(
+    asset=redis_restore_drill,
+    name="drill_duration_within_rto",
+    partitions_def=MONTHLY,
+    description="Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN above 2.5 min, ERROR above 5.",
+)
+def redis_drill_duration_within_rto(
+    context: dg.AssetCheckExecutionContext, redis_source: RedisSource, backup_storage: BackupStorage
+) -> dg.AssetCheckResult:
+    report, missing = _report(redis_source, backup_storage, context.partition_key)
+    if missing:
+        return missing
+    seconds, rto = float(report["duration_seconds"]), RTO_REDIS_S
+    meta = {"duration_s": seconds, "rto_s": rto, "rto_used_pct": round(100 * seconds / rto, 1)}
+    if seconds > rto:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{seconds:.0f} s exceeds the RTO",
+            metadata=meta,
+        )
+    if seconds > rto / 2:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{seconds:.0f} s is over half the {rto} s RTO",
+            metadata=meta,
+        )
+    return dg.AssetCheckResult(passed=True, description=f"{seconds:.1f} s of the {rto} s RTO", metadata=meta)
+
+
+@dg.asset_check(
+    asset=redis_restore_drill,
+    name="recent_passing_drill",
+    description="ERROR when no Redis drill has passed in the last 35 days.",
+)
+def redis_recent_passing_drill(redis_source: RedisSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+    report = newest_passing_report(backup_storage.open(), _source(redis_source))
+    if report is None:
+        return dg.AssetCheckResult(passed=False, description="No Redis restore drill has ever passed")
+    age = report_age(report)
+    return dg.AssetCheckResult(
+        passed=age <= MAX_DRILL_AGE,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"Last passing drill ({report['partition']}, snapshot {report['backup_partition']}) "
+        f"finished {age.days} days ago (limit {MAX_DRILL_AGE.days})",
+        metadata={"age_days": round(age.total_seconds() / 86400, 2), "proved_backup": report["backup_partition"]},
+    )
+
+
+redis_restore_drill_job = dg.define_asset_job(
+    "redis_restore_drill_job",
+    selection=dg.AssetSelection.assets(redis_restore_drill),
+    description="Monthly Redis restore drill with its checks.",
+)
+# On the 1st at 05:30 UTC, for the month that just ended.
+redis_restore_drill_schedule = dg.build_schedule_from_partitioned_job(
+    redis_restore_drill_job,
+    name="redis_restore_drill_schedule",
+    day_of_month=1,
+    hour_of_day=5,
+    minute_of_hour=30,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+drill_checks = [redis_drill_passed, redis_drill_duration_within_rto, redis_recent_passing_drill]

@@ -1,0 +1,169 @@
+"""Redis jobs: the hourly snapshot job and its schedule, and the recovery jobs an on-call engineer launches
+from the Launchpad (strategy: Redis recovery scenario 1, cache invalidation; scenario 2, instance loss)."""
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ...core.errors import BackupError, ConfigurationError
+from ...core.manifest import series_prefix
+from ...core.redis_backup import safe_name
+from ...core.redis_restore import flush_all, restore_snapshot, select_snapshot
+from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
+from .assets import redis_series, redis_snapshot
+
+redis_snapshot_job = dg.define_asset_job(
+    "redis_snapshot_job",
+    selection=dg.AssetSelection.assets(redis_snapshot),
+    description="Hourly Redis snapshot with its integrity, size, freshness and persistence checks.",
+)
+# At :05 past every hour, for the UTC hour that just ended.
+redis_snapshot_schedule = dg.build_schedule_from_partitioned_job(
+    redis_snapshot_job,
+    name="redis_snapshot_schedule",
+    minute_of_hour=5,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+class RestoreRedisConfig(dg.Config):
+    snapshot: str = Field(
+        default="latest",
+        description="Which snapshot: an hourly partition key (2026-11-24-13:00) or 'latest' for the newest valid one.",
+    )
+    source_name: str = Field(
+        default="",
+        description="Snapshot series to read (REDIS_SOURCE_NAME of the instance that was backed up). Empty = the "
+        "configured one.",
+    )
+    target_url: str = Field(
+        default="",
+        description="Redis to restore into, redis://[user@]host:6379 or rediss://... (no password: set "
+        "REDIS_TARGET_PASSWORD). Empty = REDIS_URL (e.g. the newly provisioned instance).",
+    )
+    if_target_not_empty: Literal["refuse", "merge", "flush"] = Field(
+        default="refuse",
+        description="When the target already holds keys: refuse (default); merge (keep its keys, overwrite "
+        "same-named ones); flush (FLUSHALL first, needs confirm_target).",
+    )
+    confirm_target: str = Field(
+        default="", description="With flush: repeat the target's name, host:port (e.g. redis.internal:6379)."
+    )
+
+
+class FlushRedisConfig(dg.Config):
+    target_url: str = Field(
+        default="",
+        description="Redis to flush, redis://[user@]host:6379 (no password: REDIS_TARGET_PASSWORD). Empty = REDIS_URL.",
+    )
+    confirm_target: str = Field(
+        description="Repeat the target's name, host:port (e.g. redis.internal:6379), to confirm FLUSHALL."
+    )
+
+
+@dg.op(
+    description="Pick a snapshot, check its SHA-256, load an RDB into a throwaway redis-server (a logical snapshot "
+    "needs none) and copy every key to the target with DUMP/RESTORE pipelines; verify key counts per database.",
+    tags={"cidadao/domain": "recovery"},
+)
+def restore_redis_op(
+    context: dg.OpExecutionContext,
+    config: RestoreRedisConfig,
+    redis_source: RedisSource,
+    backup_storage: BackupStorage,
+    encryption: BackupEncryption,
+    recovery: RecoverySettings,
+) -> dg.Output:
+    try:
+        target = redis_source.target(config.target_url)
+        storage = backup_storage.open()
+        series = (
+            series_prefix("redis", safe_name(config.source_name), "hourly")
+            if config.source_name
+            else redis_series(redis_source)
+        )
+        manifest = select_snapshot(storage, series, config.snapshot)
+        context.log.info(
+            f"Restoring snapshot {manifest.data.get('dagster_partition', manifest.partition)} "
+            f"({manifest.data['contents']['format']}) into {target.display()}"
+        )
+        result = restore_snapshot(
+            storage,
+            manifest,
+            target,
+            if_not_empty=config.if_target_not_empty,
+            confirm=config.confirm_target,
+            server_bin=redis_source.bin,
+            tmp_dir=recovery.scratch_dir(),
+            identities=encryption.identities(),
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    if not result.ok:
+        raise dg.Failure(
+            f"Restored into {result.target} but key counts differ from the snapshot: {'; '.join(result.mismatches)}",
+            allow_retries=False,
+        )
+    context.log.info(f"Restore verified: {result.keys:,} keys in {result.total_seconds:.1f} s")
+    return dg.Output(
+        None,
+        metadata={
+            "target": dg.MetadataValue.text(result.target),
+            "backup_partition": dg.MetadataValue.text(result.partition),
+            "backup_uri": dg.MetadataValue.text(result.backup_uri),
+            "format": dg.MetadataValue.text(result.format),
+            "keys": dg.MetadataValue.int(result.keys),
+            "keys_per_db": dg.MetadataValue.json(result.in_target),
+            "expired_skipped": dg.MetadataValue.int(result.expired),
+            "flushed_first": dg.MetadataValue.bool(result.flushed),
+            "duration_s": dg.MetadataValue.float(result.total_seconds),
+            "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
+            "load_s": dg.MetadataValue.float(result.load_seconds),
+            "copy_s": dg.MetadataValue.float(result.copy_seconds),
+        },
+    )
+
+
+@dg.job(
+    name="restore_redis",
+    description="Redis scenario 2 (instance loss): restore a snapshot into a Redis (new, or confirmed flush) and "
+    "verify key counts.",
+    tags={"cidadao/domain": "recovery"},
+)
+def restore_redis():
+    restore_redis_op()
+
+
+@dg.op(
+    description="FLUSHALL on the target, only when confirm_target repeats its name (host:port).",
+    tags={"cidadao/domain": "recovery"},
+)
+def flush_redis_cache_op(
+    context: dg.OpExecutionContext, config: FlushRedisConfig, redis_source: RedisSource
+) -> dg.Output:
+    try:
+        target = redis_source.target(config.target_url)
+        before = flush_all(target, config.confirm_target)
+    except (BackupError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    total = sum(before.values())
+    context.log.info(f"FLUSHALL on {target.display()}: {total:,} keys removed; the application repopulates the cache")
+    return dg.Output(
+        None,
+        metadata={
+            "target": dg.MetadataValue.text(target.display()),
+            "keys_removed": dg.MetadataValue.int(total),
+            "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
+        },
+    )
+
+
+@dg.job(
+    name="flush_redis_cache",
+    description="Redis scenario 1 (cache invalidation): FLUSHALL, confirmed by repeating the target's name.",
+    tags={"cidadao/domain": "recovery"},
+)
+def flush_redis_cache():
+    flush_redis_cache_op()
