@@ -80,3 +80,62 @@ def test_apply_plan_on_storage_removes_exactly_the_plan(storage):
     remaining = sorted(m.partition for m in valid_manifests(storage, series))
     assert remaining == sorted(day(n) for n in range(1, 8))
     assert not [k for k in storage.list_keys(f"{series}/") if day(30) in k or day(9) in k]
+
+
+# ------------------------------------------------------------------------------ the apply_retention job
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_apply_retention_job_dry_run_then_real_with_floors_and_drill_protection(
+    backend, monkeypatch, tmp_path, make_database, request
+):
+    import json as _json
+
+    import dagster as dg
+
+    from cidadao_backup_dagster.core.audit import read_audit
+    from cidadao_backup_dagster.core.storage import LocalStorage, S3Storage
+    from cidadao_backup_dagster.definitions import build_defs
+
+    db = make_database("cbd_ret")
+    dbname = db.rsplit("/", 1)[1]
+    monkeypatch.setenv("DATABASE_URL", db)
+    monkeypatch.delenv("BACKUP_RETENTION_DAYS", raising=False)
+    if backend == "local":
+        monkeypatch.setenv("BACKUP_STORAGE_URL", f"file://{tmp_path}/b")
+        storage = LocalStorage(tmp_path / "b")
+    else:
+        request.getfixturevalue("aws_env")
+        bucket = request.getfixturevalue("make_bucket")()
+        monkeypatch.setenv("BACKUP_STORAGE_URL", f"s3://{bucket}/ret")
+        storage = S3Storage(request.getfixturevalue("s3_client"), bucket, "ret")
+    monkeypatch.setenv("OFFSITE_STORAGE_URL", f"file://{tmp_path}/off")
+    series = f"postgres/{dbname}/daily"
+    now = datetime.now(UTC)
+    for n in range(1, 13):  # twelve daily backups, 1..12 days old
+        partition = (now - timedelta(days=n)).strftime("%Y-%m-%d")
+        _put(storage, series, partition, now - timedelta(days=n) + timedelta(hours=1))
+    proven = (now - timedelta(days=11)).strftime("%Y-%m-%d")
+    report = {"passed": True, "partition": "2026-10-01", "backup_partition": proven, "finished_at": iso(now)}
+    storage.put_bytes(f"drills/postgres/{dbname}/2026-10-01/report.json", _json.dumps(report).encode())
+
+    def run(dry_run):
+        return (
+            build_defs()
+            .resolve_job_def("apply_retention")
+            .execute_in_process(
+                run_config={"ops": {"apply_retention_op": {"config": {"dry_run": dry_run}}}},
+                instance=dg.DagsterInstance.ephemeral(),
+            )
+        )
+
+    dry = run(True)
+    (out,) = [e for e in dry.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert out.event_specific_data.metadata["planned_deletions"].value == 4  # days 8, 9, 10, 12
+    assert len(valid_manifests(storage, series)) == 12  # the dry run deleted nothing
+    assert run(False).success
+    remaining = {m.partition for m in valid_manifests(storage, series)}
+    expected = {(now - timedelta(days=n)).strftime("%Y-%m-%d") for n in (1, 2, 3, 4, 5, 6, 7, 11)}
+    assert remaining == expected
+    deletions = [r for r in read_audit(storage) if r["action"] == "delete"]
+    assert len(deletions) == 4 and all(r["result"] == "ok" for r in deletions)
