@@ -277,6 +277,14 @@ class S3Storage(Storage):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
+                raise BackupError(
+                    f"{self.uri(key)} is in a cold storage class (Glacier / Deep Archive) and must be restored "
+                    "first: aws s3api restore-object --bucket "
+                    f"{self.bucket} --key {self._key(key)} --restore-request "
+                    "'Days=3,GlacierJobParameters={Tier=Standard}', then retry once `aws s3api head-object` "
+                    'shows ongoing-request="false" (hours for Glacier, up to 12-48 h for Deep Archive)'
+                ) from None
             raise BackupError(f"{self.uri(key)} cannot be read: {exc}") from None
 
     def size(self, key: str) -> int | None:

@@ -6,12 +6,17 @@ import dagster as dg
 from ..resources import env_or
 from .classes import ArtifactClass
 from .retention import RetentionSettings, build_retention_job, build_retention_schedule
+from .storage_checks import apply_s3_lifecycle, storage_checks
+
+# Bucket-wide checks that also run hourly with the other health checks.
+health_checks = storage_checks
 
 
 def build_defs(classes: list[ArtifactClass]) -> dg.Definitions:
     job = build_retention_job(classes)
     return dg.Definitions(
-        jobs=[job],
+        jobs=[job, apply_s3_lifecycle],
+        asset_checks=storage_checks,
         schedules=[build_retention_schedule(job)],
         resources={
             "retention": RetentionSettings(
