@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import exports, postgres, recovery, redis
+from .defs import exports, postgres, protection, recovery, redis
 from .defs.resources import build_resources
 
 DOMAINS = [postgres, recovery, exports, redis]
@@ -13,7 +13,9 @@ DOMAINS = [postgres, recovery, exports, redis]
 # on their own: if backups or drills stop running, nothing inside those runs would notice.
 health_checks_job = dg.define_asset_job(
     "backup_health_checks_job",
-    selection=dg.AssetSelection.checks(*[c for domain in DOMAINS for c in domain.health_checks]),
+    selection=dg.AssetSelection.checks(
+        *[c for domain in DOMAINS for c in domain.health_checks], *protection.health_checks
+    ),
     description="RPO freshness of every backup series and recency of the last passing restore drill.",
 )
 health_checks_schedule = dg.ScheduleDefinition(
@@ -30,6 +32,7 @@ def build_defs() -> dg.Definitions:
     call this after setting variables; the code location uses `defs` below)."""
     return dg.Definitions.merge(
         *(domain.defs for domain in DOMAINS),
+        protection.build_defs([c for domain in DOMAINS for c in getattr(domain, "artifact_classes", [])]),
         dg.Definitions(
             jobs=[health_checks_job],
             schedules=[health_checks_schedule],
