@@ -155,18 +155,22 @@ class RedisEndpoint:
         return sock
 
 
+class RedisAccessError(BackupError):
+    """Credentials, permissions or a refused mode: retrying will not help until someone changes a setting."""
+
+
 def explain(endpoint: RedisEndpoint, exc: BaseException, doing: str = "talking to") -> BackupError:
     """A BackupError an operator can act on, from a redis-py or socket exception; never with a password."""
     msg = endpoint.redact(str(exc)) or type(exc).__name__
     where = endpoint.display()
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in msg or "NOAUTH" in msg:
-        return BackupError(
+        return RedisAccessError(
             f"Redis at {where} rejected the credentials while {doing} it ({msg}). Fix: check the user and "
             f"password in {endpoint.variable} (redis://user:password@host:port; a server without ACL users takes "
             "redis://:password@host:port)"
         )
     if isinstance(exc, redis.exceptions.NoPermissionError) or msg.startswith("NOPERM"):
-        return BackupError(
+        return RedisAccessError(
             f"The Redis user of {where} lacks a permission needed for {doing} it ({msg}). Fix: grant it, e.g. "
             "ACL SETUSER <user> +info +config|get +lastsave +sync +replconf +scan +dump +pttl +time +select"
         )
@@ -466,7 +470,7 @@ def backup_redis(
             sync = ReplicationSync(endpoint)
         except SyncRefused as exc:
             if mode == "rdb":
-                raise BackupError(
+                raise RedisAccessError(
                     f"{exc}. Fix: this server does not allow replication (managed services such as ElastiCache and "
                     "Redis Cloud refuse SYNC): set REDIS_SNAPSHOT_MODE=logical (or auto)"
                 ) from None
@@ -535,7 +539,7 @@ def backup_redis(
                 "the partial upload was removed and earlier snapshots are untouched"
             ) from exc
         if isinstance(exc, BackupError):
-            raise BackupError(f"{exc}. Nothing was stored; earlier snapshots are untouched") from None
+            raise type(exc)(f"{exc}. Nothing was stored; earlier snapshots are untouched") from None
         raise
     finally:
         if sync is not None:

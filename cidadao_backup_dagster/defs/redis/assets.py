@@ -6,7 +6,7 @@ import dagster as dg
 from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import Manifest, series_prefix
 from ...core.pipeline import Progress
-from ...core.redis_backup import backup_redis, partition_segment, safe_name
+from ...core.redis_backup import RedisAccessError, backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
 
@@ -104,8 +104,8 @@ def redis_snapshot(
             on_progress=progress,
             warn=context.log.warning,
         )
-    except BackupError as exc:
-        raise dg.Failure(str(exc)) from None
+    except BackupError as exc:  # credentials/permissions: a retry would fail the same way
+        raise dg.Failure(str(exc), allow_retries=not isinstance(exc, RedisAccessError)) from None
     context.log.info(
         f"Snapshot complete: {manifest.data['contents']['keys_total']:,} keys, {manifest.data['artifact']['uri']}"
     )

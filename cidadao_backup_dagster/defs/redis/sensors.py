@@ -36,7 +36,7 @@ def redis_persistence_sensor(context: dg.SensorEvaluationContext, redis_source: 
         return dg.SensorResult(
             skip_reason=dg.SkipReason(f"Incident {incident_id} already has its snapshot run"), cursor=incident_id
         )
-    partition = HOURLY.get_last_partition_key(current_time=now)
+    partition = HOURLY.get_last_partition_key()  # the hour that just ended
     context.log.warning(f"Redis persistence incident {incident_id}: {reason}. Requesting a snapshot of {partition}")
     return dg.SensorResult(
         run_requests=[
