@@ -46,7 +46,7 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
     storage_keys = {c.storage_key for c in classes}
 
     @dg.op(
-        required_resource_keys={"retention", "postgres_source", *storage_keys},
+        required_resource_keys={"retention", "postgres_source", "redis_source", *storage_keys},
         description="Plan and apply retention for every artifact class; dry run shows the plan.",
         tags={"cidadao/domain": "protection"},
     )
