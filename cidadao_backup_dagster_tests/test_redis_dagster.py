@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
+from cidadao_backup_dagster.core.audit import read_audit
 from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, write_manifest
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
@@ -276,6 +277,9 @@ def test_flush_redis_cache_needs_the_targets_name(source, env):
     right = run("flush_redis_cache", {"confirm_target": source.name})
     assert right.success
     assert all(source.client(db).dbsize() == 0 for db in (0, 1, 5))
+    records = [r for r in read_audit(LocalStorage(env / "backups")) if r["action"] == "flush"]
+    assert [r["result"] for r in records] == ["refused", "ok"]
+    assert records[1]["artifact"] == f"redis://127.0.0.1:{source.port}/0" and records[1]["details"]["keys_removed"] > 0
 
 
 # ---------------------------------------------------------------------------------------------- drill

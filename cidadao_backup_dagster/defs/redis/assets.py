@@ -8,6 +8,7 @@ from ...core.manifest import Manifest, series_prefix
 from ...core.pipeline import Progress
 from ...core.redis_backup import RedisAccessError, backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
+from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
 
 # UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
@@ -90,22 +91,28 @@ def redis_snapshot(
             f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
         )
 
-    try:
-        manifest = backup_redis(
-            endpoint,
-            storage,
-            series=series,
-            partition=partition,
-            source_name=redis_source.name,
-            settings=settings,
-            encryption=stage,
-            encryption_info=encryption_info,
-            extra={"dagster_run_id": context.run.run_id, "asset": "redis_snapshot"},
-            on_progress=progress,
-            warn=context.log.warning,
+    with audited(context, storage, "backup", storage.uri(f"{series}/{partition_segment(partition)}/")) as audit:
+        try:
+            manifest = backup_redis(
+                endpoint,
+                storage,
+                series=series,
+                partition=partition,
+                source_name=redis_source.name,
+                settings=settings,
+                encryption=stage,
+                encryption_info=encryption_info,
+                extra={"dagster_run_id": context.run.run_id, "asset": "redis_snapshot"},
+                on_progress=progress,
+                warn=context.log.warning,
+            )
+        except BackupError as exc:  # credentials/permissions: a retry would fail the same way
+            raise dg.Failure(str(exc), allow_retries=not isinstance(exc, RedisAccessError)) from None
+        audit.update(
+            artifact=manifest.data["artifact"]["uri"],
+            stored_sha256=manifest.stored_sha256,
+            format=manifest.data["contents"]["format"],
         )
-    except BackupError as exc:  # credentials/permissions: a retry would fail the same way
-        raise dg.Failure(str(exc), allow_retries=not isinstance(exc, RedisAccessError)) from None
     context.log.info(
         f"Snapshot complete: {manifest.data['contents']['keys_total']:,} keys, {manifest.data['artifact']['uri']}"
     )

@@ -15,6 +15,7 @@ from ...core.manifest import read_manifest, utc_now, valid_manifests
 from ...core.redis_backup import partition_segment
 from ...core.redis_health import last_save_verdict, persistence_config_verdict, read_persistence
 from ...core.redis_restore import verify_redis_artifact
+from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
 from .assets import HOURLY, redis_series, redis_snapshot
 
@@ -50,7 +51,9 @@ def integrity(
         identities = encryption.identities()
     except ConfigurationError:
         identities = None
-    result = verify_redis_artifact(storage, manifest, server_bin=redis_source.bin, identities=identities)
+    with audited(context, storage, "verify", manifest.data["artifact"]["uri"]) as audit:
+        result = verify_redis_artifact(storage, manifest, server_bin=redis_source.bin, identities=identities)
+        audit.update(result="ok" if result.ok else "failed", problems=result.problems)
     return dg.AssetCheckResult(
         passed=result.ok,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -14,6 +14,7 @@ import dagster as dg
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis_backup import safe_name
 from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, report_age, run_redis_drill
+from ..audit import audit_storage, audited
 from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
 from .assets import redis_series
 
@@ -44,6 +45,17 @@ def redis_restore_drill(
     encryption: BackupEncryption,
     recovery: RecoverySettings,
 ) -> dg.MaterializeResult:
+    with audited(context, audit_storage(backup_storage), "drill") as audit:
+        result = _drill(context, redis_source, backup_storage, encryption, recovery)
+        audit.update(
+            result="ok" if result.metadata["passed"].value else "failed",
+            artifact=result.metadata["backup_uri"].value,
+            duration_s=result.metadata["duration_s"].value,
+        )
+        return result
+
+
+def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.MaterializeResult:
     try:
         storage = backup_storage.open()
         report = run_redis_drill(

@@ -10,6 +10,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import series_prefix
 from ...core.redis_backup import safe_name
 from ...core.redis_restore import flush_all, restore_snapshot, select_snapshot
+from ..audit import audit_storage, audited
 from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
 from .assets import redis_series, redis_snapshot
 
@@ -75,6 +76,13 @@ def restore_redis_op(
     encryption: BackupEncryption,
     recovery: RecoverySettings,
 ) -> dg.Output:
+    with audited(context, audit_storage(backup_storage), "restore") as audit:
+        output = _restore(context, config, redis_source, backup_storage, encryption, recovery)
+        audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
+        return output
+
+
+def _restore(context, config, redis_source, backup_storage, encryption, recovery) -> dg.Output:
     try:
         target = redis_source.target(config.target_url)
         storage = backup_storage.open()
@@ -141,8 +149,15 @@ def restore_redis():
     tags={"cidadao/domain": "recovery"},
 )
 def flush_redis_cache_op(
-    context: dg.OpExecutionContext, config: FlushRedisConfig, redis_source: RedisSource
+    context: dg.OpExecutionContext, config: FlushRedisConfig, redis_source: RedisSource, backup_storage: BackupStorage
 ) -> dg.Output:
+    with audited(context, audit_storage(backup_storage), "flush") as audit:
+        output = _flush(context, config, redis_source)
+        audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
+        return output
+
+
+def _flush(context, config: FlushRedisConfig, redis_source: RedisSource) -> dg.Output:
     try:
         target = redis_source.target(config.target_url)
         before = flush_all(target, config.confirm_target)
