@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import math
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -489,6 +490,34 @@ def test_gzip_codec_streams_one_member_that_gzip_and_pandas_read(tmp_path):
     assert len(pd.read_json(tmp_path / "x.jsonl.gz", lines=True)) == 200_000
 
 
+def test_parallel_gzip_is_one_standard_member_as_small_as_a_single_stream():
+    import subprocess
+    import zlib
+
+    from cidadao_backup_dagster.core.pipeline import GzipStreamWriter
+
+    payload = b"".join(json.dumps({"n": i, "q": f"consulta {i % 977} ação"}).encode() + b"\n" for i in range(150_000))
+    outputs = {}
+    for threads in (1, 3):
+        out = io.BytesIO()
+        writer = GzipStreamWriter(out, 6, threads=threads)
+        for i in range(0, len(payload), 300_001):  # writes that straddle the 1 MiB blocks
+            writer.write(payload[i : i + 300_001])
+        writer.close()
+        outputs[threads] = out.getvalue()
+    assert gzip.decompress(outputs[1]) == payload
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert inflate.decompress(outputs[3]) == payload and inflate.eof and not inflate.unused_data  # one member
+    assert subprocess.run(["gzip", "-t"], input=outputs[3]).returncode == 0
+    assert len(outputs[3]) < len(outputs[1]) * 1.01  # the 32 KiB priming keeps a single stream's ratio
+    for tiny in (b"", b"x"):
+        out = io.BytesIO()
+        writer = GzipStreamWriter(out, 6, threads=2)
+        writer.write(tiny)
+        writer.close()
+        assert gzip.decompress(out.getvalue()) == tiny
+
+
 def test_read_ahead_hands_a_source_error_to_the_caller(tmp_path):
     class Failing(io.RawIOBase):
         calls = 0
@@ -501,5 +530,6 @@ def test_read_ahead_hands_a_source_error_to_the_caller(tmp_path):
 
     writer = LocalStorage(tmp_path).open_write("y.gz")
     with pytest.raises(OSError, match="connection lost"):
-        stream_to_writer(Failing(), writer, codec="gzip", read_ahead=2)
+        stream_to_writer(Failing(), writer, codec="gzip", threads=2, read_ahead=2)
     writer.abort()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("gzip-block", "pipeline-read-ahead"))]

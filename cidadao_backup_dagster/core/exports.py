@@ -31,6 +31,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -115,6 +116,7 @@ class ExportSpec:
 @dataclass(frozen=True)
 class ExportSettings:
     gzip_level: int = 6
+    gzip_threads: int = -1  # deflate workers, -1 = one per core (still one standard gzip member)
     progress_every: float = 10.0
 
 
@@ -357,24 +359,44 @@ def export_partitions(
     started_at = utc_now()
     storage.check_writable()
     done: list[Manifest] = []
-    with ExportSession(conn) as session:
-        table = session.resolve(spec)
-        if on_resolved:
-            on_resolved(table)
-        stamp = session.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
-        for window in windows:
-            try:
-                manifest = _export_one(
-                    conn, session, storage, spec, table, window, series, stamp, settings, encryption, extra,
-                    started_at, on_progress,
-                )  # fmt: skip
-            except BackupError as exc:
-                if done:
-                    raise type(exc)(f"{exc} (partitions already exported in this run: {_keys(done)})") from None
-                raise
+    # Committing an object (fsync, or completing a multipart upload) and writing its manifest happen on one
+    # finisher thread while the next window streams; manifests still land in order, each after its object.
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="export-finish")
+    pending: Future[Manifest] | None = None
+
+    def collect() -> None:
+        nonlocal pending
+        if pending is not None:
+            manifest, pending = pending.result(), None
             done.append(manifest)
             if on_partition:
                 on_partition(manifest)
+
+    try:
+        with ExportSession(conn) as session:
+            table = session.resolve(spec)
+            if on_resolved:
+                on_resolved(table)
+            stamp = session.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
+            for window in windows:
+                finish = _stream_one(
+                    conn, session, storage, spec, table, window, series, stamp, settings, encryption, extra,
+                    started_at, on_progress,
+                )  # fmt: skip
+                collect()
+                pending = finisher.submit(finish)
+            collect()
+    except BackupError as exc:
+        if pending is not None:  # the previous window's commit: let it finish (or fail) before reporting
+            try:
+                collect()
+            except BackupError:
+                pass
+        if done:
+            raise type(exc)(f"{exc} (partitions already exported in this run: {_keys(done)})") from None
+        raise
+    finally:
+        finisher.shutdown(wait=True)
     return done
 
 
@@ -383,7 +405,7 @@ def _keys(manifests: Sequence[Manifest]) -> str:
     return ", ".join(keys) if len(keys) <= 4 else f"{keys[0]} .. {keys[-1]} ({len(keys)})"
 
 
-def _export_one(
+def _stream_one(
     conn: PgConnection,
     session: ExportSession,
     storage: Storage,
@@ -397,7 +419,9 @@ def _export_one(
     extra: dict | None,
     run_started_at: datetime,
     on_progress: Callable[[str, Progress], None] | None,
-) -> Manifest:
+) -> Callable[[], Manifest]:
+    """COPY one window into an uncommitted upload; returns the step that commits it and writes its manifest
+    (run on the finisher thread while the next window streams)."""
     t0 = time.monotonic()
     key = f"{partition_prefix(series, window.key)}/{safe_name(table.name)}_{window.key}_{stamp}.{spec.extension}"
     statement = session.copy_statement(table, window, spec.fmt)
@@ -417,6 +441,7 @@ def _export_one(
                     writer,
                     codec="gzip",
                     level=settings.gzip_level,
+                    threads=settings.gzip_threads,
                     encryption=encryption,
                     count_lines=True,
                     read_ahead=4,  # receive rows while the previous chunk is compressed
@@ -425,7 +450,6 @@ def _export_one(
                 )
             records = cur.rowcount
         export_seconds = time.monotonic() - t0
-        writer.commit()
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, psycopg.Error):
@@ -440,86 +464,100 @@ def _export_one(
                 "the partial upload was removed and the previous export of this partition is untouched"
             ) from exc
         raise
-    stored = storage.size(key)
-    if stored != stats.stored_bytes:
-        storage.delete(key)
-        raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
 
-    finished_at = utc_now()
-    columns = [c.to_json() for c in table.columns]
-    fmt_text = (
-        "JSON Lines: one row_to_json object per line (UTF-8, timestamps ISO 8601 with offset, jsonb nested), gzip"
-        if spec.fmt == "jsonl"
-        else "CSV with a header row (COPY ... TO STDOUT WITH CSV HEADER; UTF-8), gzip"
-    )
-    manifest = Manifest(
-        {
-            "format_version": 1,
-            "kind": f"table-export-{spec.fmt}",
-            "partition": window.key,
-            "series": series,
-            "artifact": {
-                "key": key,
-                "uri": storage.uri(key),
-                "format": fmt_text,
-                "media_type": "application/x-ndjson" if spec.fmt == "jsonl" else "text/csv",
-                "read_hint": (
-                    "zcat <file> | jq -c .   or   pandas.read_json(<file>, lines=True)"
-                    if spec.fmt == "jsonl"
-                    else "zcat <file>   or   pandas.read_csv(<file>)"
-                ),
-                "compression": {"codec": "gzip", "level": settings.gzip_level},
-                "encryption": None,
-                "raw_bytes": stats.raw_bytes,
-                "raw_sha256": stats.raw_sha256,
-                "stored_bytes": stats.stored_bytes,
-                "stored_sha256": stats.stored_sha256,
-                "lines": stats.raw_lines,
-            },
-            "source": {
-                "url": conn.display(),
-                "host": conn.host,
-                "port": conn.port,
-                "database": conn.dbname,
-                "user": conn.user,
-                "server_version": session.server_version,
-                "table": table.qualified,
-                "statement": statement_text,
-            },
-            "contents": {
-                "table": table.qualified,
-                "columns": columns,
-                "records": records,  # rows COPY sent (its command tag)
-                "source_rows": source_rows,  # count(*) of the same rows in the same snapshot
-                "tables": {table.qualified: source_rows},
-                "window": (
-                    {"column": table.time_column.name, "start": iso(window.start), "end": iso(window.end)}
-                    if table.time_column is not None and window.start is not None and window.end is not None
-                    else None
-                ),
-            },
-            "tools": {
-                "cidadao_backup_dagster": __version__,
-                "psycopg": psycopg.__version__,
-                "zlib": zlib.ZLIB_RUNTIME_VERSION,
-                "python": platform.python_version(),
-                "host": socket.gethostname(),
-            },
-            "timings": {
-                "started_at": iso(run_started_at),
-                "snapshot_at": iso(session.taken_at),
-                "finished_at": iso(finished_at),
-                "export_seconds": round(export_seconds, 3),
-                "total_seconds": round(export_seconds, 3),
-                "raw_mb_per_s": round(stats.raw_bytes / MiB / max(export_seconds, 1e-9), 2),
-            },
-            **({"run": extra} if extra else {}),
-        }
-    )
-    write_manifest(storage, series, manifest)  # LAST: from here on the export exists for readers
-    for old in remove_superseded(storage, series, manifest):
-        log.info("Removed superseded object %s", storage.uri(old))
-    return manifest
+    def finish() -> Manifest:
+        try:
+            writer.commit()
+        except BaseException as exc:
+            writer.abort()
+            if isinstance(exc, Exception):
+                raise BackupError(
+                    f"Committing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
+                    "the previous export of this partition is untouched"
+                ) from exc
+            raise
+        stored = storage.size(key)
+        if stored != stats.stored_bytes:
+            storage.delete(key)
+            raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
+
+        finished_at = utc_now()
+        columns = [c.to_json() for c in table.columns]
+        fmt_text = (
+            "JSON Lines: one row_to_json object per line (UTF-8, timestamps ISO 8601 with offset, jsonb nested), gzip"
+            if spec.fmt == "jsonl"
+            else "CSV with a header row (COPY ... TO STDOUT WITH CSV HEADER; UTF-8), gzip"
+        )
+        manifest = Manifest(
+            {
+                "format_version": 1,
+                "kind": f"table-export-{spec.fmt}",
+                "partition": window.key,
+                "series": series,
+                "artifact": {
+                    "key": key,
+                    "uri": storage.uri(key),
+                    "format": fmt_text,
+                    "media_type": "application/x-ndjson" if spec.fmt == "jsonl" else "text/csv",
+                    "read_hint": (
+                        "zcat <file> | jq -c .   or   pandas.read_json(<file>, lines=True)"
+                        if spec.fmt == "jsonl"
+                        else "zcat <file>   or   pandas.read_csv(<file>)"
+                    ),
+                    "compression": {"codec": "gzip", "level": settings.gzip_level},
+                    "encryption": None,
+                    "raw_bytes": stats.raw_bytes,
+                    "raw_sha256": stats.raw_sha256,
+                    "stored_bytes": stats.stored_bytes,
+                    "stored_sha256": stats.stored_sha256,
+                    "lines": stats.raw_lines,
+                },
+                "source": {
+                    "url": conn.display(),
+                    "host": conn.host,
+                    "port": conn.port,
+                    "database": conn.dbname,
+                    "user": conn.user,
+                    "server_version": session.server_version,
+                    "table": table.qualified,
+                    "statement": statement_text,
+                },
+                "contents": {
+                    "table": table.qualified,
+                    "columns": columns,
+                    "records": records,  # rows COPY sent (its command tag)
+                    "source_rows": source_rows,  # count(*) of the same rows in the same snapshot
+                    "tables": {table.qualified: source_rows},
+                    "window": (
+                        {"column": table.time_column.name, "start": iso(window.start), "end": iso(window.end)}
+                        if table.time_column is not None and window.start is not None and window.end is not None
+                        else None
+                    ),
+                },
+                "tools": {
+                    "cidadao_backup_dagster": __version__,
+                    "psycopg": psycopg.__version__,
+                    "zlib": zlib.ZLIB_RUNTIME_VERSION,
+                    "python": platform.python_version(),
+                    "host": socket.gethostname(),
+                },
+                "timings": {
+                    "started_at": iso(run_started_at),
+                    "snapshot_at": iso(session.taken_at),
+                    "finished_at": iso(finished_at),
+                    "export_seconds": round(export_seconds, 3),
+                    "total_seconds": round(time.monotonic() - t0, 3),
+                    "raw_mb_per_s": round(stats.raw_bytes / MiB / max(export_seconds, 1e-9), 2),
+                },
+                **({"run": extra} if extra else {}),
+            }
+        )
+        write_manifest(storage, series, manifest)  # LAST: from here on the export exists for readers
+        for old in remove_superseded(storage, series, manifest):
+            log.info("Removed superseded object %s", storage.uri(old))
+        return manifest
+
+    return finish
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -9,11 +9,15 @@ zstd (multi-threaded, checksummed) is for backups; gzip is for the human-facing 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
+import struct
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
@@ -117,24 +121,86 @@ def compressor(level: int = 3, threads: int = -1) -> zstandard.ZstdCompressor:
 
 
 class GzipStreamWriter:
-    """A streaming gzip member (RFC 1952) over `downstream`: zlib's deflate with a gzip header and the
-    CRC-32 + size trailer, so `gzip -t`, `zcat` and pandas read it. The header carries no name and a zero
-    mtime, so the same input gives the same bytes. zlib releases the GIL while it deflates."""
+    """A streaming gzip member (RFC 1952) over `downstream`: deflate with a gzip header and the CRC-32 +
+    size trailer, so `gzip -t`, `zcat` and pandas read it. The header carries no name and a zero mtime.
 
-    def __init__(self, downstream: Writable, level: int = 6):
+    `threads=1`: one zlib stream, as `gzip` writes it.
+    `threads>1`: pigz's scheme, still ONE gzip member: 1 MiB blocks are deflated on a thread pool (zlib
+    releases the GIL), each primed with the previous block's last 32 KiB as dictionary so the ratio stays
+    that of a single stream, ended with a sync flush (the last one with finish), and concatenated in order;
+    the CRC-32 is computed here over the input. At most `2 * threads` blocks are in flight.
+    """
+
+    BLOCK = MiB
+    WINDOW = 32 * 1024
+
+    def __init__(self, downstream: Writable, level: int = 6, threads: int = 1):
         if not 0 <= level <= 9:
             raise ValueError(f"gzip level must be 0..9, got {level}")
         self._downstream = downstream
-        self._deflate = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9)
+        self._level = level
+        self._threads = max(1, threads)
+        if self._threads == 1:
+            self._deflate = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9)
+            return
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip-block")
+        self._pending: deque[Future] = deque()
+        self._buf = bytearray()
+        self._window = b""
+        self._crc = 0
+        self._size = 0
+        # What zlib itself writes for wbits=31: no flags, mtime 0, XFL from the level, OS 3 (Unix).
+        xfl = 2 if level == 9 else 4 if level == 1 else 0
+        downstream.write(struct.pack("<BBBBIBB", 0x1F, 0x8B, 8, 0, 0, xfl, 3))
 
     def write(self, data: bytes) -> int:
-        out = self._deflate.compress(data)
-        if out:
-            self._downstream.write(out)
+        if self._threads == 1:
+            out = self._deflate.compress(data)
+            if out:
+                self._downstream.write(out)
+            return len(data)
+        self._buf += data
+        while len(self._buf) >= self.BLOCK:
+            block = bytes(self._buf[: self.BLOCK])
+            del self._buf[: self.BLOCK]
+            self._submit(block, final=False)
         return len(data)
 
+    def _submit(self, block: bytes, *, final: bool) -> None:
+        self._crc = zlib.crc32(block, self._crc)
+        self._size += len(block)
+        self._pending.append(self._pool.submit(_deflate_block, block, self._window, self._level, final))
+        self._window = (self._window + block)[-self.WINDOW :]
+        while len(self._pending) > 2 * self._threads:
+            self._downstream.write(self._pending.popleft().result())
+
     def close(self) -> None:
-        self._downstream.write(self._deflate.flush(zlib.Z_FINISH))
+        if self._threads == 1:
+            self._downstream.write(self._deflate.flush(zlib.Z_FINISH))
+            return
+        try:
+            self._submit(bytes(self._buf), final=True)
+            self._buf.clear()
+            while self._pending:
+                self._downstream.write(self._pending.popleft().result())
+            self._downstream.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Stop the workers without writing anything more (after a failure upstream or downstream)."""
+        if self._threads > 1:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _deflate_block(block: bytes, window: bytes, level: int, final: bool) -> bytes:
+    """Raw deflate of one block that may refer back into `window` (the input just before it); ends
+    byte-aligned without the final bit (sync flush), or with it for the last block."""
+    if window:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY, window)
+    else:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+    return deflate.compress(block) + deflate.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
 
 
 def _chunks(read: Callable[[int], bytes]) -> Iterator[bytes]:
@@ -197,7 +263,7 @@ def stream_to_writer(
     """Compress `source` into `writer` (not committed). Raises whatever the source or writer raise.
 
     `codec="zstd"` (default): one checksummed zstd frame, `threads` workers, `level` default 3.
-    `codec="gzip"`: one gzip member, `level` default 6 (`threads` is ignored).
+    `codec="gzip"`: one gzip member, `level` default 6, `threads` deflate workers (-1: one per core).
     `count_lines=True` also counts newline bytes of the raw stream (`StreamStats.raw_lines`).
     `read_ahead=N` reads the source on a helper thread, up to N chunks ahead of compression (for sources
     that cost CPU in this process, like a psycopg COPY); 0 reads inline, as before.
@@ -211,7 +277,7 @@ def stream_to_writer(
     if codec == "zstd":
         cwriter = compressor(level, threads).stream_writer(downstream, closefd=False, write_return_read=True)
     else:
-        cwriter = GzipStreamWriter(downstream, level)
+        cwriter = GzipStreamWriter(downstream, level, threads=(os.cpu_count() or 1) if threads < 0 else threads)
     raw_sha = hashlib.sha256()
     raw_bytes = 0
     lines = 0
@@ -225,6 +291,10 @@ def stream_to_writer(
                 lines += chunk.count(b"\n")
             cwriter.write(chunk)
             report.maybe()
+    except BaseException:
+        if isinstance(cwriter, GzipStreamWriter):
+            cwriter.abort()  # its worker threads; the caller aborts the upload
+        raise
     finally:
         report.stop()
         chunks.close()
