@@ -3,7 +3,11 @@ REDIS_URL, the hourly snapshot job with its checks (local and S3), the persisten
 run), restore_redis and flush_redis_cache with their refusals, the restore drill, schedules, and secrets."""
 
 import json
+import os
+import re
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -17,7 +21,8 @@ from cidadao_backup_dagster.defs.resources import RedisSource
 
 pytest.register_assert_rewrite("cidadao_backup_dagster_tests.redis_fixtures")
 
-from .redis_fixtures import PASSWORD, assert_same_data, dataset, populate_every_type  # noqa: E402
+from .conftest import free_port  # noqa: E402
+from .redis_fixtures import PASSWORD, RedisServer, assert_same_data, dataset, populate_every_type  # noqa: E402
 
 pytest_plugins = ["cidadao_backup_dagster_tests.redis_fixtures"]  # redis_server, tls_cert
 
@@ -300,3 +305,47 @@ def test_restore_drill_job_and_its_checks(source, env):
 def test_drill_without_snapshots_fails_clearly(env):
     result = run("redis_restore_drill_job", "2026-10-01")
     assert not result.success and "No valid Redis snapshot" in failures(result)[0]
+
+
+# -------------------------------------------------------------------------------------- README runbook
+
+
+def redis_runbook_block() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(re.escape("### Restore a Redis snapshot by hand") + r".*?```bash\n(.*?)```", readme, re.S)
+    assert match, "README has no Redis runbook block"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("mode", ["rdb", "logical"])
+def test_readme_redis_runbook_restores_by_hand(source, env, monkeypatch, mode):
+    monkeypatch.setenv("REDIS_SNAPSHOT_MODE", mode)
+    before = dataset(source)
+    assert run("redis_snapshot_job", PARTITION).success
+    port = free_port()
+    target = f"redis://127.0.0.1:{port}/0"
+    if mode == "logical":
+        server = RedisServer(env / "target")
+        port, target = server.port, server.url()
+    vars_ = {
+        "SNAP_DIR": str(env / "backups" / "redis" / "cache" / "hourly" / "2026-11-24-1300"),
+        "WORK": str(env / "work"),
+        "PORT": str(port),
+        "TARGET_URL": target,
+    }
+    try:
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", redis_runbook_block()],
+            env={**os.environ, **vars_},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        for db, keys in before.items():
+            assert f"db{db}: snapshot {len(keys)} keys, restored {len(keys)}" in proc.stdout
+        restored = RedisServer.__new__(RedisServer)
+        restored.port, restored.tls, restored.password = port, None, None
+        assert_same_data(before, dataset(restored))
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
