@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     med = {label: statistics.median(r["wall_s"] for r in rs) for label, rs in runs.items()}
+    cpu = {label: statistics.median(r["cpu_s"] for r in rs) for label, rs in runs.items()}
     ratio_seed = med["ours"] / med["seed"]
     ratio_seed6 = med["ours"] / med["seed6"]
     per_repeat = [round(o["wall_s"] / s["wall_s"], 3) for o, s in zip(runs["ours"], runs["seed"], strict=True)]
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_ours_vs_seed": round(ratio_seed, 3),
         "ratio_ours_vs_seed6": round(ratio_seed6, 3),
         "ratio_per_repeat_vs_seed": per_repeat,
+        "cpu_ratio_ours_vs_seed": round(cpu["ours"] / cpu["seed"], 3),
+        "median_cpu_s": cpu,
         "peak_rss_mb": {label: max(r["max_rss_mb"] for r in rs) for label, rs in runs.items()},
         "rss_all_days_vs_one_day": round(rss_all / rss_day, 3),
         "target": TARGET,
@@ -305,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{max(r['max_rss_mb'] for r in rs):7.1f} {size}  {note}")  # fmt: skip
     print(f"\nours / seed  (the issue's command)   = {ratio_seed:.2f}x   per repeat {per_repeat}   target <= {TARGET}x")
     print(f"ours / seed6 (same six columns)       = {ratio_seed6:.2f}x")
+    print(f"CPU (client side) ours / seed         = {cpu['ours'] / cpu['seed']:.2f}x   (insensitive to other load)")
     print(f"peak RSS, all {DAYS} days / one day     = {rss_all:.0f} / {rss_day:.0f} MB ({rss_all / rss_day:.2f}x): "
           f"{'flat' if rss_all / rss_day < 1.25 else 'NOT flat'}")  # fmt: skip
     return 0 if ratio_seed <= TARGET else 1

@@ -533,3 +533,38 @@ def test_read_ahead_hands_a_source_error_to_the_caller(tmp_path):
         stream_to_writer(Failing(), writer, codec="gzip", threads=2, read_ahead=2)
     writer.abort()
     assert not [t for t in threading.enumerate() if t.name.startswith(("gzip-block", "pipeline-read-ahead"))]
+
+
+# ----------------------------------------------------------------------------------------- encryption
+
+
+def test_encrypted_export_is_verified_shallow_without_the_key_and_deep_with_it(source, tmp_path):
+    from pyrage import decrypt, x25519
+
+    from cidadao_backup_dagster.core.crypto import encryption_stage
+
+    identity = x25519.Identity.generate()
+    info = {"format": "age-encryption.org/v1", "recipients": ["age:test"]}
+    storage = LocalStorage(tmp_path)
+    manifest = _export_day(source, storage, encryption=encryption_stage([identity.to_public()]), encryption_info=info)
+    assert manifest.artifact_key.endswith(".jsonl.gz.age") and manifest.data["artifact"]["encryption"] == info
+    stored = (tmp_path / manifest.artifact_key).read_bytes()
+    assert stored.startswith(b"age-encryption.org/v1")
+    plain = gzip.decompress(decrypt(stored, [identity]))  # `age -d ... | zcat` gives the JSON Lines
+    assert len(plain.splitlines()) == 4 and PASSWORD.encode() not in plain
+
+    shallow = inspect_export(storage, manifest)  # no key: only what is stored can be checked
+    assert shallow.ok and shallow.shallow and shallow.records is None
+    verdict = row_count_verdict(manifest, shallow)
+    assert verdict.passed and "counted while exporting" in verdict.description
+    deep = inspect_export(storage, manifest, identities=[identity])
+    assert deep.ok and not deep.shallow and deep.records == 4
+
+    wrong = inspect_export(storage, manifest, identities=[x25519.Identity.generate()])
+    assert not wrong.ok and any("not one of this artifact's recipients" in p for p in wrong.problems)
+    flipped = bytearray(stored)
+    flipped[-100] ^= 0x01
+    (tmp_path / manifest.artifact_key).write_bytes(bytes(flipped))
+    damaged = inspect_export(storage, manifest, identities=[identity])
+    assert not damaged.ok and any("SHA-256" in p for p in damaged.problems)
+    assert any("Decryption failed" in p for p in damaged.problems)

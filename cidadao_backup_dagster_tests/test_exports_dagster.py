@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -55,7 +56,7 @@ def env(monkeypatch, tmp_path, source_url):
     for var in (
         "BACKUP_STORAGE_URL", "INVESTIGATIONS_EXPORT_TABLE", "INVESTIGATIONS_EXPORT_COLUMNS",
         "INVESTIGATIONS_EXPORT_TIME_COLUMN", "AGENT_INSTANCES_EXPORT_TABLE", "AGENT_INSTANCES_EXPORT_COLUMNS",
-        "EXPORT_GZIP_LEVEL",
+        "EXPORT_GZIP_LEVEL", "BACKUP_AGE_RECIPIENTS", "BACKUP_AGE_IDENTITY_FILE", "CIDADAO_ENV",
     ):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DATABASE_URL", source_url)
@@ -296,8 +297,8 @@ def test_integrity_failure_blocks_the_run_that_made_the_export(env, source_url, 
 
     real = checks_module.inspect_export
 
-    def lose_a_line(storage, manifest, parse=True):
-        found = real(storage, manifest, parse=parse)
+    def lose_a_line(storage, manifest, **options):
+        found = real(storage, manifest, **options)
         found.problems.append("simulated: a line vanished")
         return found
 
@@ -412,3 +413,30 @@ def test_cli_backfills_a_range_in_one_run(env, tmp_path, source_url):
     assert out.stderr.count("RUN_SUCCESS") == 1 and PASSWORD not in out.stderr + out.stdout
     for day in ("2026-11-22", "2026-11-23", "2026-11-24"):
         assert manifest_of(env, source_url, day).data["contents"]["records"] == 40
+
+
+@pytest.mark.skipif(not shutil.which("age-keygen"), reason="the age CLI is not installed (apt install age)")
+def test_encrypted_exports_decrypt_with_the_stock_age_cli_and_verify_deeply_with_the_identity(
+    env, monkeypatch, source_url
+):
+    key = env / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout
+    monkeypatch.setenv("BACKUP_AGE_RECIPIENTS", public.strip())
+    shallow = run_job("investigations_json_export_job", partition="2026-11-24")  # the worker holds no identity
+    assert shallow.success, failure_messages(shallow)
+    checks = by_name(shallow)
+    assert checks["integrity"].passed and "set BACKUP_AGE_IDENTITY_FILE" in checks["integrity"].description
+    assert checks["row_count"].passed and "counted while exporting" in checks["row_count"].description
+
+    manifest = manifest_of(env, source_url, "2026-11-24")
+    assert manifest.artifact_key.endswith(".jsonl.gz.age") and manifest.data["artifact"]["encryption"]
+    path = env / "backups" / manifest.artifact_key
+    plain = subprocess.run(f"age -d -i {key} {path} | zcat", shell=True, check=True, capture_output=True).stdout
+    frame = pd.read_json(io.BytesIO(plain), lines=True, dtype=False)
+    assert len(frame) == 40 and list(frame.columns) == COLUMNS
+
+    monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(key))
+    deep = by_name(run_checks(exports.investigations_checks, "2026-11-24", "integrity", "row_count"))
+    assert deep["integrity"].passed and deep["integrity"].description.startswith("Every byte re-read")
+    assert deep["row_count"].passed and deep["row_count"].description == "40 records = the source's 40 at export time"

@@ -40,6 +40,8 @@ import psycopg
 from psycopg import sql
 
 from .. import __version__
+from .artifact_reader import HashingReader
+from .crypto import DecryptingReader
 from .errors import BackupError, ConfigurationError
 from .health import Verdict, freshness_verdict
 from .manifest import Manifest, iso, partition_prefix, remove_superseded, series_prefix, utc_now, write_manifest
@@ -341,6 +343,7 @@ def export_partitions(
     windows: Sequence[Window],
     settings: ExportSettings = ExportSettings(),
     encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
     extra: dict | None = None,
     on_progress: Callable[[str, Progress], None] | None = None,
     on_resolved: Callable[[ResolvedTable], None] | None = None,
@@ -380,8 +383,8 @@ def export_partitions(
             stamp = session.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
             for window in windows:
                 finish = _stream_one(
-                    conn, session, storage, spec, table, window, series, stamp, settings, encryption, extra,
-                    started_at, on_progress,
+                    conn, session, storage, spec, table, window, series, stamp, settings, encryption,
+                    encryption_info, extra, started_at, on_progress,
                 )  # fmt: skip
                 collect()
                 pending = finisher.submit(finish)
@@ -416,6 +419,7 @@ def _stream_one(
     stamp: str,
     settings: ExportSettings,
     encryption: EncryptionStage | None,
+    encryption_info: dict | None,
     extra: dict | None,
     run_started_at: datetime,
     on_progress: Callable[[str, Progress], None] | None,
@@ -423,7 +427,8 @@ def _stream_one(
     """COPY one window into an uncommitted upload; returns the step that commits it and writes its manifest
     (run on the finisher thread while the next window streams)."""
     t0 = time.monotonic()
-    key = f"{partition_prefix(series, window.key)}/{safe_name(table.name)}_{window.key}_{stamp}.{spec.extension}"
+    suffix = f"{spec.extension}.age" if encryption else spec.extension  # age: `age -d` first, then zcat
+    key = f"{partition_prefix(series, window.key)}/{safe_name(table.name)}_{window.key}_{stamp}.{suffix}"
     statement = session.copy_statement(table, window, spec.fmt)
     statement_text = statement.as_string(session.conn)
     try:
@@ -499,13 +504,14 @@ def _stream_one(
                     "uri": storage.uri(key),
                     "format": fmt_text,
                     "media_type": "application/x-ndjson" if spec.fmt == "jsonl" else "text/csv",
-                    "read_hint": (
+                    "read_hint": ("age -d -i <identity file> <file> | " if encryption else "")
+                    + (
                         "zcat <file> | jq -c .   or   pandas.read_json(<file>, lines=True)"
                         if spec.fmt == "jsonl"
                         else "zcat <file>   or   pandas.read_csv(<file>)"
                     ),
                     "compression": {"codec": "gzip", "level": settings.gzip_level},
-                    "encryption": None,
+                    "encryption": encryption_info if encryption else None,
                     "raw_bytes": stats.raw_bytes,
                     "raw_sha256": stats.raw_sha256,
                     "stored_bytes": stats.stored_bytes,
@@ -573,6 +579,7 @@ class ExportInspection:
     lines: int = 0
     records: int | None = None  # None when the content could not be decoded to its end
     header: list[str] | None = None  # CSV only
+    shallow: bool = False  # encrypted and no identity given: only the stored bytes were checked
 
     @property
     def ok(self) -> bool:
@@ -580,33 +587,44 @@ class ExportInspection:
 
 
 class _InflatingReader(io.RawIOBase):
-    """Reads a stored gzip object, hashing the stored and the inflated bytes on the way. zlib checks the
-    gzip trailer (CRC-32 and length) at the end of the member."""
+    """Reads a stored gzip object (age-decrypting it first when given identities), hashing the stored and
+    the inflated bytes on the way. zlib checks the gzip trailer (CRC-32 and length) at the member's end."""
 
-    def __init__(self, f: Any):
-        self._f = f
+    def __init__(self, f: Any, identities: list | None = None):
+        self._stored = HashingReader(f)
+        self._decrypt = DecryptingReader(self._stored, identities) if identities else None
+        self._compressed = self._decrypt or self._stored
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self.stored_sha, self.raw_sha = hashlib.sha256(), hashlib.sha256()
-        self.stored_bytes = self.raw_bytes = 0
+        self.raw_sha = hashlib.sha256()
+        self.raw_bytes = 0
         self._pending = b""
         self.error: str | None = None
         self.trailing = False
         self._eof = False
+
+    @property
+    def stored_sha(self) -> Any:
+        return self._stored.sha
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._stored.count
 
     def readable(self) -> bool:
         return True
 
     def _fill(self) -> None:
         while not self._pending and not self._eof:
-            chunk = self._f.read(MiB)
+            try:
+                chunk = self._compressed.read(MiB)
+            except BackupError as exc:  # decryption: wrong key, truncated or altered
+                self.error, self._eof = str(exc), True
+                return
             if not chunk:
                 self._eof = True
                 if self.error is None:
-                    tail = self._inflate.flush()
-                    self._take(tail)
+                    self._take(self._inflate.flush())
                 return
-            self.stored_sha.update(chunk)
-            self.stored_bytes += len(chunk)
             if self.error is not None:
                 continue
             if self._inflate.eof:
@@ -634,20 +652,24 @@ class _InflatingReader(io.RawIOBase):
 
     def drain(self) -> None:
         """Hash the rest of the stored object (after a reader stopped early, e.g. on a decode error)."""
-        while not self._eof:
-            self._pending = b""
-            self._fill()
+        if self._decrypt is not None:
+            self._decrypt.close()
+        while self._stored.read(MiB):
+            pass
 
     @property
     def complete(self) -> bool:
         return self.error is None and self._inflate.eof
 
 
-def inspect_export(storage: Storage, manifest: Manifest, *, parse: bool = True) -> ExportInspection:
+def inspect_export(
+    storage: Storage, manifest: Manifest, *, parse: bool = True, identities: list | None = None
+) -> ExportInspection:
     """Re-read every byte of an export: size and SHA-256 of the object, the gzip stream to its end (CRC),
     the inflated bytes' size and SHA-256, the line count, and the records: JSON Lines parse line by line
     into objects with the manifest's columns (`parse=False` only counts lines); CSV parses as CSV with
-    the manifest's header."""
+    the manifest's header. An age-encrypted export is decrypted with `identities`; without them only its
+    stored size and SHA-256 are checked (`shallow`)."""
     result = ExportInspection()
     key = manifest.artifact_key
     size = storage.size(key)
@@ -659,9 +681,18 @@ def inspect_export(storage: Storage, manifest: Manifest, *, parse: bool = True) 
     art = manifest.data["artifact"]
     contents = manifest.data.get("contents", {})
     columns = [c["name"] for c in contents.get("columns", [])]
-    is_csv = manifest.data.get("kind", "").endswith("csv") or key.endswith(".csv.gz")
+    is_csv = manifest.data.get("kind", "").endswith("csv") or ".csv.gz" in key
+    if art.get("encryption") and not identities:
+        with storage.open_read(key) as f:
+            stored = HashingReader(f)
+            while stored.read(MiB):
+                pass
+        result.stored_bytes, result.shallow = stored.count, True
+        if stored.sha.hexdigest() != manifest.stored_sha256:
+            result.problems.append("SHA-256 of the stored object does not match the manifest")
+        return result
     with storage.open_read(key) as f:
-        raw = _InflatingReader(f)
+        raw = _InflatingReader(f, identities if art.get("encryption") else None)
         counter = _NewlineCounter(raw)
         try:
             if is_csv:
@@ -773,6 +804,11 @@ def row_count_verdict(manifest: Manifest, inspection: ExportInspection) -> Verdi
     meta: dict[str, Any] = {"source_rows": source_rows, "records_in_file": inspection.records}
     if source_rows is None:
         return Verdict(False, "The manifest records no source row count", meta)
+    note = ""
+    if inspection.shallow and inspection.ok:  # encrypted, no identity here: the count the export made
+        inspection = ExportInspection(records=contents.get("records"))
+        meta["records_in_file"] = inspection.records
+        note = " (counted while exporting; set BACKUP_AGE_IDENTITY_FILE to recount from the encrypted file)"
     if inspection.records is None:
         problems = "; ".join(inspection.problems) or "unreadable"
         return Verdict(False, f"Records in the export cannot be counted: {problems}", meta)
@@ -783,17 +819,17 @@ def row_count_verdict(manifest: Manifest, inspection: ExportInspection) -> Verdi
         return Verdict(
             False,
             f"{-diff:,} row{'s' if diff != -1 else ''} missing: the export holds {inspection.records:,} records, "
-            f"{table} had {source_rows:,} for {manifest.partition} at export time",
+            f"{table} had {source_rows:,} for {manifest.partition} at export time{note}",
             meta,
         )
     if diff > 0:
         return Verdict(
             False,
             f"{diff:,} extra record{'s' if diff != 1 else ''}: the export holds {inspection.records:,}, "
-            f"{table} had {source_rows:,} for {manifest.partition} at export time",
+            f"{table} had {source_rows:,} for {manifest.partition} at export time{note}",
             meta,
         )
-    return Verdict(True, f"{inspection.records:,} records = the source's {source_rows:,} at export time", meta)
+    return Verdict(True, f"{inspection.records:,} records = the source's {source_rows:,} at export time{note}", meta)
 
 
 def schema_drift(previous: list[dict[str, str]], current: list[dict[str, str]]) -> list[str]:

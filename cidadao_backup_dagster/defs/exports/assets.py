@@ -12,7 +12,7 @@ from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window
 from ...core.manifest import Manifest
 from ...core.pipeline import Progress
 from ...core.storage import MiB
-from ..resources import BackupStorage, PostgresSource
+from ..resources import BackupEncryption, BackupStorage, PostgresSource
 from .resources import ExportPolicy
 
 # BackfillPolicy is beta in Dagster 1.13, used deliberately: a backfilled month is one run and one snapshot.
@@ -99,6 +99,7 @@ def export_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
         "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
         "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
         "sha256": dg.MetadataValue.text(art["stored_sha256"]),
+        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
         "duration_s": dg.MetadataValue.float(timings["export_seconds"]),
         "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
         "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
@@ -132,12 +133,14 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
         postgres_source: PostgresSource,
         backup_storage: BackupStorage,
         export_policy: ExportPolicy,
+        encryption: BackupEncryption,
     ) -> dg.MaterializeResult:
         try:
             conn = postgres_source.connection()
             storage = backup_storage.open()
             export_spec = spec.export_spec(export_policy)
             settings = export_policy.settings()
+            stage, encryption_info = encryption.stage(), encryption.manifest_entry()
         except ConfigurationError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
         series = export_spec.series(conn.dbname, spec.cadence)
@@ -178,6 +181,8 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
                 series=series,
                 windows=windows_for(spec, keys),
                 settings=settings,
+                encryption=stage,
+                encryption_info=encryption_info,
                 extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
                 on_progress=progress,
                 on_resolved=resolved,
