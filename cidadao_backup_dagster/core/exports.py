@@ -313,22 +313,20 @@ def _json_select_item(column: Column) -> sql.Composable:
 
 class _CopySource:
     """`read(n)` over a psycopg COPY: the server sends one message per row; this hands the pipeline
-    chunks of about `n` bytes, so nothing larger than one chunk is ever held."""
+    chunks of about `n` bytes (joined once), so nothing larger than one chunk is ever held."""
 
     def __init__(self, copy: psycopg.Copy):
         self._read = copy.read
-        self._buf = bytearray()
 
     def read(self, n: int = MiB) -> bytes:
-        buf, read = self._buf, self._read
-        while len(buf) < n:
+        rows, size, read = [], 0, self._read
+        while size < n:
             data = read()
             if not data:
                 break
-            buf += data
-        out = bytes(buf)
-        buf.clear()
-        return out
+            rows.append(data)
+            size += len(data)
+        return b"".join(rows)
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -125,7 +125,7 @@ class GzipStreamWriter:
     size trailer, so `gzip -t`, `zcat` and pandas read it. The header carries no name and a zero mtime.
 
     `threads=1`: one zlib stream, as `gzip` writes it.
-    `threads>1`: pigz's scheme, still ONE gzip member: 1 MiB blocks are deflated on a thread pool (zlib
+    `threads>1`: pigz's scheme, still ONE gzip member: blocks of about 1 MiB are deflated on a thread pool (zlib
     releases the GIL), each primed with the previous block's last 32 KiB as dictionary so the ratio stays
     that of a single stream, ended with a sync flush (the last one with finish), and concatenated in order;
     the CRC-32 is computed here over the input. At most `2 * threads` blocks are in flight.
@@ -159,10 +159,13 @@ class GzipStreamWriter:
             if out:
                 self._downstream.write(out)
             return len(data)
+        if not self._buf and len(data) >= self.BLOCK // 2:  # a chunk from the pipeline: a block as it is
+            self._submit(bytes(data), final=False)
+            return len(data)
         self._buf += data
-        while len(self._buf) >= self.BLOCK:
-            block = bytes(self._buf[: self.BLOCK])
-            del self._buf[: self.BLOCK]
+        if len(self._buf) >= self.BLOCK:
+            block = bytes(self._buf)
+            self._buf.clear()
             self._submit(block, final=False)
         return len(data)
 
@@ -170,7 +173,7 @@ class GzipStreamWriter:
         self._crc = zlib.crc32(block, self._crc)
         self._size += len(block)
         self._pending.append(self._pool.submit(_deflate_block, block, self._window, self._level, final))
-        self._window = (self._window + block)[-self.WINDOW :]
+        self._window = block[-self.WINDOW :] if len(block) >= self.WINDOW else (self._window + block)[-self.WINDOW :]
         while len(self._pending) > 2 * self._threads:
             self._downstream.write(self._pending.popleft().result())
 
