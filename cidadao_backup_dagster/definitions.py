@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import exports, postgres, protection, recovery, redis
+from .defs import exports, monitoring, postgres, protection, recovery, redis
 from .defs.resources import build_resources
 
 DOMAINS = [postgres, recovery, exports, redis]
@@ -30,13 +30,17 @@ health_checks_schedule = dg.ScheduleDefinition(
 def build_defs() -> dg.Definitions:
     """Definitions with resources read from the environment as it is now (tests and the quick start
     call this after setting variables; the code location uses `defs` below)."""
+    classes = [c for domain in DOMAINS for c in getattr(domain, "artifact_classes", [])]
+    resources = {**build_resources(), **exports.build_export_resources()}
+    parts = [*(domain.defs for domain in DOMAINS), protection.build_defs(classes)]
+    checks = [c for part in parts for c in part.asset_checks or []]
     return dg.Definitions.merge(
-        *(domain.defs for domain in DOMAINS),
-        protection.build_defs([c for domain in DOMAINS for c in getattr(domain, "artifact_classes", [])]),
+        *parts,
+        monitoring.build_defs(classes, set(resources), checks),
         dg.Definitions(
             jobs=[health_checks_job],
             schedules=[health_checks_schedule],
-            resources={**build_resources(), **exports.build_export_resources()},
+            resources=resources,
         ),
     )
 

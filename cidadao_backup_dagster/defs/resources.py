@@ -6,8 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from dagster_slack import SlackResource
 from pydantic import Field
 
+from ..core.alerts import Channels, parse_level
 from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
 from ..core.errors import ConfigurationError
 from ..core.pg_backup import BackupSettings
@@ -228,6 +230,64 @@ class RedisSource(dg.ConfigurableResource):
         return self.server_bin or None
 
 
+class AlertSettings(dg.ConfigurableResource):
+    """Where the alert sensors send notifications: Slack (dagster-slack, a bot token and a channel), a generic
+    webhook (JSON POST), both, or neither (then alerts are only logged in the sensors' ticks)."""
+
+    slack: SlackResource
+    slack_channel: str = Field(default="", description="Slack channel, e.g. #backups or C0123456 (SLACK_CHANNEL)")
+    webhook_url: str = Field(
+        default="", description="Generic webhook receiving a JSON POST per alert (ALERT_WEBHOOK_URL)"
+    )
+    min_severity: str = Field(
+        default="warning",
+        description="Lowest severity sent to Slack/webhook (ALERT_MIN_SEVERITY): warning, high or critical; "
+        "lower ones are only logged",
+    )
+    dagster_url: str = Field(
+        default="", description="Base URL of the Dagster UI, for links in messages (ALERT_DAGSTER_URL)"
+    )
+    slack_api_url: str = Field(
+        default="", description="Slack Web API base URL override (a Slack-compatible gateway); empty = Slack"
+    )
+    timeout_s: float = Field(default=10.0, description="Timeout of one delivery (seconds)")
+
+    def channels(self) -> Channels:
+        """The configured channels; a half-configured Slack or a malformed URL is a ConfigurationError."""
+        token, channel = self.slack.token.strip(), self.slack_channel.strip()
+        if token and not channel:
+            raise ConfigurationError("SLACK_CHANNEL", "is not set but SLACK_BOT_TOKEN is", "set #channel or its id")
+        if channel and not token:
+            raise ConfigurationError(
+                "SLACK_BOT_TOKEN", "is not set but SLACK_CHANNEL is", "set a bot token (xoxb-...) with chat:write"
+            )
+        url = self.webhook_url.strip()
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise ConfigurationError("ALERT_WEBHOOK_URL", "is not an http(s) URL", "set https://host/path")
+        post = None
+        if token:
+            client = self.slack.get_client()
+            if self.slack_api_url:
+                client.base_url = self.slack_api_url.rstrip("/") + "/"
+
+            def post(to: str, text: str) -> None:
+                client.chat_postMessage(channel=to, text=text)
+
+        return Channels(
+            webhook_url=url,
+            slack_channel=channel,
+            slack_post=post,
+            min_level=parse_level(self.min_severity),
+            timeout_s=self.timeout_s,
+        )
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.slack.token.strip(), self.webhook_url.strip()) if s)
+
+    def link(self, path: str) -> str | None:
+        return f"{self.dagster_url.rstrip('/')}/{path.lstrip('/')}" if self.dagster_url.strip() else None
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     s3 = S3Resource(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
@@ -265,6 +325,13 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
             server_bin=env_or("REDIS_SERVER_BIN", ""),
             target_password=env_or("REDIS_TARGET_PASSWORD", ""),
+        ),
+        "alerts": AlertSettings(
+            slack=SlackResource(token=env_or("SLACK_BOT_TOKEN", "")),
+            slack_channel=env_or("SLACK_CHANNEL", ""),
+            webhook_url=env_or("ALERT_WEBHOOK_URL", ""),
+            min_severity=env_or("ALERT_MIN_SEVERITY", "warning"),
+            dagster_url=env_or("ALERT_DAGSTER_URL", ""),
         ),
         "recovery": RecoverySettings(
             tmp_dir=env_or("RESTORE_TMPDIR", ""),
