@@ -32,23 +32,23 @@ def _each_partition(
     check_name: str,
     severity: dg.AssetCheckSeverity,
     blocking: bool,
-    evaluate: Callable[[str], tuple[Verdict, dg.AssetCheckSeverity]],
+    evaluate: Callable[[str], Verdict],
 ) -> Iterator:
     """One result for a one-partition run; one evaluation per partition for a ranged run (an
     AssetCheckResult would be recorded without a partition there)."""
     if context.has_partition_key:
-        verdict, sev = evaluate(context.partition_key)
+        verdict = evaluate(context.partition_key)
         yield dg.AssetCheckResult(
-            passed=verdict.passed, severity=sev, description=verdict.description, metadata=verdict.metadata
+            passed=verdict.passed, severity=severity, description=verdict.description, metadata=verdict.metadata
         )
         return
     for key in context.partition_keys:
-        verdict, sev = evaluate(key)
+        verdict = evaluate(key)
         yield dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=check_name,
             passed=verdict.passed,
-            severity=sev,
+            severity=severity,
             description=verdict.description,
             metadata=verdict.metadata,
             partition=key,
@@ -107,12 +107,12 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
         storage, series = opened(postgres_source, backup_storage, export_policy)
         identities = _identities(encryption)
 
-        def evaluate(partition: str) -> tuple[Verdict, dg.AssetCheckSeverity]:
+        def evaluate(partition: str) -> Verdict:
             manifest, missing = _manifest_or_verdict(storage, series, partition)
             if missing:
-                return missing, ERROR
+                return missing
             if isinstance(identities, Verdict) and manifest.data["artifact"].get("encryption"):
-                return identities, ERROR
+                return identities
             found = inspect_export(storage, manifest, identities=_keys_or_none(identities))
             meta = {
                 "storage_uri": manifest.data["artifact"]["uri"],
@@ -127,7 +127,7 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
                 if found.shallow
                 else "Every byte re-read: hash, gzip CRC, lines and records match"
             )
-            return Verdict(found.ok, text, meta), ERROR
+            return Verdict(found.ok, text, meta)
 
         yield from _each_partition(context, key, "integrity", ERROR, True, evaluate)
 
@@ -148,12 +148,12 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
         storage, series = opened(postgres_source, backup_storage, export_policy)
         identities = _keys_or_none(_identities(encryption))
 
-        def evaluate(partition: str) -> tuple[Verdict, dg.AssetCheckSeverity]:
+        def evaluate(partition: str) -> Verdict:
             manifest, missing = _manifest_or_verdict(storage, series, partition)
             if missing:
-                return missing, ERROR
+                return missing
             found = inspect_export(storage, manifest, parse=False, identities=identities)
-            return row_count_verdict(manifest, found), ERROR
+            return row_count_verdict(manifest, found)
 
         yield from _each_partition(context, key, "row_count", ERROR, False, evaluate)
 
@@ -172,12 +172,12 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
     ):
         storage, series = opened(postgres_source, backup_storage, export_policy)
 
-        def evaluate(partition: str) -> tuple[Verdict, dg.AssetCheckSeverity]:
+        def evaluate(partition: str) -> Verdict:
             manifest, missing = _manifest_or_verdict(storage, series, partition)
             if missing:
-                return missing, WARN
+                return missing
             previous = valid_manifests(storage, series, before=partition, limit=1)
-            return drift_verdict(manifest, previous[-1] if previous else None), WARN
+            return drift_verdict(manifest, previous[-1] if previous else None)
 
         yield from _each_partition(context, key, "schema_drift", WARN, False, evaluate)
 
@@ -196,10 +196,10 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
     ):
         storage, series = opened(postgres_source, backup_storage, export_policy)
 
-        def evaluate(partition: str) -> tuple[Verdict, dg.AssetCheckSeverity]:
+        def evaluate(partition: str) -> Verdict:
             manifest, missing = _manifest_or_verdict(storage, series, partition)
             if missing:
-                return missing, WARN
+                return missing
             history = valid_manifests(storage, series, before=partition, limit=export_policy.size_history)
             verdict = size_verdict(
                 manifest.stored_bytes,
@@ -207,7 +207,7 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
                 max_deviation=export_policy.max_size_deviation_pct / 100,
             )
             text = verdict.description.replace("backups", "exports")
-            return Verdict(verdict.passed, text, verdict.metadata), WARN
+            return Verdict(verdict.passed, text, verdict.metadata)
 
         yield from _each_partition(context, key, "size_deviation", WARN, False, evaluate)
 
