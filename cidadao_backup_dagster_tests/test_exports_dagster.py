@@ -28,7 +28,7 @@ from cidadao_backup_dagster.demo import SCHEMA, seed
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "exp0rt-Dagster-Pa55"
 COLUMNS = ["id", "query", "status", "results", "metadata", "created_at"]
-CHECKS = {"integrity", "row_count", "schema_drift", "size_deviation", "freshness"}
+CHECKS = {"integrity", "row_count", "schema_drift", "size_deviation", "encrypted", "freshness"}
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
@@ -189,7 +189,7 @@ def test_a_ranged_run_exports_each_day_in_one_snapshot_with_its_own_results(env,
     assert len({m["snapshot_at"].value for m in mats.values()}) == 1  # one transaction for the whole range
     assert len({m["storage_uri"].value for m in mats.values()}) == 7
     per_partition = [e for e in evaluations(result) if e.check_name != "freshness"]
-    assert len(per_partition) == 7 * 4 and {e.partition for e in per_partition} == set(mats)
+    assert len(per_partition) == 7 * 5 and {e.partition for e in per_partition} == set(mats)
     failed = [(e.partition, e.check_name, e.description) for e in evaluations(result) if not e.passed]
     assert failed == [], failed
 
@@ -428,6 +428,7 @@ def test_encrypted_exports_decrypt_with_the_stock_age_cli_and_verify_deeply_with
     checks = by_name(shallow)
     assert checks["integrity"].passed and "set BACKUP_AGE_IDENTITY_FILE" in checks["integrity"].description
     assert checks["row_count"].passed and "counted while exporting" in checks["row_count"].description
+    assert checks["encrypted"].passed and checks["encrypted"].description == "age-encrypted"
 
     manifest = manifest_of(env, source_url, "2026-11-24")
     assert manifest.artifact_key.endswith(".jsonl.gz.age") and manifest.data["artifact"]["encryption"]
@@ -440,3 +441,12 @@ def test_encrypted_exports_decrypt_with_the_stock_age_cli_and_verify_deeply_with
     deep = by_name(run_checks(exports.investigations_checks, "2026-11-24", "integrity", "row_count"))
     assert deep["integrity"].passed and deep["integrity"].description.startswith("Every byte re-read")
     assert deep["row_count"].passed and deep["row_count"].description == "40 records = the source's 40 at export time"
+
+
+def test_an_unencrypted_export_in_production_is_an_error(env, monkeypatch):
+    monkeypatch.setenv("CIDADAO_ENV", "production")
+    result = run_job("agent_instances_csv_export_job", partition="2026-11-15")
+    assert result.success  # the export exists; the check says it must not stay like this
+    check = by_name(result, "agent_instances_csv_export")["encrypted"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "BACKUP_AGE_RECIPIENTS" in check.description

@@ -213,6 +213,37 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
 
     @dg.asset_check(
         asset=asset,
+        name="encrypted",
+        partitions_def=spec.partitions_def,
+        description="ERROR when an export is stored unencrypted while CIDADAO_ENV=production (investigations hold "
+        "citizens' personal data, as the backups do). Outside production an unencrypted export passes.",
+    )
+    def encrypted(
+        context: dg.AssetCheckExecutionContext,
+        postgres_source: PostgresSource,
+        backup_storage: BackupStorage,
+        export_policy: ExportPolicy,
+        encryption: BackupEncryption,
+    ):
+        storage, series = opened(postgres_source, backup_storage, export_policy)
+
+        def evaluate(partition: str) -> Verdict:
+            manifest, missing = _manifest_or_verdict(storage, series, partition)
+            if missing:
+                return missing
+            info = manifest.data["artifact"].get("encryption")
+            if info:
+                return Verdict(True, "age-encrypted", {"recipients": ", ".join(info.get("recipients", []))})
+            if encryption.production:
+                return Verdict(
+                    False, "Stored UNENCRYPTED in production: set BACKUP_AGE_RECIPIENTS and re-run the export", {}
+                )
+            return Verdict(True, "Not encrypted (allowed outside production)", {})
+
+        yield from _each_partition(context, key, "encrypted", ERROR, False, evaluate)
+
+    @dg.asset_check(
+        asset=asset,
         name="freshness",
         description="Judged from the manifest of the newest partition (backfilling an old one does not count): "
         "WARN when its snapshot is older than 48 h, ERROR past 7 days (the strategy's RPO for critical "
@@ -241,4 +272,4 @@ def build_export_checks(spec: ExportAssetSpec, asset: dg.AssetsDefinition) -> li
             metadata=verdict.metadata,
         )
 
-    return [integrity, row_count, schema_drift, size_deviation, freshness]
+    return [integrity, row_count, schema_drift, size_deviation, encrypted, freshness]
