@@ -8,6 +8,7 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus  # not re-exported
 
 from ...core.alerts import AlertDeliveryError, Evaluation, IncidentBook, deliver, run_failure_alert
+from ...core.errors import ConfigurationError
 from ..resources import AlertSettings
 
 HISTORY_PER_CHECK = 50  # newest executions read per check and tick (a tick normally finds one or two new)
@@ -16,6 +17,17 @@ COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecor
 
 def _logger(context, level: str):
     return context.log.warning if level == "warning" else context.log.error
+
+
+def _channels(context, alerts: AlertSettings, pending: list):
+    """The configured channels. A misconfiguration fails the tick naming the variable, after logging the
+    alerts it would have sent (so they are not lost from sight)."""
+    try:
+        return alerts.channels()
+    except ConfigurationError:
+        for alert in pending:
+            _logger(context, alert.level)(alert.text())
+        raise
 
 
 def _asset_path(key: dg.AssetKey) -> str:
@@ -71,7 +83,7 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertS
         secrets=alerts.secrets(),
     )
     # A delivery failure fails this tick (shown on the sensor and on the run); a misconfiguration too.
-    where = deliver(alert, alerts.channels(), _logger(context, alert.level))
+    where = deliver(alert, _channels(context, alerts, [alert]), _logger(context, alert.level))
     return dg.SkipReason(f"{alert.level} alert for run {run.run_id}: {', '.join(where)}")
 
 
@@ -109,7 +121,7 @@ def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertSetting
             )
     book.ingest(evaluations, now=time.time())
     due = book.due(alerts.secrets(), lambda asset: alerts.link(f"assets/{asset}?view=checks"))
-    channels = alerts.channels() if due else None  # a misconfiguration fails the tick; the state is kept
+    channels = _channels(context, alerts, due) if due else None  # misconfigured: the tick fails, cursor unchanged
     sent, failed = [], []
     for alert in due:
         try:
