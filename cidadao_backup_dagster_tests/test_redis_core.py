@@ -120,6 +120,8 @@ def test_disk_based_sync_payload_with_length_prefix(redis_server, tmp_path):
     storage = LocalStorage(tmp_path / "b")
     manifest = snapshot(source.url(), storage, mode="rdb")
     assert manifest.data["contents"]["diskless_transfer"] is False
+    timings = manifest.data["timings"]  # snapshot_at = the RDB's ctime (fork), not when the payload began
+    assert timings["started_at"] <= timings["snapshot_at"] <= timings["payload_started_at"]
     assert verify_redis_artifact(storage, manifest).ok
 
 

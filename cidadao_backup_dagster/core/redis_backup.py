@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -482,7 +483,7 @@ def backup_redis(
             mode = "logical"
         else:
             mode = "rdb"
-    taken_at = utc_now()  # rdb: the fork happened just before the payload header arrived
+    taken_at = utc_now()  # diskless: the fork happened just before the header; disk-based: the save just ended
     try:
         at_snapshot = keyspace(client)
     except redis.RedisError as exc:
@@ -559,8 +560,8 @@ def backup_redis(
             "keys_per_db": keys,
             "expires_per_db": {str(db): v["expires"] for db, v in at_snapshot.items()},
             "keys_total": sum(keys.values()),
-            "keys_source": "INFO keyspace right after the fork (the RDB itself is exact; writes racing the fork "
-            "can make these differ by a few keys)",
+            "keys_source": "INFO keyspace when the payload started (diskless: right after the fork; disk-based: "
+            "when the server's save ended); the RDB itself is exact, writes in between can move these a little",
             **rdb,
             "diskless_transfer": sync.diskless,
         }
@@ -583,6 +584,11 @@ def backup_redis(
         hint = "zstd -dc <file> | redis-cli -u <target url> --pipe  (age -d first if encrypted)"
 
     finished_at = utc_now()
+    snapshot_at = taken_at
+    if sync is not None:  # the RDB's own creation time (server clock, set when the fork started) is the exact one
+        ctime = str(check.aux.get("ctime", ""))
+        if ctime.isdigit() and abs(int(ctime) - taken_at.timestamp()) < 86400:
+            snapshot_at = datetime.fromtimestamp(int(ctime), UTC)
     manifest = Manifest(
         {
             "format_version": 1,
@@ -621,7 +627,8 @@ def backup_redis(
             },
             "timings": {
                 "started_at": iso(started_at),
-                "snapshot_at": iso(taken_at),
+                "snapshot_at": iso(snapshot_at),
+                "payload_started_at": iso(taken_at),
                 "finished_at": iso(finished_at),
                 "fetch_seconds": round(fetch_seconds, 3),
                 "total_seconds": round(time.monotonic() - t0, 3),
