@@ -14,6 +14,7 @@ import pytest
 
 from cidadao_backup_dagster.core.audit import read_audit
 from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, write_manifest
+from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, backup_redis
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.redis.assets import REDIS_SNAPSHOT_POOL
@@ -349,3 +350,37 @@ def test_readme_redis_runbook_restores_by_hand(source, env, monkeypatch, mode):
         assert_same_data(before, dataset(restored))
     finally:
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+def test_retention_expires_old_snapshots_but_keeps_the_newest_and_the_drill_proven(redis_server, env, monkeypatch):
+    server = redis_server()
+    server.client().set("k", "v")
+    monkeypatch.setenv("REDIS_URL", server.url())
+    monkeypatch.setenv("RETENTION_MIN_KEEP", "1")
+    storage = LocalStorage(env / "backups")
+    old = iso(datetime.now(UTC) - timedelta(days=10))
+    hours = [f"2026-11-01-0{h}:00" for h in range(4)]
+    for hour in hours:
+        manifest = backup_redis(
+            RedisEndpoint.from_url(server.url()), storage, series=SERIES, partition=hour, source_name="cache"
+        )
+        data = json.loads(manifest.to_json())
+        data["timings"]["snapshot_at"] = old
+        write_manifest(storage, SERIES, Manifest(data))
+    report = {"passed": True, "partition": "2026-10-01", "backup_partition": hours[0], "finished_at": old}
+    storage.put_bytes("drills/redis/cache/2026-10-01/report.json", json.dumps(report).encode())
+    result = (
+        build_defs()
+        .resolve_job_def("apply_retention")
+        .execute_in_process(
+            run_config={"ops": {"apply_retention_op": {"config": {"dry_run": False}}}},
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+    )
+    assert result.success, failures(result)
+    left = sorted({k.split("/")[3] for k in storage.list_keys("redis/cache/hourly/")})
+    assert left == ["2026-11-01-0000", "2026-11-01-0300"]  # drill-proven and newest
