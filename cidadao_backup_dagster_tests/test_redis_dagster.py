@@ -5,6 +5,7 @@ run), restore_redis and flush_redis_cache with their refusals, the restore drill
 import json
 import os
 import re
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_definitions_load_without_redis_url_and_the_snapshot_fails_naming_it(env
     assert node.specs_by_key[dg.AssetKey("redis_snapshot")].kinds >= {"redis"}
     assert node.op.pool == REDIS_SNAPSHOT_POOL
     check_names = {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys}
-    for name in ("integrity", "size_deviation", "freshness", "persistence_config", "last_save"):
+    for name in ("integrity", "size_deviation", "encrypted", "freshness", "persistence_config", "last_save"):
         assert ("redis_snapshot", name) in check_names
     for name in ("drill_passed", "drill_duration_within_rto", "recent_passing_drill"):
         assert ("redis_restore_drill", name) in check_names
@@ -132,7 +133,7 @@ def test_snapshot_job_runs_its_checks_and_keeps_the_password_out(source, env):
     assert meta["rdb_version"] >= 9 and meta["crc64"] and meta["keys_per_db"].keys() == {"0", "1", "5"}
     by_name = checks(result)
     assert by_name["integrity"].passed, by_name["integrity"].description
-    assert by_name["size_deviation"].passed and by_name["freshness"].passed
+    assert by_name["size_deviation"].passed and by_name["freshness"].passed and by_name["encrypted"].passed
     assert by_name["last_save"].passed, by_name["last_save"].description
     config = by_name["persistence_config"]  # the test server runs with save "" and appendonly no
     assert not config.passed and config.severity == dg.AssetCheckSeverity.WARN and "AOF is off" in config.description
@@ -384,3 +385,38 @@ def test_retention_expires_old_snapshots_but_keeps_the_newest_and_the_drill_prov
     assert result.success, failures(result)
     left = sorted({k.split("/")[3] for k in storage.list_keys("redis/cache/hourly/")})
     assert left == ["2026-11-01-0000", "2026-11-01-0300"]  # drill-proven and newest
+
+
+# ------------------------------------------------------------------------------------------ encryption
+
+
+@pytest.mark.skipif(not shutil.which("age-keygen"), reason="the age CLI is not installed (apt install age)")
+def test_encrypted_snapshot_verifies_deeply_only_with_the_identity_and_restores(source, redis_server, env, monkeypatch):
+    key = env / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("BACKUP_AGE_RECIPIENTS", public)
+    before = dataset(source)
+    result = run("redis_snapshot_job", PARTITION)
+    assert result.success, failures(result)
+    assert materialization_metadata(result)["encrypted"] and checks(result)["encrypted"].passed
+    integrity = checks(result)["integrity"]
+    assert integrity.passed and "encrypted" in integrity.metadata["content_checked"].value
+    (obj,) = (env / "backups" / "redis" / "cache" / "hourly" / "2026-11-24-1300").glob("*.rdb.zst.age")
+    assert not obj.read_bytes().startswith(b"\x28\xb5\x2f\xfd")  # not a bare zstd frame
+
+    target = redis_server()
+    refused = run("restore_redis", {"target_url": target.url()})
+    assert "BACKUP_AGE_IDENTITY_FILE" in failures(refused)[0] and target.client().dbsize() == 0
+    monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(key))
+    deep = run("redis_snapshot_job", PARTITION)
+    assert checks(deep)["integrity"].passed and checks(deep)["integrity"].metadata["crc64_verified"].value
+    assert run("restore_redis", {"target_url": target.url()}).success
+    assert_same_data(before, dataset(target))
+
+
+def test_unencrypted_snapshot_in_production_is_an_error(source, env, monkeypatch):
+    monkeypatch.setenv("CIDADAO_ENV", "production")
+    check = checks(run("redis_snapshot_job", PARTITION))["encrypted"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "BACKUP_AGE_RECIPIENTS" in check.description

@@ -49,8 +49,8 @@ def integrity(
         )
     try:
         identities = encryption.identities()
-    except ConfigurationError:
-        identities = None
+    except ConfigurationError as exc:  # an identity is configured but unreadable: say so, do not verify less
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc))
     with audited(context, storage, "verify", manifest.data["artifact"]["uri"]) as audit:
         result = verify_redis_artifact(storage, manifest, server_bin=redis_source.bin, identities=identities)
         audit.update(result="ok" if result.ok else "failed", problems=result.problems)
@@ -97,6 +97,37 @@ def size_deviation(
         description=verdict.description,
         metadata={**verdict.metadata, "keys": manifest.data["contents"]["keys_total"]},
     )
+
+
+@dg.asset_check(
+    asset=redis_snapshot,
+    name="encrypted",
+    partitions_def=HOURLY,
+    description="ERROR when a snapshot is stored unencrypted while CIDADAO_ENV=production (LGPD: the cache holds "
+    "citizens' personal data too). Outside production an unencrypted snapshot passes with a note.",
+)
+def encrypted(
+    context: dg.AssetCheckExecutionContext,
+    redis_source: RedisSource,
+    backup_storage: BackupStorage,
+    encryption: BackupEncryption,
+) -> dg.AssetCheckResult:
+    storage, series = backup_storage.open(), redis_series(redis_source)
+    manifest = read_manifest(storage, series, partition_segment(context.partition_key))
+    if manifest is None:
+        return dg.AssetCheckResult(passed=False, description=f"No snapshot for {context.partition_key}")
+    info = manifest.data["artifact"].get("encryption")
+    if info:
+        return dg.AssetCheckResult(
+            passed=True, description="age-encrypted", metadata={"recipients": ", ".join(info["recipients"])}
+        )
+    if encryption.production:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="Stored UNENCRYPTED in production: set BACKUP_AGE_RECIPIENTS and re-run the snapshot",
+        )
+    return dg.AssetCheckResult(passed=True, description="Not encrypted (allowed outside production)")
 
 
 @dg.asset_check(
@@ -167,5 +198,5 @@ def last_save(redis_source: RedisSource) -> dg.AssetCheckResult:
     )
 
 
-snapshot_checks = [integrity, size_deviation, freshness, persistence_config, last_save]
+snapshot_checks = [integrity, size_deviation, encrypted, freshness, persistence_config, last_save]
 series_checks = [freshness, persistence_config, last_save]
