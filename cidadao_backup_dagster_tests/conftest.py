@@ -6,6 +6,11 @@ dropped afterwards, and S3 is spoken to over HTTP with a normal boto3 client.
 
 from __future__ import annotations
 
+import os as _os
+
+# Transient-failure retries wait seconds in tests, not minutes (read when the definitions are imported).
+_os.environ.setdefault("BACKUP_RETRY_DELAY_S", "0.2")
+
 import os
 import socket
 import subprocess

@@ -102,7 +102,8 @@ def test_daily_backup_to_s3(env, aws_env, make_bucket, monkeypatch, s3_client):
     monkeypatch.setenv("BACKUP_STORAGE_URL", f"s3://{bucket}/cidadao")
     result = run_job("postgres_daily_backup_job", "2026-11-23")
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    # (storage_lifecycle warns: a fresh bucket has no lifecycle rule yet; test_protection_s3 covers it)
+    assert all(e.passed for e in result.get_asset_check_evaluations() if not e.check_name.startswith("storage_"))
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith("/daily/2026-11-23/manifest.json") for k in keys)
     assert any(k.endswith(".dump.zst") for k in keys)
@@ -195,7 +196,11 @@ def test_freshness_ignores_a_backfilled_old_partition(env, source_url):
     result = run_job("backup_health_checks_job")
     assert result.success
     evaluation = checks_by_name(result)
-    fresh = [e for e in result.get_asset_check_evaluations() if e.asset_key.path == ["postgres_daily_backup"]]
+    fresh = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path == ["postgres_daily_backup"] and e.check_name == "freshness"
+    ]
     assert len(fresh) == 1 and not fresh[0].passed
     assert fresh[0].severity == dg.AssetCheckSeverity.ERROR and "2026-11-20" in fresh[0].description
     assert evaluation  # the weekly freshness check ran too (and fails: no OFFSITE_STORAGE_URL)

@@ -49,7 +49,16 @@ def run(job, config=None, partition=None):
 
 
 def failure_message(result) -> str:
-    return next(e for e in result.all_events if e.is_step_failure).event_specific_data.error.message
+    return error_text(next(e for e in result.all_events if e.is_step_failure).event_specific_data.error)
+
+
+def error_text(error) -> str:
+    """The message of a Dagster error and of every error in its cause chain (retries wrap the cause)."""
+    parts = []
+    while error is not None:
+        parts.append(error.message)
+        error = error.cause
+    return "\n".join(parts)
 
 
 def output_metadata(result) -> dict:

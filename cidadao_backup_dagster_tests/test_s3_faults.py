@@ -66,7 +66,9 @@ class FaultyProxy:
                 for k, v in out_headers:
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
+                # A HEAD answer has no body: its Content-Length is the object's size, passed through as is.
+                upstream_length = dict((k.lower(), v) for k, v in out_headers).get("content-length", "0")
+                self.send_header("Content-Length", upstream_length if self.command == "HEAD" else str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)

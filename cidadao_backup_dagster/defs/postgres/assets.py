@@ -11,6 +11,7 @@ from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
+from ..retry import retry_policy
 
 # The strategy dates from 2025-01-24; nothing older can exist to back up.
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-24", timezone="UTC")
@@ -19,7 +20,7 @@ WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, ti
 # One dump of a database at a time: both assets share this pool (dagster.yaml sets its limit to 1).
 PG_DUMP_POOL = "postgres_dump"
 
-RETRY = dg.RetryPolicy(max_retries=2, delay=120, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+RETRY = retry_policy(default_delay_s=120)
 
 
 @dataclass(frozen=True)
