@@ -13,6 +13,7 @@ from ...core.manifest import Manifest
 from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..resources import BackupEncryption, BackupStorage, PostgresSource
+from ..retry import retry_policy
 from .resources import ExportPolicy
 
 # BackfillPolicy is beta in Dagster 1.13, used deliberately: a backfilled month is one run and one snapshot.
@@ -23,7 +24,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
 WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
 
-RETRY = dg.RetryPolicy(max_retries=2, delay=120, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+RETRY = retry_policy(default_delay_s=120)
 
 
 @dataclass(frozen=True)

@@ -12,3 +12,4 @@ class ArtifactClass:
     series: Callable[[object], str]  # resources -> series prefix; raises ConfigurationError when unset
     keep_days: float  # default retention
     protected: Callable[[object], set[str]] = lambda resources: set()  # partitions no retention may delete
+    resource_keys: tuple[str, ...] = ("postgres_source",)  # what `series`/`protected` read besides storage

@@ -43,10 +43,10 @@ class RetentionConfig(dg.Config):
 
 
 def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
-    storage_keys = {c.storage_key for c in classes}
+    needed = {key for c in classes for key in (c.storage_key, *c.resource_keys)}
 
     @dg.op(
-        required_resource_keys={"retention", "postgres_source", "redis_source", *storage_keys},
+        required_resource_keys={"retention", *needed},
         description="Plan and apply retention for every artifact class; dry run shows the plan.",
         tags={"cidadao/domain": "protection"},
     )

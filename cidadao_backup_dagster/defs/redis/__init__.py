@@ -30,7 +30,14 @@ def _drill_proven(resources) -> set[str]:
 
 # Hourly snapshots kept 7 days (168 of them; the strategy sets no Redis retention, so the daily backups' 7 days).
 artifact_classes = [
-    ArtifactClass("redis_hourly", "backup_storage", lambda r: redis_series(r.redis_source), 7, _drill_proven),
+    ArtifactClass(
+        "redis_hourly",
+        "backup_storage",
+        lambda r: redis_series(r.redis_source),
+        7,
+        _drill_proven,
+        resource_keys=("redis_source",),
+    ),
 ]
 
 defs = dg.Definitions(

@@ -10,6 +10,7 @@ from ...core.redis_backup import RedisAccessError, backup_redis, partition_segme
 from ...core.storage import MiB
 from ..audit import audited
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
+from ..retry import retry_policy
 
 # UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
 HOURLY = dg.HourlyPartitionsDefinition(start_date="2025-01-24-00:00", timezone="UTC")
@@ -17,7 +18,7 @@ HOURLY = dg.HourlyPartitionsDefinition(start_date="2025-01-24-00:00", timezone="
 # One snapshot of the instance at a time (each SYNC forks the server): dagster.yaml's default pool limit is 1.
 REDIS_SNAPSHOT_POOL = "redis_snapshot"
 
-RETRY = dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+RETRY = retry_policy(default_delay_s=60)
 
 
 def redis_series(source: RedisSource) -> str:
