@@ -1,21 +1,20 @@
 """The monthly restore drill: proves the newest daily backup restores, and how long it takes (the RTO)."""
 
 import warnings
-from datetime import timedelta
 
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_backup import safe_name
-from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, report_age, run_drill
+from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
 from ..audit import audit_storage, audited
+from ..drill_results import duration_result, recency_result
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
-MAX_DRILL_AGE = timedelta(days=35)
 
 
 def _source_name(source: PostgresSource) -> str:
@@ -126,24 +125,7 @@ def drill_duration_within_rto(
     report, missing = _report(postgres_source, backup_storage, context.partition_key)
     if missing:
         return missing
-    seconds = float(report["duration_seconds"])
-    rto = RTO_DATABASE_CORRUPTION_S
-    meta = {"duration_s": seconds, "rto_s": rto, "rto_used_pct": round(100 * seconds / rto, 1)}
-    if seconds > rto:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{seconds:.0f} s exceeds the RTO",
-            metadata=meta,
-        )
-    if seconds > rto / 2:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"{seconds:.0f} s is over half the {rto} s RTO",
-            metadata=meta,
-        )
-    return dg.AssetCheckResult(passed=True, description=f"{seconds:.1f} s of the {rto} s RTO", metadata=meta)
+    return duration_result(report, RTO_DATABASE_CORRUPTION_S)
 
 
 @dg.asset_check(
@@ -153,16 +135,7 @@ def drill_duration_within_rto(
 )
 def recent_passing_drill(postgres_source: PostgresSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
     report = newest_passing_report(backup_storage.open(), _source_name(postgres_source))
-    if report is None:
-        return dg.AssetCheckResult(passed=False, description="No restore drill has ever passed")
-    age = report_age(report)
-    return dg.AssetCheckResult(
-        passed=age <= MAX_DRILL_AGE,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"Last passing drill ({report['partition']}, backup {report['backup_partition']}) "
-        f"finished {age.days} days ago (limit {MAX_DRILL_AGE.days})",
-        metadata={"age_days": round(age.total_seconds() / 86400, 2), "proved_backup": report["backup_partition"]},
-    )
+    return recency_result(report, "backup")
 
 
 postgres_restore_drill_job = dg.define_asset_job(

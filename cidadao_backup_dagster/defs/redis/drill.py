@@ -7,21 +7,20 @@ RDB. So the restore must fit inside those 5 minutes: WARN above half (2.5 min, l
 provisioning), ERROR above 5 min."""
 
 import warnings
-from datetime import timedelta
 
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis_backup import safe_name
-from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, report_age, run_redis_drill
+from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
 from ..audit import audit_storage, audited
+from ..drill_results import duration_result, recency_result
 from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
 from .assets import redis_series
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
-MAX_DRILL_AGE = timedelta(days=35)
 
 
 def _source(redis_source: RedisSource) -> str:
@@ -128,23 +127,7 @@ def redis_drill_duration_within_rto(
     report, missing = _report(redis_source, backup_storage, context.partition_key)
     if missing:
         return missing
-    seconds, rto = float(report["duration_seconds"]), RTO_REDIS_S
-    meta = {"duration_s": seconds, "rto_s": rto, "rto_used_pct": round(100 * seconds / rto, 1)}
-    if seconds > rto:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{seconds:.0f} s exceeds the RTO",
-            metadata=meta,
-        )
-    if seconds > rto / 2:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"{seconds:.0f} s is over half the {rto} s RTO",
-            metadata=meta,
-        )
-    return dg.AssetCheckResult(passed=True, description=f"{seconds:.1f} s of the {rto} s RTO", metadata=meta)
+    return duration_result(report, RTO_REDIS_S)
 
 
 @dg.asset_check(
@@ -154,16 +137,7 @@ def redis_drill_duration_within_rto(
 )
 def redis_recent_passing_drill(redis_source: RedisSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
     report = newest_passing_report(backup_storage.open(), _source(redis_source))
-    if report is None:
-        return dg.AssetCheckResult(passed=False, description="No Redis restore drill has ever passed")
-    age = report_age(report)
-    return dg.AssetCheckResult(
-        passed=age <= MAX_DRILL_AGE,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"Last passing drill ({report['partition']}, snapshot {report['backup_partition']}) "
-        f"finished {age.days} days ago (limit {MAX_DRILL_AGE.days})",
-        metadata={"age_days": round(age.total_seconds() / 86400, 2), "proved_backup": report["backup_partition"]},
-    )
+    return recency_result(report, "snapshot")
 
 
 redis_restore_drill_job = dg.define_asset_job(
