@@ -120,6 +120,8 @@ def test_pg_dump_missing(world, monkeypatch, pg_admin_url, drop_later, tmp_path)
 
 @pytest.mark.parametrize("world", ["s3"], indirect=True)
 def test_storage_unreachable(world, monkeypatch, pg_admin_url, drop_later):
+    # Shorten botocore's backoff sleeps between connection attempts (its retry decisions stay its own).
+    monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, ctx: 0.01)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     result = run("postgres_daily_backup_job", partition=FAULTY)
     assert not result.success and "unreachable" in failure_message(result)
