@@ -404,6 +404,8 @@ def test_encrypted_snapshot_verifies_deeply_only_with_the_identity_and_restores(
     assert integrity.passed and "encrypted" in integrity.metadata["content_checked"].value
     (obj,) = (env / "backups" / "redis" / "cache" / "hourly" / "2026-11-24-1300").glob("*.rdb.zst.age")
     assert not obj.read_bytes().startswith(b"\x28\xb5\x2f\xfd")  # not a bare zstd frame
+    rdb = subprocess.run(f"age -d -i {key} {obj} | zstd -d", shell=True, check=True, capture_output=True).stdout
+    assert rdb.startswith(b"REDIS") and rdb[-9] == 0xFF  # the stock age CLI decrypts it to a whole RDB
 
     target = redis_server()
     refused = run("restore_redis", {"target_url": target.url()})
