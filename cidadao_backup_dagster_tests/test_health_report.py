@@ -140,7 +140,8 @@ def test_report_asset_renders_rows_with_check_status_and_skips_unconfigured(env)
     assert "rep0rt-secret" not in text
     assert meta["postgres_daily_age_hours"].value == pytest.approx(9.0, abs=0.1)
     assert meta["postgres_daily_stored_bytes"].value == 1000
-    assert meta["classes_skipped"].value == 1 and meta["classes"].value == 3
+    assert "**exports_investigations**" in text and "**exports_agent_instances**" in text
+    assert meta["classes_skipped"].value == 1 and meta["classes"].value == 5
 
 
 def test_report_refreshes_after_a_real_backup_and_daily(env, make_database, monkeypatch):
