@@ -1,47 +1,64 @@
-"""The code location: `dagster dev -w workspace.yaml` or `-m cidadao_backup_dagster.definitions`."""
+"""The code location: `dagster dev -w workspace.yaml` or `-m cidadao_backup_dagster.definitions`.
 
-from __future__ import annotations
+Backups, checks, drills and recovery jobs are generated per source (defs/sources.py): one PostgreSQL
+database and one Redis from DATABASE_URL / REDIS_URL, or every source listed in BACKUP_SOURCES_FILE."""
 
 import dagster as dg
 
+from .core.sources import Sources
 from .defs import exports, monitoring, postgres, protection, recovery, redis
 from .defs.resources import build_resources
+from .defs.sources import DomainDefs, PgBinding, RedisBinding, configured_sources
 
-DOMAINS = [postgres, recovery, exports, redis]
-
-# Checks that judge a whole series (is the newest backup recent? did a drill pass lately?) also run hourly
-# on their own: if backups or drills stop running, nothing inside those runs would notice.
-health_checks_job = dg.define_asset_job(
-    "backup_health_checks_job",
-    selection=dg.AssetSelection.checks(
-        *[c for domain in DOMAINS for c in domain.health_checks], *protection.health_checks
-    ),
-    description="RPO freshness of every backup series and recency of the last passing restore drill.",
-)
-health_checks_schedule = dg.ScheduleDefinition(
-    name="backup_health_checks_schedule",
-    job=health_checks_job,
-    cron_schedule="17 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+HEALTH_CHECKS_JOB = "backup_health_checks_job"
 
 
-def build_defs() -> dg.Definitions:
+def build_domains(sources: Sources) -> list[DomainDefs]:
+    pg = [PgBinding.of(spec) for spec in sources.postgres]
+    rd = [RedisBinding.of(spec) for spec in sources.redis]
+    return [
+        *(postgres.build(b) for b in pg),
+        *(recovery.build(b) for b in pg),
+        *(redis.build(b) for b in rd),
+        DomainDefs(exports.defs, exports.health_checks, exports.artifact_classes),
+    ]
+
+
+def build_health_checks(checks: list):
+    # Checks that judge a whole series (is the newest backup recent? did a drill pass lately?) also run hourly
+    # on their own: if backups or drills stop running, nothing inside those runs would notice.
+    job = dg.define_asset_job(
+        HEALTH_CHECKS_JOB,
+        selection=dg.AssetSelection.checks(*checks),
+        description="RPO freshness of every backup series and recency of the last passing restore drill.",
+    )
+    schedule = dg.ScheduleDefinition(
+        name="backup_health_checks_schedule",
+        job=job,
+        cron_schedule="17 * * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    return job, schedule
+
+
+def build_defs(sources: Sources | None = None) -> dg.Definitions:
     """Definitions with resources read from the environment as it is now (tests and the quick start
     call this after setting variables; the code location uses `defs` below)."""
-    classes = [c for domain in DOMAINS for c in getattr(domain, "artifact_classes", [])]
-    resources = {**build_resources(), **exports.build_export_resources()}
-    parts = [*(domain.defs for domain in DOMAINS), protection.build_defs(classes)]
+    sources = sources or configured_sources()
+    domains = build_domains(sources)
+    classes = [c for d in domains for c in d.artifact_classes]
+    resources = {**build_resources(sources), **exports.build_export_resources()}
+    protection_defs = protection.build_defs(classes, [t for d in domains for t in d.storage_targets])
+    parts = [*(d.defs for d in domains), protection_defs]
     checks = [c for part in parts for c in part.asset_checks or []]
+    health_job, health_schedule = build_health_checks(
+        [*(c for d in domains for c in d.health_checks), *(protection_defs.asset_checks or [])]
+    )
     return dg.Definitions.merge(
         *parts,
         monitoring.build_defs(classes, set(resources), checks),
-        dg.Definitions(
-            jobs=[health_checks_job],
-            schedules=[health_checks_schedule],
-            resources=resources,
-        ),
+        dg.Definitions(jobs=[health_job], schedules=[health_schedule], resources=resources),
     )
 
 

@@ -16,7 +16,7 @@ from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
-from cidadao_backup_dagster.defs.postgres.assets import PG_DUMP_POOL
+from cidadao_backup_dagster.defs.sources import PG_DUMP_POOL
 from cidadao_backup_dagster.demo import seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +245,9 @@ def test_schedules_pick_the_period_that_just_ended(env, schedule_name, tick, par
     assert schedule.execution_timezone == "UTC"
     with (
         dg.instance_for_test() as instance,
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+        dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        ) as context,
     ):
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests

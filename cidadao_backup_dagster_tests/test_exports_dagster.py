@@ -21,7 +21,7 @@ import pytest
 from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
-from cidadao_backup_dagster.definitions import build_defs, health_checks_job
+from cidadao_backup_dagster.definitions import HEALTH_CHECKS_JOB, build_defs
 from cidadao_backup_dagster.defs import exports
 from cidadao_backup_dagster.demo import SCHEMA, seed
 
@@ -135,7 +135,7 @@ def test_export_definitions_shape(env):
         assert schedules[name].default_status == dg.DefaultScheduleStatus.RUNNING
         assert schedules[name].execution_timezone == "UTC"
     # The hourly health-check job judges the exports' freshness too.
-    selected = health_checks_job.selection.resolve_checks(repo.asset_graph)
+    selected = repo.get_job(HEALTH_CHECKS_JOB).asset_layer.asset_graph.asset_check_keys
     assert {(k.asset_key.to_user_string(), k.name) for k in selected} >= {
         ("investigations_json_export", "freshness"),
         ("agent_instances_csv_export", "freshness"),

@@ -7,7 +7,6 @@ from cidadao_backup_dagster.core.errors import BackupError
 from cidadao_backup_dagster.core.lifecycle import desired_rules
 from cidadao_backup_dagster.core.storage import S3Storage
 from cidadao_backup_dagster.definitions import build_defs
-from cidadao_backup_dagster.defs.protection import storage_checks
 
 
 @pytest.fixture
@@ -21,7 +20,9 @@ def s3_env(monkeypatch, aws_env, make_bucket, make_database):
 
 
 def run_storage_checks():
-    daily = [c for c in storage_checks if any(k.asset_key.path == ["postgres_daily_backup"] for k in c.check_keys)]
+    daily = [
+        dg.AssetCheckKey(dg.AssetKey("postgres_daily_backup"), n) for n in ("storage_lifecycle", "storage_immutable")
+    ]
     job = dg.define_asset_job("storage_checks_only", selection=dg.AssetSelection.checks(*daily))
     result = (
         dg.Definitions.merge(build_defs(), dg.Definitions(jobs=[job]))

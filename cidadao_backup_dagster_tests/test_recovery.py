@@ -316,12 +316,15 @@ def test_recent_drill_check_fails_when_the_last_pass_is_too_old(demo_source, env
 
 
 def test_drill_schedule_runs_monthly_for_the_month_that_ended(env):
-    schedule = build_defs().resolve_schedule_def("postgres_restore_drill_schedule")
+    defs = build_defs()
+    schedule = defs.resolve_schedule_def("postgres_restore_drill_schedule")
     assert schedule.cron_schedule == "0 5 1 * *"
     tick = datetime(2026, 12, 1, 5, 0, tzinfo=UTC)
     with (
         dg.instance_for_test() as instance,
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+        dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        ) as context,
     ):
         (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-11-01"

@@ -18,8 +18,8 @@ from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, w
 from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, backup_redis
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
-from cidadao_backup_dagster.defs.redis.assets import REDIS_SNAPSHOT_POOL
 from cidadao_backup_dagster.defs.resources import RedisSource
+from cidadao_backup_dagster.defs.sources import REDIS_SNAPSHOT_POOL
 
 pytest.register_assert_rewrite("cidadao_backup_dagster_tests.redis_fixtures")
 
@@ -187,12 +187,15 @@ def test_freshness_judges_the_newest_partition_hourly(source, env):
 
 
 def test_schedule_snapshots_the_hour_that_ended(env):
-    schedule = build_defs().resolve_schedule_def("redis_snapshot_schedule")
+    defs = build_defs()
+    schedule = defs.resolve_schedule_def("redis_snapshot_schedule")
     assert schedule.cron_schedule == "5 * * * *"
     tick = datetime(2026, 11, 24, 14, 5, tzinfo=UTC)
     with (
         dg.instance_for_test() as instance,
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+        dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        ) as context,
     ):
         (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-11-24-13:00"

@@ -15,6 +15,7 @@ from ..core.errors import ConfigurationError
 from ..core.pg_backup import BackupSettings
 from ..core.postgres import PgConnection
 from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
+from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
 from ..core.storage import MiB, Storage, storage_from_url
 
 DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
@@ -32,9 +33,10 @@ class PostgresSource(dg.ConfigurableResource):
 
     database_url: str = Field(default="", description="postgresql://user:password@host:5432/dbname (DATABASE_URL)")
     pg_bin_dir: str = Field(default="", description="Folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = PATH")
+    url_variable: str = Field(default="DATABASE_URL", description="Environment variable holding the URL (in errors)")
 
     def connection(self) -> PgConnection:
-        return PgConnection.from_url(self.database_url, "DATABASE_URL")
+        return PgConnection.from_url(self.database_url, self.url_variable)
 
     @property
     def bin_dir(self) -> str | None:
@@ -48,13 +50,15 @@ class BackupStorage(dg.ConfigurableResource):
     variable: str = Field(default="BACKUP_STORAGE_URL", description="Environment variable named in errors")
     missing_hint: str = Field(default="", description="What to do when the URL is empty")
     part_size_mb: int = Field(default=16, description="S3 multipart part size, equal for all parts (MiB)")
+    prefix: str = Field(default="", description="Folder under the URL for one source (its storage_prefix)")
     s3: S3Resource
 
     def open(self) -> Storage:
         if not self.url:
             raise ConfigurationError(self.variable, "is not set", self.missing_hint or "set s3://bucket/prefix")
+        url = f"{self.url.rstrip('/')}/{self.prefix.strip('/')}" if self.prefix.strip("/") else self.url
         return storage_from_url(
-            self.url, variable=self.variable, s3_client_factory=self.s3.get_client, part_size=self.part_size_mb * MiB
+            url, variable=self.variable, s3_client_factory=self.s3.get_client, part_size=self.part_size_mb * MiB
         )
 
 
@@ -195,10 +199,12 @@ class RedisSource(dg.ConfigurableResource):
     max_last_save_age_s: int = Field(default=3600, description="Strategy alert: redis_rdb_last_save_age > 3600")
     snapshot_max_age_hours: float = Field(default=2.0, description="Freshness: newest valid snapshot at most this old")
 
+    url_variable: str = Field(default="REDIS_URL", description="Environment variable holding the URL (in errors)")
+
     def endpoint(self) -> RedisEndpoint:
         return RedisEndpoint.from_url(
             self.redis_url,
-            "REDIS_URL",
+            self.url_variable,
             connect_timeout=self.connect_timeout_s,
             socket_timeout=self.socket_timeout_s,
         )
@@ -288,26 +294,69 @@ class AlertSettings(dg.ConfigurableResource):
         return f"{self.dagster_url.rstrip('/')}/{path.lstrip('/')}" if self.dagster_url.strip() else None
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
+def build_resources(sources: Sources | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Shared resources, and per source of `sources` (default: one from DATABASE_URL and one from REDIS_URL)
+    its connection and its storage (the shared URLs with the source's storage_prefix)."""
+    sources = sources or Sources()
     s3 = S3Resource(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
         region_name=env_or("AWS_DEFAULT_REGION", env_or("AWS_REGION", None)),
         max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
     )
-    return {
-        "postgres_source": PostgresSource(database_url=env_or("DATABASE_URL", ""), pg_bin_dir=env_or("PG_BIN_DIR", "")),
-        "backup_storage": BackupStorage(
+
+    def storage(prefix: str = "") -> BackupStorage:
+        return BackupStorage(
             url=env_or("BACKUP_STORAGE_URL", f"file://{DEFAULT_LOCAL_STORAGE}"),
             variable="BACKUP_STORAGE_URL",
+            prefix=prefix,
             s3=s3,
-        ),
-        "offsite_storage": BackupStorage(
+        )
+
+    def offsite(prefix: str = "") -> BackupStorage:
+        return BackupStorage(
             url=env_or("OFFSITE_STORAGE_URL", ""),
             variable="OFFSITE_STORAGE_URL",
             missing_hint="set it to an external bucket, e.g. s3://cidadao-ai-backups-offsite/postgres "
             "(the weekly copy must not live beside the daily ones)",
+            prefix=prefix,
             s3=s3,
-        ),
+        )
+
+    def postgres(spec: PostgresSourceSpec) -> PostgresSource:
+        return PostgresSource(
+            database_url=env_or(spec.url_env, ""), pg_bin_dir=env_or("PG_BIN_DIR", ""), url_variable=spec.url_env
+        )
+
+    def redis(spec: RedisSourceSpec) -> RedisSource:
+        return RedisSource(
+            redis_url=env_or(spec.url_env, ""),
+            url_variable=spec.url_env,
+            name=spec.name or env_or("REDIS_SOURCE_NAME", "cache"),
+            mode=spec.mode or env_or("REDIS_SNAPSHOT_MODE", "auto"),
+            connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
+            socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
+            server_bin=env_or("REDIS_SERVER_BIN", ""),
+            target_password=env_or("REDIS_TARGET_PASSWORD", ""),
+        )
+
+    per_source: dict[str, dg.ConfigurableResource] = {}
+    for spec in sources.postgres:
+        if spec.name:
+            per_source[f"postgres_source__{spec.name}"] = postgres(spec)
+            per_source[f"backup_storage__{spec.name}"] = storage(spec.storage_prefix)
+            per_source[f"offsite_storage__{spec.name}"] = offsite(spec.storage_prefix)
+    for spec in sources.redis:
+        if spec.name:
+            per_source[f"redis_source__{spec.name}"] = redis(spec)
+            per_source[f"backup_storage__{spec.name}"] = storage(spec.storage_prefix)
+        else:
+            per_source["redis_source"] = redis(spec)
+    return {
+        # The exports (and the one-source default) read `postgres_source`; shared jobs write to `backup_storage`.
+        "postgres_source": postgres(sources.export_source),
+        "backup_storage": storage(),
+        "offsite_storage": offsite(),
+        **per_source,
         "backup_policy": BackupPolicy(
             zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
             expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
@@ -316,15 +365,6 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             recipients=env_or("BACKUP_AGE_RECIPIENTS", ""),
             identity_file=env_or("BACKUP_AGE_IDENTITY_FILE", ""),
             environment=env_or("CIDADAO_ENV", ""),
-        ),
-        "redis_source": RedisSource(
-            redis_url=env_or("REDIS_URL", ""),
-            name=env_or("REDIS_SOURCE_NAME", "cache"),
-            mode=env_or("REDIS_SNAPSHOT_MODE", "auto"),
-            connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
-            socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
-            server_bin=env_or("REDIS_SERVER_BIN", ""),
-            target_password=env_or("REDIS_TARGET_PASSWORD", ""),
         ),
         "alerts": AlertSettings(
             slack=SlackResource(token=env_or("SLACK_BOT_TOKEN", "")),

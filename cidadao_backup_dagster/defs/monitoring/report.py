@@ -23,20 +23,6 @@ from ..protection.classes import ArtifactClass
 REPORT_ASSET = "backup_health_report"
 COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
-# Which asset writes a class's artifacts, for series whose manifests do not name it (older manifests).
-CLASS_ASSETS = {
-    "postgres_daily": "postgres_daily_backup",
-    "postgres_weekly": "postgres_weekly_offsite_backup",
-    "redis_hourly": "redis_snapshot",
-}
-
-# The freshness limits configured in the resources (the alert), per class; the RPO stays the strategy's.
-ALERT_LIMITS = {
-    "postgres_daily": lambda r: r.backup_policy.daily_max_age_hours,
-    "postgres_weekly": lambda r: r.backup_policy.weekly_max_age_hours,
-    "redis_hourly": lambda r: r.redis_source.snapshot_max_age_hours,
-}
-
 
 def _latest_checks(context: dg.AssetExecutionContext, check_keys: set[dg.AssetCheckKey]):
     """asset name -> latest completed evaluation of each of its checks, read from the instance."""
@@ -80,7 +66,7 @@ def build_report_asset(
             except (ConfigurationError, BackupError) as exc:
                 rows.append(skipped(artifact_class.name, str(exc)))
                 continue
-            limit = ALERT_LIMITS.get(artifact_class.name)
+            limit = artifact_class.alert_limit
             targets = with_alert_limit(default_targets(series), limit(resources) if limit else None)
             try:
                 rows.append(
@@ -92,7 +78,7 @@ def build_report_asset(
                         targets=targets,
                         size_history=resources.backup_policy.size_history,
                         checks_for=checks_for,
-                        asset=CLASS_ASSETS.get(artifact_class.name),
+                        asset=artifact_class.asset,
                     )
                 )
             except Exception as exc:  # noqa: BLE001 - storage unreachable: report it, keep the other rows

@@ -1,50 +1,102 @@
-"""PostgreSQL backups: assets, checks, jobs and schedules."""
-
-from __future__ import annotations
+"""PostgreSQL backups: per source, a daily and a weekly offsite asset with their checks, jobs and schedules."""
 
 import dagster as dg
 
 from ...core.pg_backup import safe_name
 from ...core.pg_drill import newest_passing_report
 from ..protection.classes import ArtifactClass
-from .assets import DAILY_SPEC, WEEKLY_SPEC, postgres_daily_backup, postgres_weekly_offsite_backup, series_for
+from ..schedules import latest_partition_schedule, source_asset_job
+from ..sources import DEFAULT_PG, DomainDefs, PgBinding
+from .assets import DAILY_SPEC, WEEKLY_SPEC, build_backup_asset, series_for
 from .checks import build_backup_checks
-from .schedules import (
-    postgres_daily_backup_job,
-    postgres_daily_backup_schedule,
-    postgres_weekly_offsite_backup_job,
-    postgres_weekly_offsite_backup_schedule,
-)
-
-daily_checks = build_backup_checks(DAILY_SPEC, postgres_daily_backup)
-weekly_checks = build_backup_checks(WEEKLY_SPEC, postgres_weekly_offsite_backup)
-freshness_checks = [c for c in [*daily_checks, *weekly_checks] if any(k.name == "freshness" for k in c.check_keys)]
-
-# Series-wide checks that must also run on their own schedule (see definitions.py).
-health_checks = freshness_checks
 
 
-def _drill_proven(resources) -> set[str]:
-    """The daily backup the latest passing restore drill proved: retention never deletes it."""
-    source = safe_name(resources.postgres_source.connection().dbname)
-    report = newest_passing_report(resources.backup_storage.open(), source)
-    return {report["backup_partition"]} if report else set()
+def _is_freshness(checks_def) -> bool:
+    return any(k.name == "freshness" for k in checks_def.check_keys)
 
 
-# Strategy: daily backups kept 7 days, the weekly external copy 30 days.
-artifact_classes = [
-    ArtifactClass(
-        "postgres_daily", "backup_storage", lambda r: series_for(DAILY_SPEC, r.postgres_source), 7, _drill_proven
-    ),
-    ArtifactClass("postgres_weekly", "offsite_storage", lambda r: series_for(WEEKLY_SPEC, r.postgres_source), 30),
+def build(binding: PgBinding) -> DomainDefs:
+    spec = binding.spec
+    daily, weekly = build_backup_asset(DAILY_SPEC, binding), build_backup_asset(WEEKLY_SPEC, binding)
+    daily_checks, weekly_checks = build_backup_checks(DAILY_SPEC, binding), build_backup_checks(WEEKLY_SPEC, binding)
+    daily_job = source_asset_job(
+        binding,
+        "postgres_daily_backup_job",
+        daily,
+        "Daily PostgreSQL backup with its integrity, size and freshness checks.",
+    )
+    weekly_job = source_asset_job(
+        binding,
+        "postgres_weekly_offsite_backup_job",
+        weekly,
+        "Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
+    )
+
+    def drill_proven(resources) -> set[str]:
+        """The daily backup the latest passing restore drill proved: retention never deletes it."""
+        source = safe_name(binding.source(resources).connection().dbname)
+        report = newest_passing_report(binding.storage(resources).open(), source)
+        return {report["backup_partition"]} if report else set()
+
+    source_keys = (binding.source_key,)
+    # Strategy: daily backups kept 7 days, the weekly external copy 30 days (per source in the sources file).
+    classes = [
+        ArtifactClass(
+            binding.class_name("postgres_daily"),
+            binding.storage_key,
+            lambda r: series_for(DAILY_SPEC, binding.source(r)),
+            spec.daily_retention_days,
+            drill_proven,
+            resource_keys=source_keys,
+            asset=binding.key(DAILY_SPEC.asset_name).to_user_string(),
+            alert_limit=lambda r: r.backup_policy.daily_max_age_hours,
+        ),
+        ArtifactClass(
+            binding.class_name("postgres_weekly"),
+            binding.offsite_key,
+            lambda r: series_for(WEEKLY_SPEC, binding.source(r)),
+            spec.weekly_retention_days,
+            resource_keys=source_keys,
+            asset=binding.key(WEEKLY_SPEC.asset_name).to_user_string(),
+            alert_limit=lambda r: r.backup_policy.weekly_max_age_hours,
+        ),
+    ]
+    return DomainDefs(
+        defs=dg.Definitions(
+            assets=[daily, weekly],
+            asset_checks=[*daily_checks, *weekly_checks],
+            jobs=[daily_job, weekly_job],
+            schedules=[
+                # The strategy's daily backup at 03:00 UTC and its manual weekly one, Sundays 02:00 (defaults).
+                latest_partition_schedule(
+                    binding.named("postgres_daily_backup_schedule"),
+                    daily_job,
+                    DAILY_SPEC.partitions_def,
+                    spec.daily_schedule,
+                    "Daily backup of the UTC day that just ended.",
+                ),
+                latest_partition_schedule(
+                    binding.named("postgres_weekly_offsite_backup_schedule"),
+                    weekly_job,
+                    WEEKLY_SPEC.partitions_def,
+                    spec.weekly_schedule,
+                    "Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
+                ),
+            ],
+        ),
+        health_checks=[c for c in [*daily_checks, *weekly_checks] if _is_freshness(c)],
+        artifact_classes=classes,
+        storage_targets=[
+            (binding.key(DAILY_SPEC.asset_name), binding.storage_key),
+            (binding.key(WEEKLY_SPEC.asset_name), binding.offsite_key),
+        ],
+    )
+
+
+# The implicit source's definitions, for tests and tools that pick single checks.
+default = build(DEFAULT_PG)
+daily_checks = [
+    c
+    for c in default.defs.asset_checks
+    if all(k.asset_key == DEFAULT_PG.key(DAILY_SPEC.asset_name) for k in c.check_keys)
 ]
-
-defs = dg.Definitions(
-    assets=[postgres_daily_backup, postgres_weekly_offsite_backup],
-    asset_checks=[*daily_checks, *weekly_checks],
-    jobs=[postgres_daily_backup_job, postgres_weekly_offsite_backup_job],
-    schedules=[
-        postgres_daily_backup_schedule,
-        postgres_weekly_offsite_backup_schedule,
-    ],
-)

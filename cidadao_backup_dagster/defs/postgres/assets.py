@@ -10,15 +10,13 @@ from ...core.pg_backup import backup_postgres, safe_name
 from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..audit import audited
-from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
+from ..resources import BackupStorage, PostgresSource
 from ..retry import retry_policy
+from ..sources import PgBinding
 
 # The strategy dates from 2025-01-24; nothing older can exist to back up.
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-24", timezone="UTC")
 WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
-
-# One dump of a database at a time: both assets share this pool (dagster.yaml sets its limit to 1).
-PG_DUMP_POOL = "postgres_dump"
 
 RETRY = retry_policy(default_delay_s=120)
 
@@ -33,8 +31,11 @@ class BackupSpec:
     offsite: bool  # written to offsite_storage instead of backup_storage
     description: str
 
-    def pick(self, backup_storage: BackupStorage, offsite_storage: BackupStorage) -> BackupStorage:
-        return offsite_storage if self.offsite else backup_storage
+    def storage(self, binding: PgBinding, resources) -> BackupStorage:
+        return binding.offsite(resources) if self.offsite else binding.storage(resources)
+
+    def storage_key(self, binding: PgBinding) -> str:
+        return binding.offsite_key if self.offsite else binding.storage_key
 
 
 DAILY_SPEC = BackupSpec(
@@ -85,26 +86,24 @@ def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
     }
 
 
-def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
+def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinition:
+    # Dumps on one server share its pool (dagster.yaml: one at a time); other servers are not held up.
     @dg.asset(
-        name=spec.asset_name,
+        key=binding.key(spec.asset_name),
         group_name="postgres",
         partitions_def=spec.partitions_def,
         kinds={"postgres", "s3"},
-        pool=PG_DUMP_POOL,
+        pool=binding.pool,
         retry_policy=RETRY,
-        description=spec.description,
-        tags={"cidadao/domain": "postgres"},
+        description=spec.description + (f" Source `{binding.name}` ({binding.spec.url_env})." if binding.name else ""),
+        tags={"cidadao/domain": "postgres", **binding.tags},
+        required_resource_keys={*binding.resource_keys, "backup_policy", "encryption"},
     )
-    def _backup(
-        context: dg.AssetExecutionContext,
-        postgres_source: PostgresSource,
-        backup_policy: BackupPolicy,
-        backup_storage: BackupStorage,
-        offsite_storage: BackupStorage,
-        encryption: BackupEncryption,
-    ) -> dg.MaterializeResult:
-        storage_res = spec.pick(backup_storage, offsite_storage)
+    def _backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        resources = context.resources
+        postgres_source: PostgresSource = binding.source(resources)
+        backup_policy, encryption = resources.backup_policy, resources.encryption
+        storage_res = spec.storage(binding, resources)
         try:
             conn = postgres_source.connection()
             storage = storage_res.open()
@@ -132,7 +131,7 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
                     settings=settings,
                     encryption=stage,
                     encryption_info=encryption_info,
-                    extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
+                    extra={"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string()},
                     on_progress=progress,
                 )
             except BackupError as exc:
@@ -144,7 +143,3 @@ def build_backup_asset(spec: BackupSpec) -> dg.AssetsDefinition:
         )
 
     return _backup
-
-
-postgres_daily_backup = build_backup_asset(DAILY_SPEC)
-postgres_weekly_offsite_backup = build_backup_asset(WEEKLY_SPEC)

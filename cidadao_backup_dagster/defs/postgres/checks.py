@@ -12,7 +12,7 @@ from ...core.health import freshness_verdict, size_verdict
 from ...core.manifest import read_manifest, utc_now, valid_manifests
 from ...core.verify import verify_pg_artifact
 from ..audit import audited
-from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
+from ..sources import PgBinding
 from .assets import BackupSpec, series_for
 
 # Per-partition asset checks are a Dagster preview feature, used deliberately: integrity and size are
@@ -20,27 +20,25 @@ from .assets import BackupSpec, series_for
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 
-def _open(spec: BackupSpec, source: PostgresSource, backup_storage: BackupStorage, offsite_storage: BackupStorage):
-    return spec.pick(backup_storage, offsite_storage).open(), series_for(spec, source)
+def build_backup_checks(spec: BackupSpec, binding: PgBinding) -> list[dg.AssetChecksDefinition]:
+    asset = binding.key(spec.asset_name)
+    needs = {binding.source_key, spec.storage_key(binding)}
 
+    def _open(resources):
+        return spec.storage(binding, resources).open(), series_for(spec, binding.source(resources))
 
-def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=asset,
         name="integrity",
+        required_resource_keys={*needs, "encryption"},
         blocking=True,
         partitions_def=spec.partitions_def,
         description="Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; "
         "pg_restore --list reads the archive's table of contents.",
     )
-    def integrity(
-        context: dg.AssetCheckExecutionContext,
-        postgres_source: PostgresSource,
-        backup_storage: BackupStorage,
-        offsite_storage: BackupStorage,
-        encryption: BackupEncryption,
-    ) -> dg.AssetCheckResult:
-        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+    def integrity(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        resources = context.resources
+        storage, series = _open(resources)
         partition = context.partition_key
         try:
             manifest = read_manifest(storage, series, partition)
@@ -52,7 +50,10 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             )
         with audited(context, storage, "verify", manifest.data["artifact"]["uri"]) as audit:
             result = verify_pg_artifact(
-                storage, manifest, pg_bin_dir=postgres_source.bin_dir, identities=encryption.identities()
+                storage,
+                manifest,
+                pg_bin_dir=binding.source(resources).bin_dir,
+                identities=resources.encryption.identities(),
             )
             audit.update(result="ok" if result.ok else "failed", problems=result.problems)
         verified = (
@@ -75,18 +76,14 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
     @dg.asset_check(
         asset=asset,
         name="size_deviation",
+        required_resource_keys={*needs, "backup_policy"},
         partitions_def=spec.partitions_def,
         description="WARN when the stored size is more than 50% from the median of the previous valid backups "
         "(strategy: 'Backup Size Anomaly'), or outside the expected range (BACKUP_EXPECTED_SIZE_MB).",
     )
-    def size_deviation(
-        context: dg.AssetCheckExecutionContext,
-        postgres_source: PostgresSource,
-        backup_policy: BackupPolicy,
-        backup_storage: BackupStorage,
-        offsite_storage: BackupStorage,
-    ) -> dg.AssetCheckResult:
-        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+    def size_deviation(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        resources = context.resources
+        storage, series = _open(resources)
         partition = context.partition_key
         manifest = read_manifest(storage, series, partition)
         if manifest is None:
@@ -94,6 +91,7 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
                 passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"No backup for {partition}"
             )
         history = [m.stored_bytes for m in valid_manifests(storage, series, before=partition)]
+        backup_policy = resources.backup_policy
         low, high = backup_policy.expected_range()
         verdict = size_verdict(
             manifest.stored_bytes,
@@ -112,18 +110,14 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
     @dg.asset_check(
         asset=asset,
         name="encrypted",
+        required_resource_keys={*needs, "encryption"},
         partitions_def=spec.partitions_def,
         description="ERROR when a backup is stored unencrypted while CIDADAO_ENV=production (LGPD: backups hold "
         "citizens' personal data). Outside production an unencrypted backup passes with a note.",
     )
-    def encrypted(
-        context: dg.AssetCheckExecutionContext,
-        postgres_source: PostgresSource,
-        backup_storage: BackupStorage,
-        offsite_storage: BackupStorage,
-        encryption: BackupEncryption,
-    ) -> dg.AssetCheckResult:
-        storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+    def encrypted(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        resources = context.resources
+        storage, series = _open(resources)
         manifest = read_manifest(storage, series, context.partition_key)
         if manifest is None:
             return dg.AssetCheckResult(passed=False, description=f"No backup for {context.partition_key}")
@@ -132,7 +126,7 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
             return dg.AssetCheckResult(
                 passed=True, description="age-encrypted", metadata={"recipients": ", ".join(info["recipients"])}
             )
-        if encryption.production:
+        if resources.encryption.production:
             return dg.AssetCheckResult(
                 passed=False,
                 severity=dg.AssetCheckSeverity.ERROR,
@@ -145,21 +139,17 @@ def build_backup_checks(spec: BackupSpec, asset: dg.AssetsDefinition) -> list[dg
     @dg.asset_check(
         asset=asset,
         name="freshness",
+        required_resource_keys={*needs, "backup_policy"},
         description="ERROR when the newest valid backup (by partition, from its manifest's snapshot time) is "
         "older than the limit: 48 h for daily backups (RPO 24 h). Backfilling an old day does not count.",
     )
-    def freshness(
-        context: dg.AssetCheckExecutionContext,
-        postgres_source: PostgresSource,
-        backup_policy: BackupPolicy,
-        backup_storage: BackupStorage,
-        offsite_storage: BackupStorage,
-    ) -> dg.AssetCheckResult:
+    def freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        resources = context.resources
         try:
-            storage, series = _open(spec, postgres_source, backup_storage, offsite_storage)
+            storage, series = _open(resources)
         except ConfigurationError as exc:
             return dg.AssetCheckResult(passed=False, description=str(exc))
-        max_age = timedelta(hours=getattr(backup_policy, max_age_field))
+        max_age = timedelta(hours=getattr(resources.backup_policy, max_age_field))
         verdict = freshness_verdict(valid_manifests(storage, series), utc_now(), max_age)
         return dg.AssetCheckResult(
             passed=verdict.passed,

@@ -6,16 +6,22 @@ import dagster as dg
 from ..resources import env_or
 from .classes import ArtifactClass
 from .retention import RetentionSettings, build_retention_job, build_retention_schedule
-from .storage_checks import apply_s3_lifecycle, storage_checks
-
-# Bucket-wide checks that also run hourly with the other health checks.
-health_checks = storage_checks
+from .storage_checks import build_apply_s3_lifecycle, build_storage_checks
 
 
-def build_defs(classes: list[ArtifactClass]) -> dg.Definitions:
+def build_storage_checks_for(targets: list[tuple[dg.AssetKey, str]]) -> list[dg.AssetChecksDefinition]:
+    """Bucket-wide checks (lifecycle tiers, immutability), shown on each (asset, storage resource key) given.
+    They also run hourly with the other health checks."""
+    return [c for asset_key, storage_key in targets for c in build_storage_checks(asset_key, storage_key)]
+
+
+def build_defs(classes: list[ArtifactClass], targets: list[tuple[dg.AssetKey, str]]) -> dg.Definitions:
+    """Retention over `classes`; bucket checks and lifecycle over the storages in `targets`."""
     job = build_retention_job(classes)
+    storage_checks = build_storage_checks_for(targets)
+    storage_keys = list(dict.fromkeys(["backup_storage", "offsite_storage", *(key for _, key in targets)]))
     return dg.Definitions(
-        jobs=[job, apply_s3_lifecycle],
+        jobs=[job, build_apply_s3_lifecycle(storage_keys)],
         asset_checks=storage_checks,
         schedules=[build_retention_schedule(job)],
         resources={

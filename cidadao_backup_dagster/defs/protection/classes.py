@@ -1,5 +1,5 @@
-"""The artifact classes the protection jobs act on. Each domain contributes its own, so retention,
-lifecycle and immutability cover every artifact the project writes."""
+"""The artifact classes the protection jobs and the health report act on. Each domain contributes its own
+(per source), so retention, lifecycle and immutability cover every artifact the project writes."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ArtifactClass:
-    name: str  # stable id, used in BACKUP_RETENTION_DAYS: postgres_daily=7,...
+    name: str  # stable id, used in BACKUP_RETENTION_DAYS: postgres_daily=7,analytics.postgres_daily=14
     storage_key: str  # resource key of the storage it lives in
     series: Callable[[object], str]  # resources -> series prefix; raises ConfigurationError when unset
     keep_days: float  # default retention
     protected: Callable[[object], set[str]] = lambda resources: set()  # partitions no retention may delete
     resource_keys: tuple[str, ...] = ("postgres_source",)  # what `series`/`protected` read besides storage
+    asset: str | None = None  # the asset that writes it (the report links its checks)
+    alert_limit: Callable[[object], float] | None = None  # resources -> freshness alert limit in hours

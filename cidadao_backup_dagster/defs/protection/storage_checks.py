@@ -8,9 +8,6 @@ from ...core.lifecycle import apply_lifecycle, immutability, lifecycle_drift
 from ...core.storage import S3Storage
 from ..resources import BackupStorage
 
-# (asset the check is shown on, storage resource key)
-TARGETS = [("postgres_daily_backup", "backup_storage"), ("postgres_weekly_offsite_backup", "offsite_storage")]
-
 
 def _s3(resource: BackupStorage) -> S3Storage | None:
     try:
@@ -20,9 +17,11 @@ def _s3(resource: BackupStorage) -> S3Storage | None:
     return storage if isinstance(storage, S3Storage) else None
 
 
-def build_storage_checks(asset_name: str, storage_key: str) -> list[dg.AssetChecksDefinition]:
+def build_storage_checks(asset_key: dg.AssetKey, storage_key: str) -> list[dg.AssetChecksDefinition]:
+    """The bucket checks, shown on `asset_key` (a backup asset), for the storage resource `storage_key`."""
+
     @dg.asset_check(
-        asset=asset_name,
+        asset=asset_key,
         name="storage_lifecycle",
         required_resource_keys={storage_key},
         description="WARN when the bucket's lifecycle rule differs from the strategy's tiers (Standard 30 d, "
@@ -40,7 +39,7 @@ def build_storage_checks(asset_name: str, storage_key: str) -> list[dg.AssetChec
         )
 
     @dg.asset_check(
-        asset=asset_name,
+        asset=asset_key,
         name="storage_immutable",
         required_resource_keys={storage_key, "encryption"},
         description="In production (CIDADAO_ENV), WARN unless bucket versioning is on (and Object Lock, where "
@@ -73,31 +72,34 @@ def build_storage_checks(asset_name: str, storage_key: str) -> list[dg.AssetChec
     return [storage_lifecycle, storage_immutable]
 
 
-storage_checks = [c for asset, key in TARGETS for c in build_storage_checks(asset, key)]
+def build_apply_s3_lifecycle(storage_keys: list[str]) -> dg.JobDefinition:
+    """The job installing the tiers on every storage resource in `storage_keys` (each source's prefix)."""
 
+    @dg.op(
+        required_resource_keys=set(storage_keys),
+        description="Install the strategy's lifecycle tiers on every S3 bucket/prefix holding backups.",
+        tags={"cidadao/domain": "protection"},
+    )
+    def apply_s3_lifecycle_op(context: dg.OpExecutionContext) -> dg.Output:
+        applied = []
+        for key in storage_keys:
+            storage = _s3(getattr(context.resources, key))
+            if storage is None:
+                context.log.info(f"{key}: not an S3 bucket, nothing to do")
+                continue
+            if storage.url in applied:
+                continue
+            rule = apply_lifecycle(storage)
+            applied.append(storage.url)
+            context.log.info(f"{key}: lifecycle rule {rule['ID']} installed on {storage.url}")
+        return dg.Output(None, metadata={"applied_to": dg.MetadataValue.text(", ".join(applied) or "none")})
 
-@dg.op(
-    required_resource_keys={"backup_storage", "offsite_storage"},
-    description="Install the strategy's lifecycle tiers on every S3 bucket/prefix holding backups.",
-    tags={"cidadao/domain": "protection"},
-)
-def apply_s3_lifecycle_op(context: dg.OpExecutionContext) -> dg.Output:
-    applied = []
-    for key in ("backup_storage", "offsite_storage"):
-        storage = _s3(getattr(context.resources, key))
-        if storage is None:
-            context.log.info(f"{key}: not an S3 bucket, nothing to do")
-            continue
-        rule = apply_lifecycle(storage)
-        applied.append(storage.url)
-        context.log.info(f"{key}: lifecycle rule {rule['ID']} installed on {storage.url}")
-    return dg.Output(None, metadata={"applied_to": dg.MetadataValue.text(", ".join(applied) or "none")})
+    @dg.job(
+        name="apply_s3_lifecycle",
+        description="Apply the strategy's storage tiers (Standard 30 d → Glacier 90 d → Deep Archive 1 y → expiry).",
+        tags={"cidadao/domain": "protection"},
+    )
+    def apply_s3_lifecycle():
+        apply_s3_lifecycle_op()
 
-
-@dg.job(
-    name="apply_s3_lifecycle",
-    description="Apply the strategy's storage tiers (Standard 30 d → Glacier 90 d → Deep Archive 1 y → expiry).",
-    tags={"cidadao/domain": "protection"},
-)
-def apply_s3_lifecycle():
-    apply_s3_lifecycle_op()
+    return apply_s3_lifecycle

@@ -1,23 +1,22 @@
-"""Recovery: restore and row-recovery jobs for the on-call engineer, and the monthly restore drill."""
+"""Recovery, per PostgreSQL source: restore and row-recovery jobs for the on-call engineer, and the monthly
+restore drill."""
 
 import dagster as dg
 
-from .drill import (
-    drill_duration_within_rto,
-    drill_passed,
-    postgres_restore_drill,
-    postgres_restore_drill_job,
-    postgres_restore_drill_schedule,
-    recent_passing_drill,
-)
-from .jobs import recover_rows, restore_postgres
+from ..sources import DomainDefs, PgBinding
+from .drill import build_drill
+from .jobs import build_recover_rows_job, build_restore_job
 
-# Series-wide checks that must run on their own schedule too (see definitions.py).
-health_checks = [recent_passing_drill]
 
-defs = dg.Definitions(
-    assets=[postgres_restore_drill],
-    asset_checks=[drill_passed, drill_duration_within_rto, recent_passing_drill],
-    jobs=[restore_postgres, recover_rows, postgres_restore_drill_job],
-    schedules=[postgres_restore_drill_schedule],
-)
+def build(binding: PgBinding) -> DomainDefs:
+    drill, drill_checks, drill_job, drill_schedule = build_drill(binding)
+    recent = [c for c in drill_checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
+    return DomainDefs(
+        defs=dg.Definitions(
+            assets=[drill],
+            asset_checks=drill_checks,
+            jobs=[build_restore_job(binding), build_recover_rows_job(binding), drill_job],
+            schedules=[drill_schedule],
+        ),
+        health_checks=recent,  # series-wide: must also run hourly on its own (see definitions.py)
+    )

@@ -15,7 +15,8 @@ from ...core.pg_recover import recover_rows as recover_rows_core
 from ...core.pg_restore import restore_backup, select_backup
 from ..audit import audit_storage, audited
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
-from ..resources import BackupEncryption, BackupStorage, PostgresSource, RecoverySettings
+from ..resources import PostgresSource
+from ..sources import PgBinding
 
 
 class BackupChoice(dg.Config):
@@ -78,46 +79,47 @@ def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
         audit["result"] = "dry_run"
 
 
-def _chosen_backup(config: BackupChoice, source: PostgresSource, backup_storage, offsite_storage):
+def _chosen_backup(config: BackupChoice, binding: PgBinding, resources):
     """(storage, manifest) of the backup the config names; refuses unknown or invalid ones."""
     spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
-    storage = spec.pick(backup_storage, offsite_storage).open()
-    return storage, select_backup(storage, series_for(spec, source), config.backup)
+    storage = spec.storage(binding, resources).open()
+    return storage, select_backup(storage, series_for(spec, binding.source(resources)), config.backup)
 
 
-@dg.op(
-    description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a new database, verify "
-    "every table's row count against the manifest, optionally run a post-restore command.",
-    tags={"cidadao/domain": "recovery"},
-)
-def restore_postgres_op(
-    context: dg.OpExecutionContext,
-    config: RestorePostgresConfig,
-    postgres_source: PostgresSource,
-    backup_storage: BackupStorage,
-    offsite_storage: BackupStorage,
-    recovery: RecoverySettings,
-    encryption: BackupEncryption,
-) -> dg.Output:
-    with audited(context, audit_storage(backup_storage), "restore") as audit:
-        output = _restore(context, config, postgres_source, backup_storage, offsite_storage, recovery, encryption)
-        audit_output(audit, output, "target")
-        return output
+def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
+    @dg.op(
+        name=binding.named("restore_postgres_op"),
+        description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a new database, "
+        "verify every table's row count against the manifest, optionally run a post-restore command.",
+        tags={"cidadao/domain": "recovery", **binding.tags},
+        required_resource_keys={*binding.resource_keys, "recovery", "encryption"},
+    )
+    def restore_postgres_op(context: dg.OpExecutionContext, config: RestorePostgresConfig) -> dg.Output:
+        with audited(context, audit_storage(binding.storage(context.resources)), "restore") as audit:
+            output = _restore(context, config, binding)
+            audit_output(audit, output, "target")
+            return output
+
+    @dg.job(
+        name=binding.named("restore_postgres"),
+        description="Scenarios 1 and 3: restore a backup into a new (or, confirmed, replaced) database and verify it."
+        + (f" Source `{binding.name}`." if binding.name else ""),
+        tags={"cidadao/domain": "recovery", **binding.tags},
+    )
+    def restore_postgres():
+        restore_postgres_op()
+
+    return restore_postgres
 
 
-def _restore(
-    context: dg.OpExecutionContext,
-    config: RestorePostgresConfig,
-    postgres_source: PostgresSource,
-    backup_storage: BackupStorage,
-    offsite_storage: BackupStorage,
-    recovery: RecoverySettings,
-    encryption: BackupEncryption,
-) -> dg.Output:
+def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, binding: PgBinding) -> dg.Output:
+    resources = context.resources
+    postgres_source: PostgresSource = binding.source(resources)
+    recovery, encryption = resources.recovery, resources.encryption
     try:
         source = postgres_source.connection()
         server = recovery.server(config.target_server_url, source, "target_server_url")
-        storage, manifest = _chosen_backup(config, postgres_source, backup_storage, offsite_storage)
+        storage, manifest = _chosen_backup(config, binding, resources)
         dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
         context.log.info(
             f"Restoring backup {manifest.partition} ({config.backup_set}) to {server.with_dbname(dbname).display()}"
@@ -163,47 +165,40 @@ def _restore(
     )
 
 
-@dg.job(
-    name="restore_postgres",
-    description="Scenarios 1 and 3: restore a backup into a new (or, confirmed, replaced) database and verify it.",
-    tags={"cidadao/domain": "recovery"},
-)
-def restore_postgres():
-    restore_postgres_op()
+def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
+    @dg.op(
+        name=binding.named("recover_rows_op"),
+        description="Restore a backup into a temporary database, select rows matching the filter, and copy them "
+        "into the live table with ON CONFLICT DO NOTHING (or UPDATE). Dry run by default. The temporary database "
+        "is dropped.",
+        tags={"cidadao/domain": "recovery", **binding.tags},
+        required_resource_keys={*binding.resource_keys, "recovery", "encryption"},
+    )
+    def recover_rows_op(context: dg.OpExecutionContext, config: RecoverRowsConfig) -> dg.Output:
+        with audited(context, audit_storage(binding.storage(context.resources)), "recover_rows") as audit:
+            output = _recover_rows(context, config, binding)
+            audit_output(audit, output, "table")
+            return output
+
+    @dg.job(
+        name=binding.named("recover_rows"),
+        description="Scenario 2 (accidental DELETE): bring rows of one table back from a backup. Dry run by default."
+        + (f" Source `{binding.name}`." if binding.name else ""),
+        tags={"cidadao/domain": "recovery", **binding.tags},
+    )
+    def recover_rows():
+        recover_rows_op()
+
+    return recover_rows
 
 
-@dg.op(
-    description="Restore a backup into a temporary database, select rows matching the filter, and copy them into "
-    "the live table with ON CONFLICT DO NOTHING (or UPDATE). Dry run by default. The temporary database is dropped.",
-    tags={"cidadao/domain": "recovery"},
-)
-def recover_rows_op(
-    context: dg.OpExecutionContext,
-    config: RecoverRowsConfig,
-    postgres_source: PostgresSource,
-    backup_storage: BackupStorage,
-    offsite_storage: BackupStorage,
-    recovery: RecoverySettings,
-    encryption: BackupEncryption,
-) -> dg.Output:
-    with audited(context, audit_storage(backup_storage), "recover_rows") as audit:
-        output = _recover_rows(context, config, postgres_source, backup_storage, offsite_storage, recovery, encryption)
-        audit_output(audit, output, "table")
-        return output
-
-
-def _recover_rows(
-    context: dg.OpExecutionContext,
-    config: RecoverRowsConfig,
-    postgres_source: PostgresSource,
-    backup_storage: BackupStorage,
-    offsite_storage: BackupStorage,
-    recovery: RecoverySettings,
-    encryption: BackupEncryption,
-) -> dg.Output:
+def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, binding: PgBinding) -> dg.Output:
+    resources = context.resources
+    postgres_source: PostgresSource = binding.source(resources)
+    recovery, encryption = resources.recovery, resources.encryption
     try:
         live = postgres_source.connection()
-        storage, manifest = _chosen_backup(config, postgres_source, backup_storage, offsite_storage)
+        storage, manifest = _chosen_backup(config, binding, resources)
         result = recover_rows_core(
             storage,
             manifest,
@@ -243,12 +238,3 @@ def _recover_rows(
             "duration_s": dg.MetadataValue.float(result.seconds),
         },
     )
-
-
-@dg.job(
-    name="recover_rows",
-    description="Scenario 2 (accidental DELETE): bring rows of one table back from a backup. Dry run by default.",
-    tags={"cidadao/domain": "recovery"},
-)
-def recover_rows():
-    recover_rows_op()

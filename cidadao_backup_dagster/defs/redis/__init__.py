@@ -1,49 +1,50 @@
-"""Redis snapshots: the hourly asset, its checks, the persistence sensor, recovery jobs and the restore drill."""
+"""Redis snapshots, per source: the hourly asset, its checks, the persistence sensor, recovery jobs and the
+restore drill."""
 
 import dagster as dg
 
 from ...core.redis_backup import partition_segment
 from ...core.redis_restore import newest_passing_report
 from ..protection.classes import ArtifactClass
-from .assets import redis_series, redis_snapshot
-from .checks import series_checks, snapshot_checks
-from .drill import (
-    _source,
-    drill_checks,
-    redis_recent_passing_drill,
-    redis_restore_drill,
-    redis_restore_drill_job,
-    redis_restore_drill_schedule,
-)
-from .jobs import flush_redis_cache, redis_snapshot_job, redis_snapshot_schedule, restore_redis
-from .sensors import redis_persistence_sensor
-
-# Series-wide checks that must also run on their own schedule (see definitions.py).
-health_checks = [*series_checks, redis_recent_passing_drill]
+from ..sources import DomainDefs, RedisBinding
+from .assets import build_snapshot_asset, redis_series
+from .checks import build_snapshot_checks
+from .drill import _source, build_drill
+from .jobs import build_recovery_jobs, build_snapshot_job
+from .sensors import build_persistence_sensor
 
 
-def _drill_proven(resources) -> set[str]:
-    """The snapshot the latest passing Redis drill proved: retention never deletes it."""
-    report = newest_passing_report(resources.backup_storage.open(), _source(resources.redis_source))
-    return {partition_segment(report["backup_partition"])} if report else set()
+def build(binding: RedisBinding) -> DomainDefs:
+    snapshot = build_snapshot_asset(binding)
+    snapshot_checks, series_checks = build_snapshot_checks(binding)
+    drill, drill_checks, drill_job, drill_schedule = build_drill(binding)
+    snapshot_job, snapshot_schedule = build_snapshot_job(binding, snapshot)
+    recent_drill = [c for c in drill_checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
 
+    def drill_proven(resources) -> set[str]:
+        """The snapshot the latest passing Redis drill proved: retention never deletes it."""
+        report = newest_passing_report(binding.storage(resources).open(), _source(binding.source(resources)))
+        return {partition_segment(report["backup_partition"])} if report else set()
 
-# Hourly snapshots kept 7 days (168 of them; the strategy sets no Redis retention, so the daily backups' 7 days).
-artifact_classes = [
-    ArtifactClass(
-        "redis_hourly",
-        "backup_storage",
-        lambda r: redis_series(r.redis_source),
-        7,
-        _drill_proven,
-        resource_keys=("redis_source",),
-    ),
-]
-
-defs = dg.Definitions(
-    assets=[redis_snapshot, redis_restore_drill],
-    asset_checks=[*snapshot_checks, *drill_checks],
-    jobs=[redis_snapshot_job, restore_redis, flush_redis_cache, redis_restore_drill_job],
-    schedules=[redis_snapshot_schedule, redis_restore_drill_schedule],
-    sensors=[redis_persistence_sensor],
-)
+    # Hourly snapshots kept 7 days by default (168; the strategy sets no Redis retention, so the daily backups').
+    artifact_class = ArtifactClass(
+        binding.class_name("redis_hourly"),
+        binding.storage_key,
+        lambda r: redis_series(binding.source(r)),
+        binding.spec.retention_days,
+        drill_proven,
+        resource_keys=(binding.source_key,),
+        asset=binding.key("redis_snapshot").to_user_string(),
+        alert_limit=lambda r: binding.source(r).snapshot_max_age_hours,
+    )
+    return DomainDefs(
+        defs=dg.Definitions(
+            assets=[snapshot, drill],
+            asset_checks=[*snapshot_checks, *drill_checks],
+            jobs=[snapshot_job, *build_recovery_jobs(binding), drill_job],
+            schedules=[snapshot_schedule, drill_schedule],
+            sensors=[build_persistence_sensor(binding, snapshot_job)],
+        ),
+        health_checks=[*series_checks, *recent_drill],
+        artifact_classes=[artifact_class],
+    )

@@ -9,14 +9,12 @@ from ...core.pipeline import Progress
 from ...core.redis_backup import RedisAccessError, backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
 from ..audit import audited
-from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
+from ..resources import RedisSource
 from ..retry import retry_policy
+from ..sources import RedisBinding
 
 # UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
 HOURLY = dg.HourlyPartitionsDefinition(start_date="2025-01-24-00:00", timezone="UTC")
-
-# One snapshot of the instance at a time (each SYNC forks the server): dagster.yaml's default pool limit is 1.
-REDIS_SNAPSHOT_POOL = "redis_snapshot"
 
 RETRY = retry_policy(default_delay_s=60)
 
@@ -50,28 +48,35 @@ def snapshot_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
     return meta
 
 
-@dg.asset(
-    name="redis_snapshot",
-    group_name="redis",
-    partitions_def=HOURLY,
-    kinds={"redis", "s3"},
-    pool=REDIS_SNAPSHOT_POOL,
-    retry_policy=RETRY,
-    description=(
-        "Hourly point-in-time snapshot of REDIS_URL: the RDB fetched over the replication protocol (REPLCONF + "
-        "SYNC, as `redis-cli --rdb` does), its magic, version, EOF opcode and CRC64 checked while it streams "
-        "through zstd and SHA-256 into BACKUP_STORAGE_URL. Servers that refuse SYNC get a logical snapshot "
-        "(SCAN + DUMP + PTTL as RESTORE commands). The manifest.json beside it is written last."
-    ),
-    tags={"cidadao/domain": "redis"},
-)
-def redis_snapshot(
-    context: dg.AssetExecutionContext,
-    redis_source: RedisSource,
-    backup_policy: BackupPolicy,
-    backup_storage: BackupStorage,
-    encryption: BackupEncryption,
-) -> dg.MaterializeResult:
+def build_snapshot_asset(binding: RedisBinding) -> dg.AssetsDefinition:
+    # One snapshot per Redis server at a time (each SYNC forks it): dagster.yaml's default pool limit is 1.
+    @dg.asset(
+        key=binding.key("redis_snapshot"),
+        group_name="redis",
+        partitions_def=HOURLY,
+        kinds={"redis", "s3"},
+        pool=binding.pool,
+        retry_policy=RETRY,
+        required_resource_keys={*binding.resource_keys, "backup_policy", "encryption"},
+        description=(
+            "Hourly point-in-time snapshot of REDIS_URL: the RDB fetched over the replication protocol (REPLCONF + "
+            "SYNC, as `redis-cli --rdb` does), its magic, version, EOF opcode and CRC64 checked while it streams "
+            "through zstd and SHA-256 into BACKUP_STORAGE_URL. Servers that refuse SYNC get a logical snapshot "
+            "(SCAN + DUMP + PTTL as RESTORE commands). The manifest.json beside it is written last."
+        )
+        + (f" Source `{binding.name}` ({binding.spec.url_env})." if binding.name else ""),
+        tags={"cidadao/domain": "redis", **binding.tags},
+    )
+    def redis_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return _snapshot(context, binding)
+
+    return redis_snapshot
+
+
+def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding) -> dg.MaterializeResult:
+    redis_source: RedisSource = binding.source(context.resources)
+    backup_policy, encryption = context.resources.backup_policy, context.resources.encryption
+    backup_storage = binding.storage(context.resources)
     try:
         endpoint = redis_source.endpoint()
         storage = backup_storage.open()
@@ -103,7 +108,7 @@ def redis_snapshot(
                 settings=settings,
                 encryption=stage,
                 encryption_info=encryption_info,
-                extra={"dagster_run_id": context.run.run_id, "asset": "redis_snapshot"},
+                extra={"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string()},
                 on_progress=progress,
                 warn=context.log.warning,
             )

@@ -16,27 +16,17 @@ from ...core.redis_backup import partition_segment
 from ...core.redis_health import last_save_verdict, persistence_config_verdict, read_persistence
 from ...core.redis_restore import verify_redis_artifact
 from ..audit import audited
-from ..resources import BackupEncryption, BackupPolicy, BackupStorage, RedisSource
-from .assets import HOURLY, redis_series, redis_snapshot
+from ..resources import RedisSource
+from ..sources import RedisBinding
+from .assets import HOURLY, redis_series
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="integrity",
-    blocking=True,
-    partitions_def=HOURLY,
-    description="Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; the RDB's "
-    "magic, version, EOF opcode and CRC64 are right and redis-check-rdb accepts it (when installed); a logical "
-    "snapshot has its header, its end marker with matching counts, and every DUMP payload's CRC64.",
-)
-def integrity(
-    context: dg.AssetCheckExecutionContext,
-    redis_source: RedisSource,
-    backup_storage: BackupStorage,
-    encryption: BackupEncryption,
-) -> dg.AssetCheckResult:
+def _integrity(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
+    encryption = context.resources.encryption
     storage, series = backup_storage.open(), redis_series(redis_source)
     partition = context.partition_key
     try:
@@ -67,19 +57,10 @@ def integrity(
     )
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="size_deviation",
-    partitions_def=HOURLY,
-    description="WARN when the stored size is more than 50% from the median of the previous valid snapshots "
-    "(strategy: 'Backup Size Anomaly').",
-)
-def size_deviation(
-    context: dg.AssetCheckExecutionContext,
-    redis_source: RedisSource,
-    backup_policy: BackupPolicy,
-    backup_storage: BackupStorage,
-) -> dg.AssetCheckResult:
+def _size_deviation(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_policy = context.resources.backup_policy
+    backup_storage = binding.storage(context.resources)
     storage, series = backup_storage.open(), redis_series(redis_source)
     segment = partition_segment(context.partition_key)
     manifest = read_manifest(storage, series, segment)
@@ -99,19 +80,10 @@ def size_deviation(
     )
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="encrypted",
-    partitions_def=HOURLY,
-    description="ERROR when a snapshot is stored unencrypted while CIDADAO_ENV=production (LGPD: the cache holds "
-    "citizens' personal data too). Outside production an unencrypted snapshot passes with a note.",
-)
-def encrypted(
-    context: dg.AssetCheckExecutionContext,
-    redis_source: RedisSource,
-    backup_storage: BackupStorage,
-    encryption: BackupEncryption,
-) -> dg.AssetCheckResult:
+def _encrypted(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
+    encryption = context.resources.encryption
     storage, series = backup_storage.open(), redis_series(redis_source)
     manifest = read_manifest(storage, series, partition_segment(context.partition_key))
     if manifest is None:
@@ -130,13 +102,9 @@ def encrypted(
     return dg.AssetCheckResult(passed=True, description="Not encrypted (allowed outside production)")
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="freshness",
-    description="ERROR when the newest valid snapshot (by partition, from its manifest's snapshot time) is older than "
-    "2 h (REDIS_SNAPSHOT_MAX_AGE_H). Backfilling an old hour does not count.",
-)
-def freshness(redis_source: RedisSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+def _freshness(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
     try:
         storage = backup_storage.open()
     except ConfigurationError as exc:
@@ -160,13 +128,8 @@ def _persistence(redis_source: RedisSource):
         return None, dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc))
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="persistence_config",
-    description="WARN unless the live server runs AOF with appendfsync everysec or always and has RDB save rules "
-    "(the strategy's redis.conf). Reads CONFIG GET; managed services that refuse it get a WARN saying so.",
-)
-def persistence_config(redis_source: RedisSource) -> dg.AssetCheckResult:
+def _persistence_config(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
     persistence, failed = _persistence(redis_source)
     if failed:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description=failed.description)
@@ -179,13 +142,8 @@ def persistence_config(redis_source: RedisSource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=redis_snapshot,
-    name="last_save",
-    description="ERROR when the live server's last successful RDB save (LASTSAVE) is older than 3600 s while changes "
-    "wait to be saved, or its last BGSAVE failed (strategy alert 'Redis Persistence Disabled', high).",
-)
-def last_save(redis_source: RedisSource) -> dg.AssetCheckResult:
+def _last_save(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
     persistence, failed = _persistence(redis_source)
     if failed:
         return failed
@@ -198,5 +156,76 @@ def last_save(redis_source: RedisSource) -> dg.AssetCheckResult:
     )
 
 
-snapshot_checks = [integrity, size_deviation, encrypted, freshness, persistence_config, last_save]
-series_checks = [freshness, persistence_config, last_save]
+def build_snapshot_checks(binding: RedisBinding) -> tuple[list, list]:
+    """(every check on one source's snapshot asset, the series-wide ones that also run hourly)."""
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="integrity",
+        blocking=True,
+        partitions_def=HOURLY,
+        description="Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; the RDB's "
+        "magic, version, EOF opcode and CRC64 are right and redis-check-rdb accepts it (when installed); a logical "
+        "snapshot has its header, its end marker with matching counts, and every DUMP payload's CRC64.",
+        required_resource_keys={binding.source_key, binding.storage_key, "encryption"},
+    )
+    def integrity(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _integrity(context, binding)
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="size_deviation",
+        partitions_def=HOURLY,
+        description="WARN when the stored size is more than 50% from the median of the previous valid snapshots "
+        "(strategy: 'Backup Size Anomaly').",
+        required_resource_keys={binding.source_key, "backup_policy", binding.storage_key},
+    )
+    def size_deviation(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _size_deviation(context, binding)
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="encrypted",
+        partitions_def=HOURLY,
+        description="ERROR when a snapshot is stored unencrypted while CIDADAO_ENV=production (LGPD: the cache holds "
+        "citizens' personal data too). Outside production an unencrypted snapshot passes with a note.",
+        required_resource_keys={binding.source_key, binding.storage_key, "encryption"},
+    )
+    def encrypted(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _encrypted(context, binding)
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="freshness",
+        description="ERROR when the newest valid snapshot (by partition, from its manifest's snapshot time) is older "
+        "than 2 h (REDIS_SNAPSHOT_MAX_AGE_H). Backfilling an old hour does not count.",
+        required_resource_keys={binding.source_key, binding.storage_key},
+    )
+    def freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _freshness(context, binding)
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="persistence_config",
+        description="WARN unless the live server runs AOF with appendfsync everysec or always and has RDB save rules "
+        "(the strategy's redis.conf). Reads CONFIG GET; managed services that refuse it get a WARN saying so.",
+        required_resource_keys={binding.source_key},
+    )
+    def persistence_config(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _persistence_config(context, binding)
+
+    @dg.asset_check(
+        asset=binding.key("redis_snapshot"),
+        name="last_save",
+        description="ERROR when the live server's last successful RDB save (LASTSAVE) is older than 3600 s while "
+        "changes wait to be saved, or its last BGSAVE failed (strategy alert 'Redis Persistence Disabled', high).",
+        required_resource_keys={binding.source_key},
+    )
+    def last_save(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _last_save(context, binding)
+
+    return [integrity, size_deviation, encrypted, freshness, persistence_config, last_save], [
+        freshness,
+        persistence_config,
+        last_save,
+    ]

@@ -15,7 +15,9 @@ from ...core.redis_backup import safe_name
 from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
-from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
+from ..resources import BackupStorage, RedisSource
+from ..schedules import latest_partition_schedule, source_asset_job
+from ..sources import RedisBinding
 from .assets import redis_series
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
@@ -27,23 +29,11 @@ def _source(redis_source: RedisSource) -> str:
     return safe_name(redis_source.name)
 
 
-@dg.asset(
-    name="redis_restore_drill",
-    group_name="recovery",
-    partitions_def=MONTHLY,
-    kinds={"redis"},
-    description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
-    "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
-    "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL.",
-    tags={"cidadao/domain": "recovery"},
-)
-def redis_restore_drill(
-    context: dg.AssetExecutionContext,
-    redis_source: RedisSource,
-    backup_storage: BackupStorage,
-    encryption: BackupEncryption,
-    recovery: RecoverySettings,
-) -> dg.MaterializeResult:
+def _redis_restore_drill(context, binding: RedisBinding) -> dg.MaterializeResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
+    encryption = context.resources.encryption
+    recovery = context.resources.recovery
     with audited(context, audit_storage(backup_storage), "drill") as audit:
         result = _drill(context, redis_source, backup_storage, encryption, recovery)
         audit.update(
@@ -92,17 +82,9 @@ def _report(redis_source: RedisSource, backup_storage: BackupStorage, partition:
     return report, None
 
 
-@dg.asset_check(
-    asset=redis_restore_drill,
-    name="drill_passed",
-    blocking=True,
-    partitions_def=MONTHLY,
-    description="ERROR unless the snapshot loaded and every database's key count matched the manifest (within the "
-    "keys that carry a TTL, which may have expired since).",
-)
-def redis_drill_passed(
-    context: dg.AssetCheckExecutionContext, redis_source: RedisSource, backup_storage: BackupStorage
-) -> dg.AssetCheckResult:
+def _redis_drill_passed(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
     report, missing = _report(redis_source, backup_storage, context.partition_key)
     if missing:
         return missing
@@ -115,44 +97,76 @@ def redis_drill_passed(
     )
 
 
-@dg.asset_check(
-    asset=redis_restore_drill,
-    name="drill_duration_within_rto",
-    partitions_def=MONTHLY,
-    description="Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN above 2.5 min, ERROR above 5.",
-)
-def redis_drill_duration_within_rto(
-    context: dg.AssetCheckExecutionContext, redis_source: RedisSource, backup_storage: BackupStorage
-) -> dg.AssetCheckResult:
+def _redis_drill_duration_within_rto(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
     report, missing = _report(redis_source, backup_storage, context.partition_key)
     if missing:
         return missing
     return duration_result(report, RTO_REDIS_S)
 
 
-@dg.asset_check(
-    asset=redis_restore_drill,
-    name="recent_passing_drill",
-    description="ERROR when no Redis drill has passed in the last 35 days.",
-)
-def redis_recent_passing_drill(redis_source: RedisSource, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+def _redis_recent_passing_drill(context, binding: RedisBinding) -> dg.AssetCheckResult:
+    redis_source = binding.source(context.resources)
+    backup_storage = binding.storage(context.resources)
     report = newest_passing_report(backup_storage.open(), _source(redis_source))
     return recency_result(report, "snapshot")
 
 
-redis_restore_drill_job = dg.define_asset_job(
-    "redis_restore_drill_job",
-    selection=dg.AssetSelection.assets(redis_restore_drill),
-    description="Monthly Redis restore drill with its checks.",
-)
-# On the 1st at 05:30 UTC, for the month that just ended.
-redis_restore_drill_schedule = dg.build_schedule_from_partitioned_job(
-    redis_restore_drill_job,
-    name="redis_restore_drill_schedule",
-    day_of_month=1,
-    hour_of_day=5,
-    minute_of_hour=30,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+def build_drill(binding: RedisBinding):
+    """(drill asset, its checks, its job, its schedule) for one Redis source."""
 
-drill_checks = [redis_drill_passed, redis_drill_duration_within_rto, redis_recent_passing_drill]
+    @dg.asset(
+        key=binding.key("redis_restore_drill"),
+        group_name="recovery",
+        partitions_def=MONTHLY,
+        kinds={"redis"},
+        description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
+        "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
+        "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL.",
+        tags={"cidadao/domain": "recovery", **binding.tags},
+        required_resource_keys={binding.source_key, binding.storage_key, "encryption", "recovery"},
+    )
+    def redis_restore_drill(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return _redis_restore_drill(context, binding)
+
+    @dg.asset_check(
+        asset=redis_restore_drill,
+        name="drill_passed",
+        blocking=True,
+        partitions_def=MONTHLY,
+        description="ERROR unless the snapshot loaded and every database's key count matched the manifest (within the "
+        "keys that carry a TTL, which may have expired since).",
+        required_resource_keys={binding.source_key, binding.storage_key},
+    )
+    def redis_drill_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _redis_drill_passed(context, binding)
+
+    @dg.asset_check(
+        asset=redis_restore_drill,
+        name="drill_duration_within_rto",
+        partitions_def=MONTHLY,
+        description="Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN above 2.5 min, "
+        "ERROR above 5.",
+        required_resource_keys={binding.source_key, binding.storage_key},
+    )
+    def redis_drill_duration_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _redis_drill_duration_within_rto(context, binding)
+
+    @dg.asset_check(
+        asset=redis_restore_drill,
+        name="recent_passing_drill",
+        description="ERROR when no Redis drill has passed in the last 35 days.",
+        required_resource_keys={binding.source_key, binding.storage_key},
+    )
+    def redis_recent_passing_drill(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _redis_recent_passing_drill(context, binding)
+
+    job = source_asset_job(
+        binding, "redis_restore_drill_job", redis_restore_drill, "Monthly Redis restore drill with its checks."
+    )
+    schedule = latest_partition_schedule(
+        binding.named("redis_restore_drill_schedule"), job, MONTHLY, "30 5 1 * *", "Monthly Redis restore drill."
+    )
+    checks = [redis_drill_passed, redis_drill_duration_within_rto, redis_recent_passing_drill]
+    return redis_restore_drill, checks, job, schedule

@@ -11,21 +11,28 @@ from ...core.manifest import series_prefix
 from ...core.redis_backup import safe_name
 from ...core.redis_restore import flush_all, restore_snapshot, select_snapshot
 from ..audit import audit_storage, audited
-from ..resources import BackupEncryption, BackupStorage, RecoverySettings, RedisSource
-from .assets import redis_series, redis_snapshot
+from ..resources import RedisSource
+from ..schedules import latest_partition_schedule, source_asset_job
+from ..sources import RedisBinding
+from .assets import HOURLY, redis_series
 
-redis_snapshot_job = dg.define_asset_job(
-    "redis_snapshot_job",
-    selection=dg.AssetSelection.assets(redis_snapshot),
-    description="Hourly Redis snapshot with its integrity, size, freshness and persistence checks.",
-)
-# At :05 past every hour, for the UTC hour that just ended.
-redis_snapshot_schedule = dg.build_schedule_from_partitioned_job(
-    redis_snapshot_job,
-    name="redis_snapshot_schedule",
-    minute_of_hour=5,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+
+def build_snapshot_job(binding: RedisBinding, asset: dg.AssetsDefinition):
+    job = source_asset_job(
+        binding,
+        "redis_snapshot_job",
+        asset,
+        "Hourly Redis snapshot with its integrity, size, freshness and persistence checks.",
+    )
+    # By default at :05 past every hour, for the UTC hour that just ended.
+    schedule = latest_partition_schedule(
+        binding.named("redis_snapshot_schedule"),
+        job,
+        HOURLY,
+        binding.spec.snapshot_schedule,
+        "Hourly snapshot of the UTC hour that just ended.",
+    )
+    return job, schedule
 
 
 class RestoreRedisConfig(dg.Config):
@@ -63,23 +70,60 @@ class FlushRedisConfig(dg.Config):
     )
 
 
-@dg.op(
-    description="Pick a snapshot, check its SHA-256, load an RDB into a throwaway redis-server (a logical snapshot "
-    "needs none) and copy every key to the target with DUMP/RESTORE pipelines; verify key counts per database.",
-    tags={"cidadao/domain": "recovery"},
-)
-def restore_redis_op(
-    context: dg.OpExecutionContext,
-    config: RestoreRedisConfig,
-    redis_source: RedisSource,
-    backup_storage: BackupStorage,
-    encryption: BackupEncryption,
-    recovery: RecoverySettings,
-) -> dg.Output:
-    with audited(context, audit_storage(backup_storage), "restore") as audit:
-        output = _restore(context, config, redis_source, backup_storage, encryption, recovery)
-        audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
-        return output
+def build_recovery_jobs(binding: RedisBinding) -> list[dg.JobDefinition]:
+    """restore_redis and flush_redis_cache for one Redis source."""
+    tags = {"cidadao/domain": "recovery", **binding.tags}
+    source = f" Source `{binding.name}`." if binding.name else ""
+
+    @dg.op(
+        name=binding.named("restore_redis_op"),
+        description="Pick a snapshot, check its SHA-256, load an RDB into a throwaway redis-server (a logical "
+        "snapshot needs none) and copy every key to the target with DUMP/RESTORE pipelines; verify key counts per "
+        "database.",
+        tags=tags,
+        required_resource_keys={*binding.resource_keys, "encryption", "recovery"},
+    )
+    def restore_redis_op(context: dg.OpExecutionContext, config: RestoreRedisConfig) -> dg.Output:
+        resources = context.resources
+        backup_storage = binding.storage(resources)
+        with audited(context, audit_storage(backup_storage), "restore") as audit:
+            output = _restore(
+                context, config, binding.source(resources), backup_storage, resources.encryption, resources.recovery
+            )
+            audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
+            return output
+
+    @dg.job(
+        name=binding.named("restore_redis"),
+        description="Redis scenario 2 (instance loss): restore a snapshot into a Redis (new, or confirmed flush) "
+        "and verify key counts." + source,
+        tags=tags,
+    )
+    def restore_redis():
+        restore_redis_op()
+
+    @dg.op(
+        name=binding.named("flush_redis_cache_op"),
+        description="FLUSHALL on the target, only when confirm_target repeats its name (host:port).",
+        tags=tags,
+        required_resource_keys=binding.resource_keys,
+    )
+    def flush_redis_cache_op(context: dg.OpExecutionContext, config: FlushRedisConfig) -> dg.Output:
+        with audited(context, audit_storage(binding.storage(context.resources)), "flush") as audit:
+            output = _flush(context, config, binding.source(context.resources))
+            audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
+            return output
+
+    @dg.job(
+        name=binding.named("flush_redis_cache"),
+        description="Redis scenario 1 (cache invalidation): FLUSHALL, confirmed by repeating the target's name."
+        + source,
+        tags=tags,
+    )
+    def flush_redis_cache():
+        flush_redis_cache_op()
+
+    return [restore_redis, flush_redis_cache]
 
 
 def _restore(context, config, redis_source, backup_storage, encryption, recovery) -> dg.Output:
@@ -134,29 +178,6 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
     )
 
 
-@dg.job(
-    name="restore_redis",
-    description="Redis scenario 2 (instance loss): restore a snapshot into a Redis (new, or confirmed flush) and "
-    "verify key counts.",
-    tags={"cidadao/domain": "recovery"},
-)
-def restore_redis():
-    restore_redis_op()
-
-
-@dg.op(
-    description="FLUSHALL on the target, only when confirm_target repeats its name (host:port).",
-    tags={"cidadao/domain": "recovery"},
-)
-def flush_redis_cache_op(
-    context: dg.OpExecutionContext, config: FlushRedisConfig, redis_source: RedisSource, backup_storage: BackupStorage
-) -> dg.Output:
-    with audited(context, audit_storage(backup_storage), "flush") as audit:
-        output = _flush(context, config, redis_source)
-        audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
-        return output
-
-
 def _flush(context, config: FlushRedisConfig, redis_source: RedisSource) -> dg.Output:
     try:
         target = redis_source.target(config.target_url)
@@ -173,12 +194,3 @@ def _flush(context, config: FlushRedisConfig, redis_source: RedisSource) -> dg.O
             "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
         },
     )
-
-
-@dg.job(
-    name="flush_redis_cache",
-    description="Redis scenario 1 (cache invalidation): FLUSHALL, confirmed by repeating the target's name.",
-    tags={"cidadao/domain": "recovery"},
-)
-def flush_redis_cache():
-    flush_redis_cache_op()
