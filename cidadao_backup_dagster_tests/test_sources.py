@@ -157,6 +157,10 @@ def test_each_source_gets_its_own_readable_definitions_pools_and_schedules(many)
         assert {f"{name}/redis_snapshot", f"{name}/redis_restore_drill"} <= keys
     assert "postgres_daily_backup" not in keys and "redis_snapshot" not in keys  # no implicit source on top
     assert {"investigations_json_export", "backup_health_report"} <= keys
+    # One asset group per listed source: its graph shows that source's backups and drill side by side.
+    groups = {k.to_user_string(): repo.asset_graph.get(k).group_name for k in repo.asset_graph.get_all_asset_keys()}
+    assert groups["analytics/postgres_daily_backup"] == groups["analytics/postgres_restore_drill"] == "analytics"
+    assert groups["sessions/redis_snapshot"] == "sessions" and groups["investigations_json_export"] == "exports"
     checks = {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys}
     assert {("analytics/postgres_daily_backup", "integrity"), ("sessions/redis_snapshot", "last_save")} <= checks
 
@@ -238,6 +242,25 @@ def test_two_databases_and_two_redis_servers_are_backed_up_checked_and_restored_
     assert result.success, failures(result)
     assert fresh.client(2).dbsize() == 12 and fresh.client(0).dbsize() == 0
     assert fresh.client(2).get("session:3") == b"xxx"
+
+    # The monthly drills prove one source without vouching for another.
+    for job, asset in (
+        ("analytics__postgres_restore_drill_job", "analytics/postgres_restore_drill"),
+        ("sessions__redis_restore_drill_job", "sessions/redis_restore_drill"),
+    ):
+        result = run(defs, job, "2026-10-01")  # the last complete month
+        assert result.success, failures(result)
+        passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert passed["drill_passed"] and passed["drill_duration_within_rto"], asset
+    health = run(defs, "backup_health_checks_job")
+    verdicts = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in health.get_asset_check_evaluations()}
+    for asset in ("main/postgres_daily_backup", "analytics/postgres_daily_backup", "cache/redis_snapshot"):
+        assert verdicts[(asset, "freshness")], asset
+    assert verdicts[("sessions/redis_snapshot", "freshness")]
+    assert verdicts[("analytics/postgres_restore_drill", "recent_passing_drill")]
+    assert verdicts[("sessions/redis_restore_drill", "recent_passing_drill")]
+    assert not verdicts[("main/postgres_restore_drill", "recent_passing_drill")]  # never drilled
+    assert not verdicts[("cache/redis_restore_drill", "recent_passing_drill")]
 
     # Retention and the health report see every source, each under its own class name.
     result = run(defs, "apply_retention")

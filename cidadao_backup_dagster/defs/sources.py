@@ -33,6 +33,11 @@ class Binding:
     def key(self, base: str) -> dg.AssetKey:
         return dg.AssetKey([*self.key_prefix, base])
 
+    def group(self, domain: str) -> str:
+        """Asset group: the domain (postgres, redis, recovery) for the implicit source; the source's name for a
+        listed one, so its graph shows its backups and drill together (the graph shows only a key's last part)."""
+        return self.name or domain
+
     def named(self, base: str) -> str:
         """Job, op, schedule and sensor names: `base`, or `<source>__base` for a listed source."""
         return f"{self.name}__{base}" if self.name else base

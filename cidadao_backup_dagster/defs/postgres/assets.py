@@ -90,7 +90,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
     # Dumps on one server share its pool (dagster.yaml: one at a time); other servers are not held up.
     @dg.asset(
         key=binding.key(spec.asset_name),
-        group_name="postgres",
+        group_name=binding.group("postgres"),
         partitions_def=spec.partitions_def,
         kinds={"postgres", "s3"},
         pool=binding.pool,

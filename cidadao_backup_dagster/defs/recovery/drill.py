@@ -60,7 +60,7 @@ def build_drill(binding: PgBinding):
 
     @dg.asset(
         key=binding.key("postgres_restore_drill"),
-        group_name="recovery",
+        group_name=binding.group("recovery"),
         partitions_def=MONTHLY,
         kinds={"postgres"},
         required_resource_keys={*needs, "recovery", "encryption"},

@@ -52,7 +52,7 @@ def build_snapshot_asset(binding: RedisBinding) -> dg.AssetsDefinition:
     # One snapshot per Redis server at a time (each SYNC forks it): dagster.yaml's default pool limit is 1.
     @dg.asset(
         key=binding.key("redis_snapshot"),
-        group_name="redis",
+        group_name=binding.group("redis"),
         partitions_def=HOURLY,
         kinds={"redis", "s3"},
         pool=binding.pool,

@@ -118,7 +118,7 @@ def build_drill(binding: RedisBinding):
 
     @dg.asset(
         key=binding.key("redis_restore_drill"),
-        group_name="recovery",
+        group_name=binding.group("recovery"),
         partitions_def=MONTHLY,
         kinds={"redis"},
         description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
