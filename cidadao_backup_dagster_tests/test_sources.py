@@ -10,8 +10,9 @@ import psycopg
 import pytest
 
 from cidadao_backup_dagster.core.errors import ConfigurationError
-from cidadao_backup_dagster.core.sources import load_sources
+from cidadao_backup_dagster.core.sources import PostgresSourceSpec, RedisSourceSpec, load_sources
 from cidadao_backup_dagster.definitions import build_defs
+from cidadao_backup_dagster.defs.sources import PgBinding, RedisBinding
 
 from .conftest import unique_name, url_with_dbname
 
@@ -50,6 +51,18 @@ def test_without_a_file_there_is_one_implicit_source_of_each():
     sources = load_sources("")
     assert [(s.name, s.url_env) for s in sources.postgres] == [("", "DATABASE_URL")]
     assert [(s.name, s.url_env) for s in sources.redis] == [("", "REDIS_URL")]
+
+
+def test_pools_name_the_server_never_its_credentials(monkeypatch):
+    monkeypatch.setenv("REPORTS_DATABASE_URL", "postgresql://app:s3cret@db.internal:6543/reports")
+    monkeypatch.setenv("QUEUE_REDIS_URL", "rediss://:s3cret@queue.internal/0")
+    reports = PgBinding.of(PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL"))
+    queue = RedisBinding.of(RedisSourceSpec(name="queue", url_env="QUEUE_REDIS_URL"))
+    assert reports.pool == "postgres_dump/db.internal:6543"
+    assert queue.pool == "redis_snapshot/queue.internal:6379"
+    named = PgBinding.of(PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL", server="primary"))
+    assert named.pool == "postgres_dump/primary"  # an explicit server groups sources behind one DNS name
+    assert PgBinding.of(PostgresSourceSpec()).pool == "postgres_dump"  # the one-source default keeps its pool
 
 
 @pytest.mark.parametrize(
