@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,6 +224,51 @@ def test_local_unwritable_folder_names_the_fix(tmp_path):
         storage.check_writable()
     assert "not writable" in str(info.value)
     assert "BACKUP_STORAGE_URL" in str(info.value)
+
+
+_SYSCALL = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\((.*)\)\s+=\s+(-?\d+)")
+_FD_PATH = re.compile(r"^\d+<(.*)>")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed (apt install strace)")
+def test_local_renames_and_deletes_are_followed_by_a_directory_fsync(tmp_path):
+    """A power loss must not undo a committed object, its new directories or a deletion: the syscalls a
+    real write makes, seen by strace, show the file fsync, the rename, then the directory fsync."""
+    root = (tmp_path / "store").resolve()
+    root.mkdir()
+    script = (
+        "import sys; from cidadao_backup_dagster.core.storage import LocalStorage\n"
+        "s = LocalStorage(sys.argv[1]); s.put_bytes('a/b/manifest.json', b'{}'); s.delete('a/b/manifest.json')\n"
+    )
+    trace = tmp_path / "trace.txt"
+    subprocess.run(
+        ["strace", "-f", "-y", "-o", str(trace), "-e", "trace=fsync,rename,renameat,renameat2,unlink,unlinkat"]
+        + [sys.executable, "-c", script, str(root)],
+        check=True,
+        capture_output=True,
+    )
+    calls = []  # (syscall, path or the quoted paths) for every successful call
+    for line in trace.read_text().splitlines():
+        m = _SYSCALL.match(line)
+        if not m or m.group(3) != "0":
+            continue
+        name, args = m.group(1), m.group(2)
+        if name == "fsync":
+            fd = _FD_PATH.match(args)
+            calls.append((name, fd.group(1) if fd else args))
+        else:
+            calls.append((name.removesuffix("at2").removesuffix("at"), tuple(re.findall(r'"([^"]*)"', args))))
+    final, folder = f"{root}/a/b/manifest.json", f"{root}/a/b"
+
+    rename = next(i for i, (name, args) in enumerate(calls) if name == "rename" and args[-1:] == (final,))
+    assert ".partial-" in calls[rename][1][0]
+    assert ("fsync", calls[rename][1][0]) in calls[:rename], "the file's data is synced before its rename"
+    assert ("fsync", folder) in calls[rename + 1 :], f"no fsync of {folder} after the rename: {calls}"
+    before = calls[:rename]  # the new directories a and a/b are entries of root and a: both synced
+    assert ("fsync", str(root)) in before and ("fsync", f"{root}/a") in before, calls
+
+    unlink = calls.index(("unlink", (final,)))
+    assert ("fsync", folder) in calls[unlink + 1 :], f"no fsync of {folder} after the delete: {calls}"
 
 
 def test_s3_unreachable_endpoint_names_the_fix(refused_port):

@@ -6,6 +6,7 @@ Writers are explicit about success: nothing is visible under its final key until
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -83,10 +84,26 @@ class Storage(ABC):
 # --------------------------------------------------------------------------------------------- local
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, an unlink, a new subdirectory) survive a power loss: fsync of the
+    file alone does not persist its name (pgBackRest and Barman do the same)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # a filesystem that cannot sync directories (as PostgreSQL tolerates)
+            raise
+    finally:
+        os.close(fd)
+
+
 class _LocalWriter(ObjectWriter):
     def __init__(self, final: Path):
         self._final = final
+        created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
         final.parent.mkdir(parents=True, exist_ok=True)
+        for new_dir in reversed(created):  # outermost first: each new directory's entry lives in its parent
+            _fsync_dir(new_dir.parent)
         # Same directory as the final file, so the commit is an atomic rename.
         self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
         self._f = open(self._tmp, "wb")
@@ -99,6 +116,7 @@ class _LocalWriter(ObjectWriter):
         os.fsync(self._f.fileno())
         self._f.close()
         os.replace(self._tmp, self._final)
+        _fsync_dir(self._final.parent)  # the rename itself is durable only once its directory is synced
 
     def abort(self) -> None:
         if not self._f.closed:
@@ -155,7 +173,12 @@ class LocalStorage(Storage):
         )
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)  # so a deletion cannot reappear after a power loss
 
 
 # ------------------------------------------------------------------------------------------------ s3
