@@ -245,3 +245,21 @@ def storage(request, tmp_path):
     client = request.getfixturevalue("s3_client")
     bucket = request.getfixturevalue("make_bucket")()
     return S3Storage(client, bucket, prefix="backups", part_size=5 * MiB)
+
+
+# ------------------------------------------------------------------------------------ storage layout
+
+
+def manifest_paths(folder: Path) -> list[Path]:
+    """A partition folder's manifests (one per run that published), oldest written first."""
+    from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, is_manifest_name
+
+    return sorted((p for p in Path(folder).iterdir() if is_manifest_name(p.name)),
+                  key=lambda p: (p.name != MANIFEST_NAME, p.name))  # fmt: skip
+
+
+def newest_manifest_path(folder: Path) -> Path:
+    """The partition's current manifest (the newest run's)."""
+    paths = manifest_paths(folder)
+    assert paths, f"no manifest in {folder}"
+    return paths[-1]

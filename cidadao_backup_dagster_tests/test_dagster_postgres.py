@@ -3,6 +3,7 @@ storage, checks fire on crafted faults, schedules pick the right partitions, sec
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -11,13 +12,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 from cidadao_backup_dagster.defs.sources import PG_DUMP_POOL
 from cidadao_backup_dagster.demo import seed
+
+from .conftest import manifest_paths, newest_manifest_path
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cr3t-Pa55word"  # trust auth ignores it, so it rides along in every URL and must never leak
@@ -91,9 +94,9 @@ def test_daily_backup_to_local_storage_runs_checks_and_keeps_password_out(env, s
     assert meta["rows"].value == 316 and meta["tables"].value == 2
     assert meta["stored_bytes"].value > 0 and meta["raw_bytes"].value > meta["stored_bytes"].value
     folder = daily_dir(env, source_url, "2026-11-24")
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest = json.loads(newest_manifest_path(folder).read_text())
     assert manifest["contents"]["tables"] == {"public.agent_instances": 16, "public.investigations": 300}
-    assert PASSWORD not in (folder / MANIFEST_NAME).read_text()
+    assert PASSWORD not in newest_manifest_path(folder).read_text()
     assert PASSWORD not in all_event_text(result)
 
 
@@ -105,15 +108,18 @@ def test_daily_backup_to_s3(env, aws_env, make_bucket, monkeypatch, s3_client):
     # (storage_lifecycle warns: a fresh bucket has no lifecycle rule yet; test_protection_s3 covers it)
     assert all(e.passed for e in result.get_asset_check_evaluations() if not e.check_name.startswith("storage_"))
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert any(k.endswith("/daily/2026-11-23/manifest.json") for k in keys)
+    assert any(re.search(r"/daily/2026-11-23/manifest-[^/]+\.json$", k) for k in keys)
     assert any(k.endswith(".dump.zst") for k in keys)
 
 
-def test_rerun_of_a_partition_replaces_it_and_leaves_one_object(env, source_url):
+def test_rerun_of_a_partition_keeps_both_backups_and_the_newest_is_current(env, source_url):
     assert run_job("postgres_daily_backup_job", "2026-11-24").success
     assert run_job("postgres_daily_backup_job", "2026-11-24").success
-    files = sorted(p.name for p in daily_dir(env, source_url, "2026-11-24").iterdir())
-    assert len(files) == 2 and MANIFEST_NAME in files
+    folder = daily_dir(env, source_url, "2026-11-24")
+    manifests = manifest_paths(folder)
+    dumps = sorted(p.name for p in folder.iterdir() if p.name.endswith(".dump.zst"))
+    assert len(manifests) == 2 and len(dumps) == 2  # nothing stored is overwritten or deleted by a re-run
+    assert json.loads(manifests[-1].read_text())["artifact"]["key"].endswith(dumps[-1])
 
 
 def run_checks(partition, *check_names):
@@ -176,7 +182,7 @@ def test_size_check_warns_on_deviation_from_crafted_history(env, source_url):
     assert run_job("postgres_daily_backup_job", "2026-11-24").success
     storage = LocalStorage(env / "backups")
     series = f"postgres/{PgConnection.from_url(source_url).dbname}/daily"
-    actual = json.loads((daily_dir(env, source_url, "2026-11-24") / MANIFEST_NAME).read_text())
+    actual = json.loads(newest_manifest_path(daily_dir(env, source_url, "2026-11-24")).read_text())
     size = actual["artifact"]["stored_bytes"]
     now = datetime.now(UTC)
     for day in range(10, 17):  # seven earlier backups, each ~3x larger than today's
@@ -227,7 +233,7 @@ def test_weekly_offsite_backup_lands_in_offsite_storage(env, monkeypatch, source
     result = run_job("postgres_weekly_offsite_backup_job", "2026-11-15")
     assert result.success, all_event_text(result)
     dbname = PgConnection.from_url(source_url).dbname
-    assert (env / "offsite" / "postgres" / dbname / "weekly" / "2026-11-15" / MANIFEST_NAME).exists()
+    assert manifest_paths(env / "offsite" / "postgres" / dbname / "weekly" / "2026-11-15")
 
 
 @pytest.mark.parametrize(
@@ -303,4 +309,4 @@ def test_quickstart_backs_up_the_demo_database(make_database, tmp_path, monkeypa
     monkeypatch.setenv("BACKUP_EXPECTED_SIZE_MB", "off")
     monkeypatch.setenv("DATABASE_URL", "")  # the quick start sets it; monkeypatch restores it afterwards
     assert quickstart.main(["--database-url", url, "--partition", "2026-11-24"]) == 0
-    assert list((tmp_path / "qs").rglob(MANIFEST_NAME))
+    assert list((tmp_path / "qs").rglob("manifest-*.json"))

@@ -30,7 +30,7 @@ from cidadao_backup_dagster.core.exports import (
     row_count_verdict,
     schema_drift,
 )
-from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, read_manifest, valid_manifests
+from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, valid_manifests
 from cidadao_backup_dagster.core.pipeline import stream_to_writer
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
@@ -212,12 +212,14 @@ def test_rows_committed_after_the_snapshot_are_neither_counted_nor_exported(sour
     assert _export_day(source, storage).data["contents"]["records"] == 5  # the next run sees it
 
 
-def test_rerun_replaces_the_partition_and_leaves_one_object(source, tmp_path):
+def test_rerun_keeps_both_exports_and_the_newest_is_current(source, tmp_path):
     storage = LocalStorage(tmp_path)
     first = _export_day(source, storage)
     second = _export_day(source, storage)
     files = sorted(p.name for p in (tmp_path / first.artifact_key).parent.iterdir())
-    assert files == sorted([MANIFEST_NAME, second.artifact_key.rsplit("/", 1)[1]])
+    objects = sorted(k.rsplit("/", 1)[1] for k in (first.artifact_key, second.artifact_key))
+    assert [f for f in files if not f.startswith("manifest")] == objects  # a re-run deletes nothing
+    assert read_manifest(storage, first.data["series"], first.partition).artifact_key == second.artifact_key
     assert first.raw_sha256 == second.raw_sha256  # same rows, same bytes
 
 
@@ -465,8 +467,8 @@ def test_valid_manifests_limit_reads_only_the_newest(tmp_path, monkeypatch):
         write_manifest(storage, "s", Manifest({**data, "timings": {"snapshot_at": "2026-11-01T00:00:00Z"}}))
     (tmp_path / "s/2026-11-09/x").unlink()  # not valid: its object is gone
     reads = []
-    real = manifest_module.read_manifest
-    monkeypatch.setattr(manifest_module, "read_manifest", lambda *a: reads.append(a[2]) or real(*a))
+    real = manifest_module.parse_manifest  # every manifest read goes through it: count which partitions were read
+    monkeypatch.setattr(manifest_module, "parse_manifest", lambda st, k: reads.append(k.split("/")[1]) or real(st, k))
     newest = valid_manifests(storage, "s", before="2026-11-10", limit=3)
     assert [m.partition for m in newest] == ["2026-11-06", "2026-11-07", "2026-11-08"]
     assert reads == ["2026-11-09", "2026-11-08", "2026-11-07", "2026-11-06"]

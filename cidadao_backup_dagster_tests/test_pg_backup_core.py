@@ -21,8 +21,8 @@ from botocore.exceptions import EndpointConnectionError
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
 from cidadao_backup_dagster.core.health import freshness_verdict, size_verdict
 from cidadao_backup_dagster.core.manifest import (
-    MANIFEST_NAME,
     Manifest,
+    all_valid_manifests,
     is_present,
     iso,
     read_manifest,
@@ -30,11 +30,12 @@ from cidadao_backup_dagster.core.manifest import (
     write_manifest,
 )
 from cidadao_backup_dagster.core.pg_backup import BackupSettings, backup_postgres
+from cidadao_backup_dagster.core.pg_restore import restore_backup
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, Storage
 from cidadao_backup_dagster.core.verify import verify_pg_artifact
 
-from .conftest import MotoServer, make_s3_client, url_with_dbname, url_with_password
+from .conftest import MotoServer, make_s3_client, unique_name, url_with_dbname, url_with_password
 from .pg_schema import compare_databases, create_object_kinds, table_row_counts
 
 SERIES = "postgres/cidadao/daily"
@@ -87,9 +88,9 @@ def hidden_partials(storage: Storage) -> list[str]:
 
 
 def assert_only(storage: Storage, good: Manifest) -> None:
-    """The series holds exactly the good backup (object + manifest), which still verifies; nothing is
-    half-written (no open multipart upload, no partial file)."""
-    assert storage.list_keys(f"{SERIES}/") == sorted([good.artifact_key, f"{SERIES}/{good.partition}/{MANIFEST_NAME}"])
+    """The series holds exactly the good backup (object + its own manifest), which still verifies; nothing
+    is half-written (no open multipart upload, no partial file)."""
+    assert storage.list_keys(f"{SERIES}/") == sorted([good.artifact_key, good.key])
     assert read_manifest(storage, SERIES, good.partition) == good
     result = verify_pg_artifact(storage, good)
     assert result.ok, result.problems
@@ -114,7 +115,8 @@ def test_backup_restores_with_stock_tools_to_an_identical_database(storage, sour
 
     # layout: exactly one data object and its manifest, the manifest readable back as written
     key = manifest.artifact_key
-    assert storage.list_keys(f"{SERIES}/") == sorted([key, f"{SERIES}/{PARTITION}/{MANIFEST_NAME}"])
+    assert storage.list_keys(f"{SERIES}/") == sorted([key, manifest.key])
+    assert manifest.key.startswith(f"{SERIES}/{PARTITION}/manifest-")
     assert key.startswith(f"{SERIES}/{PARTITION}/") and key.endswith(".dump.zst")
     assert read_manifest(storage, SERIES, PARTITION) == manifest
     assert valid_manifests(storage, SERIES) == [manifest]
@@ -160,19 +162,29 @@ def test_backup_restores_with_stock_tools_to_an_identical_database(storage, sour
     assert any('"MixedCase"."Table"' in d for d in differences)
 
 
-def test_rerun_of_a_partition_replaces_the_backup_and_never_reuses_its_object(storage, make_database):
+def test_rerun_of_a_partition_keeps_both_backups_and_both_restore(storage, make_database, pg_admin_url, drop_later):
+    """Issue 11, finding 1: back up P (100 rows), DELETE 50, back up P again. The earlier dump used to be
+    deleted before the new one was even checked; now both stay, both verify and both restore."""
     url = make_database()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g")
+        conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
     first = backup_postgres(conn_for(url), storage, series=SERIES, partition=PARTITION)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO t SELECT g FROM generate_series(11, 25) g")
+        conn.execute("DELETE FROM t WHERE id > 50")
     second = backup_postgres(conn_for(url), storage, series=SERIES, partition=PARTITION)
 
-    # even within the same second, the new object gets its own key: the live backup is never overwritten
-    assert second.artifact_key != first.artifact_key
-    assert second.tables == {"public.t": 25}
-    assert_only(storage, second)
+    # even within the same second, the new object and manifest get their own keys: nothing is overwritten
+    assert second.artifact_key != first.artifact_key and second.key != first.key
+    assert storage.list_keys(f"{SERIES}/") == sorted([first.artifact_key, first.key, second.artifact_key, second.key])
+    assert read_manifest(storage, SERIES, PARTITION) == second  # the partition's current backup is the newest
+    assert [m.tables for m in all_valid_manifests(storage, SERIES)] == [{"public.t": 100}, {"public.t": 50}]
+    server = conn_for(pg_admin_url)
+    for manifest, rows in ((first, 100), (second, 50)):
+        assert verify_pg_artifact(storage, manifest).ok
+        target = unique_name("cbd_rerun")
+        drop_later.append(target)
+        result = restore_backup(storage, manifest, server, target)
+        assert result.ok and result.rows == rows
 
 
 # ---------------------------------------------------------------------------------------- failures

@@ -427,7 +427,7 @@ def test_select_snapshot_accepts_both_key_forms(redis_server, tmp_path):
         select_snapshot(storage, SERIES, "yesterday")
 
 
-def test_rerun_of_a_partition_replaces_the_object_only_after_the_new_manifest(redis_server, tmp_path):
+def test_rerun_of_a_partition_keeps_both_snapshots_and_the_newest_is_current(redis_server, tmp_path):
     source = redis_server()
     source.client().set("k", "v")
     storage = LocalStorage(tmp_path / "b")
@@ -435,7 +435,8 @@ def test_rerun_of_a_partition_replaces_the_object_only_after_the_new_manifest(re
     second = snapshot(source.url(), storage)
     assert first.artifact_key != second.artifact_key
     assert read_manifest(storage, SERIES, "2026-11-24-1300").artifact_key == second.artifact_key
-    assert [k for k in stored_keys(storage) if not k.endswith("manifest.json")] == [second.artifact_key]
+    data_objects = [k for k in stored_keys(storage) if "/manifest" not in k]
+    assert sorted(data_objects) == sorted([first.artifact_key, second.artifact_key])  # nothing deleted by a re-run
 
 
 # --------------------------------------------------------------------------------------------- drill
@@ -492,6 +493,50 @@ def test_failed_bgsave_is_seen_by_the_last_save_verdict(redis_server, tmp_path):
     assert not verdict.passed and "BGSAVE failed" in verdict.description
     incident = persistence_incident(persistence.info, datetime.now(UTC))
     assert incident and incident[0].startswith("bgsave-failed-")
+
+
+def test_a_server_that_never_saved_fails_last_save_whatever_lastsave_says(redis_server):
+    """LASTSAVE is the start time until the first save, so a fresh `save ""` server looked "saved 0 min ago"."""
+    server = redis_server()  # save "" and appendonly no: nothing ever writes these keys to disk
+    client = server.client()
+    client.mset({f"k{i}": i for i in range(25)})
+    persistence = read_persistence(RedisEndpoint.from_url(server.url()))
+    assert persistence.info["rdb_saves"] == 0 and persistence.info["uptime_in_seconds"] < 3600
+    verdict = last_save_verdict(persistence.info, datetime.now(UTC))
+    assert not verdict.passed
+    assert "never completed an RDB save" in verdict.description and "25 changes" in verdict.description
+    assert "BGSAVE" in verdict.description and "appendonly yes" in verdict.description  # how to fix
+    assert verdict.metadata["never_saved"] is True
+    incident = persistence_incident(persistence.info, datetime.now(UTC))
+    assert incident and incident[0] == f"never-saved-{persistence.info['rdb_last_save_time']}"
+
+    client.bgsave()
+    for _ in range(500):  # wait for the child to finish (a readiness wait, not a timing assertion)
+        info = client.info("persistence")
+        if not info["rdb_bgsave_in_progress"] and info["rdb_saves"]:
+            break
+        time.sleep(0.02)
+    persistence = read_persistence(RedisEndpoint.from_url(server.url()))
+    verdict = last_save_verdict(persistence.info, datetime.now(UTC))
+    assert verdict.passed, verdict.description
+    assert persistence_incident(persistence.info, datetime.now(UTC)) is None
+    client.set("after", "save")  # changes after a real save are the save rules' business, as before
+    assert last_save_verdict(read_persistence(RedisEndpoint.from_url(server.url())).info, datetime.now(UTC)).passed
+
+
+def test_never_saved_without_rdb_saves_is_told_by_the_uptime():
+    """Redis < 7 has no rdb_saves: LASTSAVE equal to the start time (now - uptime) means it never saved."""
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    t = int(now.timestamp())
+    fresh = {"rdb_last_save_time": t - 40, "uptime_in_seconds": 41, "rdb_changes_since_last_save": 9000}
+    verdict = last_save_verdict(dict(fresh, rdb_last_bgsave_status="ok"), now)
+    assert not verdict.passed and verdict.metadata["never_saved"]
+    assert "started 0.7 min ago" in verdict.description and "9,000 changes" in verdict.description
+    saved_since = dict(fresh, rdb_last_save_time=t - 10)
+    assert last_save_verdict(saved_since, now).passed
+    idle = dict(fresh, rdb_changes_since_last_save=0)  # nothing written since start: its RDB on disk is current
+    assert last_save_verdict(idle, now).passed
+    assert last_save_verdict(dict(fresh, rdb_saves=3), now).passed  # rdb_saves, when there, is the authority
 
 
 def test_last_save_rules():

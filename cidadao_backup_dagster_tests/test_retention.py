@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cidadao_backup_dagster.core.manifest import Manifest, iso, valid_manifests, write_manifest
+from cidadao_backup_dagster.core.manifest import Manifest, is_manifest_name, iso, valid_manifests, write_manifest
 from cidadao_backup_dagster.core.retention import Artifact, Policy, delete_artifact, inventory, plan_retention
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -75,8 +75,8 @@ def test_apply_plan_on_storage_removes_exactly_the_plan(storage):
     plan = plan_retention(inventory(storage, series), Policy(keep_days=7), NOW)
     assert deleted(plan) == sorted([day(8), day(9), day(10), day(30)])
     for artifact in plan.delete:
-        removed = delete_artifact(storage, series, artifact.partition)
-        assert removed[0].endswith("manifest.json") or artifact.taken_at is None
+        removed = delete_artifact(storage, series, artifact)
+        assert is_manifest_name(removed[0].rsplit("/", 1)[-1]) or artifact.taken_at is None
     remaining = sorted(m.partition for m in valid_manifests(storage, series))
     assert remaining == sorted(day(n) for n in range(1, 8))
     assert not [k for k in storage.list_keys(f"{series}/") if day(30) in k or day(9) in k]

@@ -44,7 +44,7 @@ from .artifact_reader import HashingReader
 from .crypto import DecryptingReader
 from .errors import BackupError, ConfigurationError
 from .health import Verdict, freshness_verdict
-from .manifest import Manifest, iso, partition_prefix, remove_superseded, series_prefix, utc_now, write_manifest
+from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, series_prefix, utc_now
 from .pg_backup import safe_name
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .postgres import PgConnection
@@ -378,10 +378,9 @@ def export_partitions(
             table = session.resolve(spec)
             if on_resolved:
                 on_resolved(table)
-            stamp = session.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
             for window in windows:
                 finish = _stream_one(
-                    conn, session, storage, spec, table, window, series, stamp, settings, encryption,
+                    conn, session, storage, spec, table, window, series, settings, encryption,
                     encryption_info, extra, started_at, on_progress,
                 )  # fmt: skip
                 collect()
@@ -414,7 +413,6 @@ def _stream_one(
     table: ResolvedTable,
     window: Window,
     series: str,
-    stamp: str,
     settings: ExportSettings,
     encryption: EncryptionStage | None,
     encryption_info: dict | None,
@@ -426,7 +424,7 @@ def _stream_one(
     (run on the finisher thread while the next window streams)."""
     t0 = time.monotonic()
     suffix = f"{spec.extension}.age" if encryption else spec.extension  # age: `age -d` first, then zcat
-    key = f"{partition_prefix(series, window.key)}/{safe_name(table.name)}_{window.key}_{stamp}.{suffix}"
+    key = f"{partition_prefix(series, window.key)}/{data_object_name(safe_name(table.name), window.key, '.' + suffix)}"
     statement = session.copy_statement(table, window, spec.fmt)
     statement_text = statement.as_string(session.conn)
     try:
@@ -479,11 +477,6 @@ def _stream_one(
                     "the previous export of this partition is untouched"
                 ) from exc
             raise
-        stored = storage.size(key)
-        if stored != stats.stored_bytes:
-            storage.delete(key)
-            raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
-
         finished_at = utc_now()
         columns = [c.to_json() for c in table.columns]
         fmt_text = (
@@ -556,10 +549,7 @@ def _stream_one(
                 **({"run": extra} if extra else {}),
             }
         )
-        write_manifest(storage, series, manifest)  # LAST: from here on the export exists for readers
-        for old in remove_superseded(storage, series, manifest):
-            log.info("Removed superseded object %s", storage.uri(old))
-        return manifest
+        return publish(storage, series, manifest)  # LAST: from here on the export exists for readers
 
     return finish
 

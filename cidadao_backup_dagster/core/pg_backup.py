@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import zstandard
 
 from .. import __version__
-from .errors import BackupError
-from .manifest import Manifest, iso, partition_prefix, remove_superseded, utc_now, write_manifest
+from .errors import BackupError, PermanentError
+from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .postgres import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
 from .storage import MiB, Storage
@@ -59,16 +59,13 @@ def backup_postgres(
     snapshot = ExportedSnapshot(conn)
     try:
         if major(pg_dump_version) < snapshot.server_version_num // 10000:
-            raise BackupError(
+            raise PermanentError(
                 f"pg_dump {pg_dump_version} is older than the server ({snapshot.server_version}); pg_dump must be "
                 "at least the server's major version. Fix: install the matching postgresql-client and set PG_BIN_DIR."
             )
-        # Microseconds: a re-run of the same partition within one second must not reuse (and overwrite)
-        # the object the current manifest points to before the new manifest lands.
-        stamp = snapshot.taken_at.strftime("%Y%m%dT%H%M%S%fZ")
-        source = safe_name(conn.dbname)
+        # A name of this run's own: a re-run or a concurrent run of the partition never replaces this object.
         suffix = ".dump.zst.age" if encryption else ".dump.zst"
-        key = f"{partition_prefix(series, partition)}/{source}_{partition}_{stamp}{suffix}"
+        key = f"{partition_prefix(series, partition)}/{data_object_name(safe_name(conn.dbname), partition, suffix)}"
         snapshot.start_counting()
         writer = storage.open_write(key)
         dump: PgDumpProcess | None = None
@@ -100,11 +97,6 @@ def backup_postgres(
             raise
     finally:
         snapshot.close()
-
-    stored = storage.size(key)
-    if stored != stats.stored_bytes:
-        storage.delete(key)
-        raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
 
     finished_at = utc_now()
     manifest = Manifest(
@@ -160,7 +152,4 @@ def backup_postgres(
             **({"run": extra} if extra else {}),
         }
     )
-    write_manifest(storage, series, manifest)  # LAST: from here on the backup exists for readers
-    for old in remove_superseded(storage, series, manifest):
-        log.info("Removed superseded object %s", storage.uri(old))
-    return manifest
+    return publish(storage, series, manifest)  # LAST: from here on the backup exists for readers

@@ -5,13 +5,14 @@ RTO, drops the scratch database, and writes a report beside the backups so the p
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timedelta
 
+from . import drill_reports
 from .errors import BackupError
 from .manifest import iso, parse_iso, utc_now
 from .pg_restore import Logger, drop_database, restore_backup, select_backup
 from .postgres import PgConnection
+from .scratch import DRILL_PREFIX, create_scratch_database, scratch_name
 from .storage import Storage
 
 REPORT_NAME = "report.json"
@@ -38,7 +39,7 @@ def run_drill(
     """Run one drill and store its report (also on failure, when a backup was found to prove)."""
     started = utc_now()
     manifest = select_backup(storage, series, "latest")  # raises when there is nothing to drill
-    scratch = f"cbd_drill_{source[:30]}_{uuid.uuid4().hex[:8]}".lower()
+    scratch = scratch_name(DRILL_PREFIX, source)
     report: dict = {
         "kind": "postgres-restore-drill",
         "partition": partition,
@@ -51,6 +52,10 @@ def run_drill(
         "started_at": iso(started),
     }
     try:
+        # Created and labelled here (restore_backup accepts an empty target) so that, if this process is
+        # killed, the sweeper can tell whose it was and how old it is.
+        create_scratch_database(server, scratch)
+        say(f"Drill: scratch database {server.with_dbname(scratch).display()} created")
         result = restore_backup(
             storage,
             manifest,
@@ -89,14 +94,8 @@ def read_report(storage: Storage, source: str, partition: str) -> dict | None:
     return json.loads(storage.read_bytes(key))
 
 
-def newest_passing_report(storage: Storage, source: str) -> dict | None:
-    reports = []
-    for key in storage.list_keys(f"{drill_prefix(source)}/"):
-        if key.endswith(f"/{REPORT_NAME}"):
-            report = json.loads(storage.read_bytes(key))
-            if report.get("passed"):
-                reports.append(report)
-    return max(reports, key=lambda r: r["finished_at"], default=None)
+def newest_passing_report(storage: Storage, source: str, warn=lambda _m: None) -> dict | None:
+    return drill_reports.newest_passing_report(storage, drill_prefix(source), warn)
 
 
 def report_age(report: dict, now: datetime | None = None) -> timedelta:

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import BackupError, ConfigurationError
+from .errors import BackupError, ConfigurationError, PermanentError, pg_error_type
 from .secrets import redact_text
 
 _SCHEMES = ("postgresql://", "postgres://")
@@ -106,7 +106,8 @@ class PgConnection:
         try:
             return psycopg.connect(self.conninfo(), password=self.password, connect_timeout=15, **kwargs)
         except psycopg.OperationalError as exc:
-            raise BackupError(
+            # A wrong password or a missing database is permanent; a refused or dropped connection may pass.
+            raise pg_error_type(str(exc))(
                 f"Cannot connect to {self.display()}: {self.redact(str(exc)).strip()}. "
                 "Fix: check DATABASE_URL (host, port, user, password, database) and that the server accepts "
                 "connections from this machine."
@@ -123,7 +124,7 @@ def pg_binary(name: str, bin_dir: str | None = None) -> str:
     path = str(Path(bin_dir) / name) if bin_dir else shutil.which(name)
     if not path or not os.access(path, os.X_OK):
         where = f"in PG_BIN_DIR={bin_dir}" if bin_dir else "on PATH"
-        raise BackupError(
+        raise PermanentError(
             f"{name} not found {where}. Fix: install the PostgreSQL client matching the server "
             "(Debian: apt-get install postgresql-client) or set PG_BIN_DIR to its bin folder."
         )
@@ -245,7 +246,7 @@ class PgDumpProcess:
         err = self._conn.redact(self._stderr.read().decode(errors="replace")).strip()
         self._stderr.close()
         if rc != 0:
-            raise BackupError(f"pg_dump failed (exit code {rc}): {err or 'no error text'}")
+            raise pg_error_type(err)(f"pg_dump failed (exit code {rc}): {err or 'no error text'}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -25,7 +25,7 @@ import zstandard
 
 from .. import __version__
 from .errors import BackupError, ConfigurationError
-from .manifest import Manifest, iso, partition_prefix, remove_superseded, utc_now, write_manifest
+from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .redis_rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
 from .secrets import redact_text
@@ -492,9 +492,8 @@ def backup_redis(
         raise explain(endpoint, exc, "reading INFO keyspace from") from None
 
     segment = partition_segment(partition)
-    stamp = taken_at.strftime("%Y%m%dT%H%M%S%fZ")
     ext = ("rdb.zst" if mode == "rdb" else "resp.zst") + (".age" if encryption else "")
-    key = f"{partition_prefix(series, segment)}/{safe_name(source_name)}_{segment}_{stamp}.{ext}"
+    key = f"{partition_prefix(series, segment)}/{data_object_name(safe_name(source_name), segment, '.' + ext)}"
     dump: LogicalDump | None = None
     if mode == "rdb":
         source = sync
@@ -546,11 +545,6 @@ def backup_redis(
         if sync is not None:
             sync.close()
         client.close()
-
-    stored = storage.size(key)
-    if stored != stats.stored_bytes:
-        storage.delete(key)
-        raise BackupError(f"{storage.uri(key)} holds {stored} bytes after upload, expected {stats.stored_bytes}")
 
     if sync is not None:
         rdb = check.summary()
@@ -637,7 +631,4 @@ def backup_redis(
             **({"run": extra} if extra else {}),
         }
     )
-    write_manifest(storage, series, manifest)  # LAST: from here on the snapshot exists for readers
-    for old in remove_superseded(storage, series, manifest):
-        log.info("Removed superseded object %s", storage.uri(old))
-    return manifest
+    return publish(storage, series, manifest)  # LAST: from here on the snapshot exists for readers

@@ -29,6 +29,7 @@ from typing import Literal
 
 import redis
 
+from . import drill_reports
 from .artifact_reader import read_artifact
 from .errors import BackupError
 from .manifest import Manifest, iso, list_partitions, parse_iso, read_manifest, utc_now, valid_manifests
@@ -697,14 +698,8 @@ def read_report(storage: Storage, source: str, partition: str) -> dict | None:
     return json.loads(storage.read_bytes(key))
 
 
-def newest_passing_report(storage: Storage, source: str) -> dict | None:
-    reports = []
-    for key in storage.list_keys(f"{drill_prefix(source)}/"):
-        if key.endswith(f"/{REPORT_NAME}"):
-            report = json.loads(storage.read_bytes(key))
-            if report.get("passed"):
-                reports.append(report)
-    return max(reports, key=lambda r: r["finished_at"], default=None)
+def newest_passing_report(storage: Storage, source: str, warn=lambda _m: None) -> dict | None:
+    return drill_reports.newest_passing_report(storage, drill_prefix(source), warn)
 
 
 def report_age(report: dict, now=None):

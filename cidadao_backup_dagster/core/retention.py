@@ -9,18 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from .errors import BackupError
-from .manifest import MANIFEST_NAME, list_partitions, partition_prefix, read_manifest
+from .errors import DamagedArtifact
+from .manifest import index_series, parse_manifest
 from .storage import Storage
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """One run's artifact (a manifest and the object it names), or the unfinished objects of a partition that no
+    manifest names (`manifest_key` None)."""
+
     partition: str
     taken_at: datetime | None  # None: no readable manifest (an unfinished or damaged artifact)
     valid: bool
+    manifest_key: str | None = None
+    object_keys: tuple[str, ...] = ()
+    problem: str = ""  # why it is not valid
+
+    @property
+    def label(self) -> str:
+        name = (self.manifest_key or "").rsplit("/", 1)[-1]
+        return f"{self.partition} ({name})" if name else f"{self.partition} (objects without a manifest)"
 
 
 @dataclass(frozen=True)
@@ -39,32 +50,40 @@ class Plan:
     keep: list[tuple[Artifact, str]] = field(default_factory=list)  # with the reason
 
     def describe(self) -> list[str]:
-        lines = [f"delete {a.partition} (taken {a.taken_at:%Y-%m-%d %H:%M} UTC)" if a.taken_at else
-                 f"delete {a.partition} (no valid manifest)" for a in self.delete]  # fmt: skip
-        lines += [f"keep   {a.partition}: {why}" for a, why in self.keep]
+        lines = [f"delete {a.label}, taken {a.taken_at:%Y-%m-%d %H:%M} UTC" if a.taken_at else
+                 f"delete {a.label}: {a.problem or 'no valid manifest'}" for a in self.delete]  # fmt: skip
+        lines += [f"keep   {a.label}: {why}" for a, why in self.keep]
         return lines
 
 
 def plan_retention(
     artifacts: Iterable[Artifact], policy: Policy, now: datetime, protected: set[str] = frozenset()
 ) -> Plan:
-    """Decide per artifact. Never crosses a floor: the newest `min_keep` valid ones and `protected` stay."""
-    items = sorted(artifacts, key=lambda a: a.partition, reverse=True)  # newest first
-    newest_valid = [a.partition for a in items if a.valid][: policy.min_keep]
+    """Decide per artifact. Never crosses a floor: the current artifact of each of the newest `min_keep`
+    partitions with a valid one, and `protected` (partitions or object keys a drill proved) stay."""
+    items = sorted(artifacts, key=_newest_first, reverse=True)
+    floor: list[Artifact] = []
+    for a in items:
+        if a.valid and len(floor) < policy.min_keep and all(f.partition != a.partition for f in floor):
+            floor.append(a)
     cutoff = now - timedelta(days=policy.keep_days)
     plan = Plan()
     for a in items:
-        if a.partition in newest_valid:
+        if any(a is f for f in floor):
             plan.keep.append((a, f"one of the newest {policy.min_keep} valid artifacts"))
-        elif a.partition in protected:
+        elif a.partition in protected or any(k in protected for k in a.object_keys):
             plan.keep.append((a, "proven by the latest passing restore drill"))
         elif a.taken_at is not None and a.taken_at >= cutoff:
             plan.keep.append((a, f"younger than {policy.keep_days:g} days"))
-        elif a.taken_at is None and a.valid is False and not _older_partition_than(a, cutoff):
-            plan.keep.append((a, "unreadable but recent: left for inspection"))
+        elif a.taken_at is None and not _older_partition_than(a, cutoff):
+            plan.keep.append((a, "unreadable or unfinished but recent: left for inspection"))
         else:
             plan.delete.append(a)
     return plan
+
+
+def _newest_first(a: Artifact) -> tuple:
+    return (a.partition, a.taken_at is not None, a.taken_at or datetime.min.replace(tzinfo=UTC), a.manifest_key or "")
 
 
 def _older_partition_than(a: Artifact, cutoff: datetime) -> bool:
@@ -76,35 +95,53 @@ def _older_partition_than(a: Artifact, cutoff: datetime) -> bool:
 
 
 def inventory(storage: Storage, series: str) -> list[Artifact]:
-    """Every partition folder of a series, with or without a manifest."""
-    partitions = set(list_partitions(storage, series))
-    for key in storage.list_keys(f"{series}/"):
-        rest = key[len(series) + 1 :]
-        if "/" in rest:
-            partitions.add(rest.split("/", 1)[0])
-    out = []
-    for partition in sorted(partitions):
-        try:
-            manifest = read_manifest(storage, series, partition)
-        except BackupError:
-            manifest = None
-        if manifest is None:
-            out.append(Artifact(partition, None, False))
-        else:
-            present = storage.size(manifest.artifact_key) == manifest.stored_bytes
-            out.append(Artifact(partition, manifest.taken_at, present))
+    """Every artifact of a series: one per manifest, plus each partition's objects no manifest names.
+
+    Only proven damage makes an artifact invalid: a manifest that does not parse, or an object missing or
+    resized while the listing works. Any read or permission error raises StorageReadError: the caller must
+    delete nothing of this series, because "could not read" is not "not there"."""
+    index = index_series(storage, series)
+    out: list[Artifact] = []
+    for partition in sorted(set(index.manifests) | set(index.objects)):
+        named: set[str] = set()
+        for key in index.manifests.get(partition, []):
+            try:
+                manifest = parse_manifest(storage, key)
+            except DamagedArtifact as exc:
+                out.append(Artifact(partition, None, False, key, (), str(exc)))
+                continue
+            named.add(manifest.artifact_key)
+            size = storage.size(manifest.artifact_key)
+            problem = ""
+            if size != manifest.stored_bytes:
+                problem = "object missing" if size is None else f"object is {size} bytes, not {manifest.stored_bytes}"
+            keys = (manifest.artifact_key,) if size is not None else ()
+            out.append(Artifact(partition, manifest.taken_at, not problem, key, keys, problem))
+        # An object another manifest of the partition names belongs to that artifact, never to the leftovers.
+        leftovers = tuple(k for k in index.objects.get(partition, []) if k not in named)
+        if leftovers:
+            out.append(Artifact(partition, None, False, None, leftovers, "no manifest names these objects"))
     return out
 
 
-def delete_artifact(storage: Storage, series: str, partition: str) -> list[str]:
-    """Manifest first (from then on the artifact is invisible to readers), then everything else."""
-    prefix = partition_prefix(series, partition)
+def delete_artifact(storage: Storage, series: str, artifact: Artifact) -> list[str]:
+    """Manifest first (from then on the artifact is invisible to readers), then its objects. Objects another
+    manifest still names are never deleted (a legacy partition could share them)."""
+    still_named: set[str] = set()
+    index = index_series(storage, series, artifact.partition)
+    for key in index.manifests.get(artifact.partition, []):
+        if key == artifact.manifest_key:
+            continue
+        try:
+            still_named.add(parse_manifest(storage, key).artifact_key)
+        except DamagedArtifact:
+            pass
     deleted = []
-    manifest_key = f"{prefix}/{MANIFEST_NAME}"
-    if storage.size(manifest_key) is not None:
-        storage.delete(manifest_key)
-        deleted.append(manifest_key)
-    for key in storage.list_keys(f"{prefix}/"):
-        storage.delete(key)
-        deleted.append(key)
+    if artifact.manifest_key is not None:
+        storage.delete(artifact.manifest_key)
+        deleted.append(artifact.manifest_key)
+    for key in artifact.object_keys:
+        if key not in still_named:
+            storage.delete(key)
+            deleted.append(key)
     return deleted

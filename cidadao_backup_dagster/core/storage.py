@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from .errors import BackupError, ConfigurationError
+from .errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
 
 MiB = 1024 * 1024
 # S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.
@@ -142,7 +142,7 @@ class LocalStorage(Storage):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise BackupError(
+            raise PermanentError(
                 f"Local backup folder {self.root} is not writable ({exc.strerror}). "
                 "Fix: create it with write permission for this user, or point BACKUP_STORAGE_URL elsewhere."
             ) from exc
@@ -155,22 +155,29 @@ class LocalStorage(Storage):
             return open(self._path(key), "rb")
         except FileNotFoundError as exc:
             raise BackupError(f"{self.uri(key)} does not exist") from exc
+        except OSError as exc:  # permission, I/O error: unsure, never "absent"
+            raise _local_read_error(self.uri(key), exc) from None
 
     def size(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _local_read_error(self.uri(key), exc) from None
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
-        if not base.exists():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and ".partial-" not in p.name and not p.name.startswith(".write-probe")
-        )
+        try:
+            if not base.exists():
+                return []
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and ".partial-" not in p.name and not p.name.startswith(".write-probe")
+            )
+        except OSError as exc:
+            raise _local_read_error(self.uri(prefix), exc) from None
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -281,7 +288,9 @@ class S3Storage(Storage):
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
-            raise BackupError(
+            # A missing bucket or a denied HEAD needs a person; a 5xx after botocore's retries may pass.
+            error = PermanentError if code in ("404", "NoSuchBucket", "403", "AccessDenied") else BackupError
+            raise error(
                 f"S3 bucket {self.bucket!r} is not usable (error {code}). Fix: create the bucket, or check "
                 "BACKUP_STORAGE_URL, AWS_ENDPOINT_URL and the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY pair."
             ) from None
@@ -295,7 +304,7 @@ class S3Storage(Storage):
         return _S3MultipartWriter(self.client, self.bucket, self._key(key), self.part_size)
 
     def open_read(self, key: str) -> BinaryIO:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
@@ -308,28 +317,66 @@ class S3Storage(Storage):
                     "'Days=3,GlacierJobParameters={Tier=Standard}', then retry once `aws s3api head-object` "
                     'shows ongoing-request="false" (hours for Glacier, up to 12-48 h for Deep Archive)'
                 ) from None
-            raise BackupError(f"{self.uri(key)} cannot be read: {exc}") from None
+            raise _s3_read_error(self.uri(key), exc) from None
+        except BotoCoreError as exc:
+            raise _s3_read_error(self.uri(key), exc) from None
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        body = self.open_read(key)
+        try:
+            return body.read()
+        except (BotoCoreError, ClientError, OSError) as exc:  # the body can fail mid-read
+            raise _s3_read_error(self.uri(key), exc) from None
+        finally:
+            body.close()
 
     def size(self, key: str) -> int | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise
+            raise _s3_read_error(self.uri(key), exc) from None
+        except BotoCoreError as exc:
+            raise _s3_read_error(self.uri(key), exc) from None
 
     def list_keys(self, prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise _s3_read_error(self.uri(prefix), exc) from None
         return sorted(keys)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _local_read_error(uri: str, exc: OSError) -> StorageReadError:
+    error = StorageAccessDenied if isinstance(exc, PermissionError) else StorageReadError
+    return error(f"{uri} cannot be read ({exc.strerror or type(exc).__name__}). Fix: check the folder's permissions "
+                 "and the disk; nothing was treated as missing")  # fmt: skip
+
+
+def _s3_read_error(uri: str, exc: Exception) -> StorageReadError:
+    """Typed from the S3 error code: AccessDenied is permanent; 5xx (after botocore's retries), timeouts and
+    connection errors may pass. Either way the reader stops: it is never "the object is not there"."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return StorageAccessDenied(
+            f"{uri} cannot be read: access denied ({code}). Fix: grant s3:GetObject and s3:ListBucket to these "
+            "credentials"
+        )
+    return StorageReadError(f"{uri} cannot be read ({code or type(exc).__name__}); storage may be unavailable")
 
 
 # --------------------------------------------------------------------------------------------- URLs

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from ..core.audit import AuditRecord, write_audit
+from ..core.errors import audit_outcome
 from ..core.storage import Storage
 
 
@@ -36,7 +37,7 @@ def audited(context, storage: Storage | None, action: str, artifact: str = "") -
             context,
             storage,
             action,
-            "refused" if "refus" in text.lower() else "failed",
+            audit_outcome(exc),
             artifact,
             {**details, "error": text},
         )

@@ -32,10 +32,10 @@ def build(binding: PgBinding) -> DomainDefs:
         "Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
     )
 
-    def drill_proven(resources) -> set[str]:
+    def drill_proven(resources, warn) -> set[str]:
         """The daily backup the latest passing restore drill proved: retention never deletes it."""
         source = safe_name(binding.source(resources).connection().dbname)
-        report = newest_passing_report(binding.storage(resources).open(), source)
+        report = newest_passing_report(binding.storage(resources).open(), source, warn)
         return {report["backup_partition"]} if report else set()
 
     source_keys = (binding.source_key,)

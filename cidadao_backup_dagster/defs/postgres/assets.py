@@ -135,7 +135,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
                     on_progress=progress,
                 )
             except BackupError as exc:
-                raise dg.Failure(str(exc), allow_retries=not is_permanent(str(exc))) from None
+                raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
             audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
         context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
         return dg.MaterializeResult(

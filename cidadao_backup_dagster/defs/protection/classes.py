@@ -11,7 +11,8 @@ class ArtifactClass:
     storage_key: str  # resource key of the storage it lives in
     series: Callable[[object], str]  # resources -> series prefix; raises ConfigurationError when unset
     keep_days: float  # default retention
-    protected: Callable[[object], set[str]] = lambda resources: set()  # partitions no retention may delete
+    # (resources, warn) -> partitions (or object keys) no retention may delete; damaged reports go to `warn`
+    protected: Callable[[object, Callable[[str], None]], set[str]] = lambda resources, warn: set()
     resource_keys: tuple[str, ...] = ("postgres_source",)  # what `series`/`protected` read besides storage
     asset: str | None = None  # the asset that writes it (the report links its checks)
     alert_limit: Callable[[object], float] | None = None  # resources -> freshness alert limit in hours

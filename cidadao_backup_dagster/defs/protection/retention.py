@@ -53,17 +53,25 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
     def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> dg.Output:
         resources, now = context.resources, datetime.now(UTC)
         rows, totals = [], {"deleted": 0, "kept": 0}
+        unsafe: list[str] = []  # classes whose storage could not be read for sure: nothing of theirs deleted
         for artifact_class in classes:
             try:
                 storage = getattr(resources, artifact_class.storage_key).open()
                 series = artifact_class.series(resources)
                 policy = resources.retention.policy(artifact_class)
-                protected = artifact_class.protected(resources)
             except (ConfigurationError, BackupError) as exc:
                 context.log.warning(f"{artifact_class.name}: skipped ({exc})")
                 rows.append(f"| {artifact_class.name} | skipped | | {exc} |")
                 continue
-            plan = plan_retention(inventory(storage, series), policy, now, protected)
+            try:
+                protected = artifact_class.protected(resources, context.log.warning)
+                plan = plan_retention(inventory(storage, series), policy, now, protected)
+            except Exception as exc:  # noqa: BLE001 - unsure means stop: any read error spares the whole class
+                cause = f"{type(exc).__name__}: {exc}"
+                context.log.error(f"{artifact_class.name}: nothing deleted, storage could not be read ({cause})")
+                rows.append(f"| {artifact_class.name} | stopped | | could not read: {cause} |")
+                unsafe.append(f"{artifact_class.name} ({cause})")
+                continue
             context.log.info(
                 f"{artifact_class.name} ({storage.uri(series)}), keep {policy.keep_days:g} days, floor "
                 f"{policy.min_keep}:\n" + "\n".join(plan.describe() or ["(nothing stored)"])
@@ -71,14 +79,31 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
             for artifact in plan.delete:
                 if config.dry_run:
                     continue
-                with audited(context, storage, "delete", storage.uri(f"{series}/{artifact.partition}/")) as audit:
-                    audit["objects"] = delete_artifact(storage, series, artifact.partition)
+                target = storage.uri(artifact.manifest_key or f"{series}/{artifact.partition}/")
+                with audited(context, storage, "delete", target) as audit:
+                    audit["objects"] = delete_artifact(storage, series, artifact)
             totals["deleted"] += len(plan.delete)
             totals["kept"] += len(plan.keep)
-            gone = ", ".join(a.partition for a in plan.delete) or "—"
+            gone = ", ".join(a.label for a in plan.delete) or "—"
             rows.append(f"| {artifact_class.name} | {len(plan.delete)} | {len(plan.keep)} | {gone} |")
         verb = "would delete" if config.dry_run else "deleted"
         table = f"| class | {verb} | kept | partitions {verb} |\n|---|---|---|---|\n" + "\n".join(rows)
+        metadata = {
+            "dry_run": dg.MetadataValue.bool(config.dry_run),
+            "plan": dg.MetadataValue.md(table),
+            "deleted": dg.MetadataValue.int(0 if config.dry_run else totals["deleted"]),
+            "planned_deletions": dg.MetadataValue.int(totals["deleted"]),
+            "kept": dg.MetadataValue.int(totals["kept"]),
+        }
+        if unsafe:
+            raise dg.Failure(
+                "Retention deleted nothing of these classes because their storage could not be read for sure: "
+                + "; ".join(unsafe)
+                + ". Fix the storage access (credentials, permissions, endpoint, identity) and run again; the "
+                "other classes were handled.",
+                metadata=metadata,
+                allow_retries=False,
+            )
         return dg.Output(
             None,
             metadata={

@@ -21,9 +21,9 @@ def build(binding: RedisBinding) -> DomainDefs:
     snapshot_job, snapshot_schedule = build_snapshot_job(binding, snapshot)
     recent_drill = [c for c in drill_checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
 
-    def drill_proven(resources) -> set[str]:
+    def drill_proven(resources, warn) -> set[str]:
         """The snapshot the latest passing Redis drill proved: retention never deletes it."""
-        report = newest_passing_report(binding.storage(resources).open(), _source(binding.source(resources)))
+        report = newest_passing_report(binding.storage(resources).open(), _source(binding.source(resources)), warn)
         return {partition_segment(report["backup_partition"])} if report else set()
 
     # Hourly snapshots kept 7 days by default (168; the strategy sets no Redis retention, so the daily backups').
