@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 from dagster_slack import SlackResource
 
-from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
@@ -115,7 +115,7 @@ def test_failing_freshness_is_one_critical_alert_per_incident(webhook, env):
         data = tick(defs, "check_alert_sensor", instance, data.cursor)
         assert len(webhook.posts) == 1 and "0 open incident" in data.skip_message
 
-        env.delete(f"{SERIES}/2026-11-24/{MANIFEST_NAME}")  # and is lost again: a new incident
+        env.delete(f"{SERIES}/2026-11-24/{DBNAME}_2026-11-24.dump.zst")  # and is lost again: a new incident
         run_checks(defs, instance, "freshness")
         data = tick(defs, "check_alert_sensor", instance, data.cursor)
         assert [b["level"] for b in webhook.json()] == ["critical", "critical"]

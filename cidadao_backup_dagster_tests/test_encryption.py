@@ -15,7 +15,7 @@ from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 from cidadao_backup_dagster.demo import seed
 
-from .conftest import unique_name, url_with_dbname
+from .conftest import newest_manifest_path, unique_name, url_with_dbname
 from .test_recovery import failure_message, run
 
 pytestmark = pytest.mark.skipif(not shutil.which("age-keygen"), reason="the age CLI is not installed (apt install age)")
@@ -53,7 +53,7 @@ def checks(result):
 def test_backup_is_encrypted_and_the_stock_age_cli_decrypts_it(encrypted_env):
     env = encrypted_env
     assert env["dump"].read_bytes().startswith(b"age-encryption.org/v1")
-    manifest = json.loads((env["dump"].parent / "manifest.json").read_text())
+    manifest = json.loads(newest_manifest_path(env["dump"].parent).read_text())
     assert manifest["artifact"]["encryption"]["recipients"][0].startswith("age:")
     result = checks(env["result"])
     assert result["encrypted"].passed
@@ -107,7 +107,7 @@ def test_damaged_encrypted_artifact_fails_integrity_and_restore(encrypted_env, m
         data[len(data) // 2] ^= 0x40
     dump.write_bytes(bytes(data))
     # The manifest is rewritten to match the damaged bytes: only decryption can tell now.
-    manifest_path = dump.parent / "manifest.json"
+    manifest_path = newest_manifest_path(dump.parent)
     manifest = json.loads(manifest_path.read_text())
     manifest["artifact"]["stored_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     manifest["artifact"]["stored_bytes"] = len(data)

@@ -18,12 +18,14 @@ import pandas as pd
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.postgres import PgConnection
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import HEALTH_CHECKS_JOB, build_defs
 from cidadao_backup_dagster.defs import exports
 from cidadao_backup_dagster.demo import SCHEMA, seed
+
+from .conftest import newest_manifest_path
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "exp0rt-Dagster-Pa55"
@@ -112,7 +114,8 @@ def stored(env, key: str) -> bytes:
 
 
 def manifest_of(env, source_url, partition, table="investigations", cadence="daily") -> Manifest:
-    return Manifest(json.loads(stored(env, f"{series(source_url, table, cadence)}/{partition}/{MANIFEST_NAME}")))
+    folder = env / "backups" / series(source_url, table, cadence) / partition
+    return Manifest(json.loads(newest_manifest_path(folder).read_text()))
 
 
 # -------------------------------------------------------------------------------------------- shape
@@ -171,7 +174,7 @@ def test_daily_export_lands_opens_in_pandas_identical_and_passes_its_checks(env,
         assert got["id"] == str(src["id"]) and got["query"] == src["query"] and got["status"] == src["status"]
         assert got["results"] == src["results"] and got["metadata"] == src["metadata"]
         assert pd.Timestamp(got["created_at"]) == pd.Timestamp(src["created_at"])
-    text = (env / "backups" / series(source_url) / "2026-11-24" / MANIFEST_NAME).read_text()
+    text = newest_manifest_path(env / "backups" / series(source_url) / "2026-11-24").read_text()
     assert PASSWORD not in text and PASSWORD not in all_event_text(result)
 
 
@@ -214,7 +217,7 @@ def test_weekly_csv_snapshot_to_s3_opens_in_pandas(env, aws_env, make_bucket, mo
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
     prefix = f"cidadao/{series(source_url, 'agent_instances', 'weekly')}/2026-11-15/"
     (data_key,) = [k for k in keys if k.startswith(prefix) and k.endswith(".csv.gz")]
-    assert prefix + MANIFEST_NAME in keys
+    assert any(k.startswith(prefix + "manifest-") for k in keys)
     body = s3_client.get_object(Bucket=bucket, Key=data_key)["Body"].read()
     frame = pd.read_csv(io.BytesIO(body), compression="gzip")
     with psycopg.connect(source_url) as conn:

@@ -14,7 +14,7 @@ from cidadao_backup_dagster.core.sources import PostgresSourceSpec, RedisSourceS
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.sources import PgBinding, RedisBinding
 
-from .conftest import unique_name, url_with_dbname
+from .conftest import newest_manifest_path, unique_name, url_with_dbname
 
 pytest_plugins = ["cidadao_backup_dagster_tests.redis_fixtures"]  # redis_server
 
@@ -230,10 +230,10 @@ def test_two_databases_and_two_redis_servers_are_backed_up_checked_and_restored_
     # Each source in its own prefix of BACKUP_STORAGE_URL.
     main_db = psycopg.conninfo.conninfo_to_dict(many["main"])["dbname"]
     analytics_db = psycopg.conninfo.conninfo_to_dict(many["analytics"])["dbname"]
-    assert (root / f"main/postgres/{main_db}/daily/{DAY}/manifest.json").is_file()
-    assert (root / f"analytics/postgres/{analytics_db}/daily/{DAY}/manifest.json").is_file()
-    assert (root / "cache/redis/cache/hourly/2026-11-24-1300/manifest.json").is_file()
-    assert (root / "sessions/redis/sessions/hourly/2026-11-24-1300/manifest.json").is_file()
+    assert newest_manifest_path(root / f"main/postgres/{main_db}/daily/{DAY}/").is_file()
+    assert newest_manifest_path(root / f"analytics/postgres/{analytics_db}/daily/{DAY}/").is_file()
+    assert newest_manifest_path(root / "cache/redis/cache/hourly/2026-11-24-1300/").is_file()
+    assert newest_manifest_path(root / "sessions/redis/sessions/hourly/2026-11-24-1300/").is_file()
     assert not (root / "postgres").exists() and not (root / "redis").exists()
 
     # Restore each database from its own backups: the analytics restore holds analytics' data only.

@@ -360,7 +360,7 @@ def test_ui_graph_checks_and_materialize_in_chromium(chromium, dagster_ui, tmp_p
     final = shots / "5-asset-graph-after-run.png"
     assert run["status"] == "SUCCESS", f"run {run_id}: {run['status']}; screenshot {final}"
     assert tags.get("dagster/partition") == partition and tags.get("dagster/from_ui") == "true", tags
-    manifests = list(dev.storage.rglob(f"*{partition}*/manifest.json"))
+    manifests = list(dev.storage.rglob(f"*{partition}*/manifest-*.json"))
     assert manifests, f"no manifest for {partition} under {dev.storage}: {sorted(dev.storage.rglob('*'))}"
     print(f"\nscreenshots: {shots} (final: {final})")
     assert final.stat().st_size > 10_000, f"screenshot looks empty: {final}"
