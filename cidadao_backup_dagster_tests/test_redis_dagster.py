@@ -23,7 +23,7 @@ from cidadao_backup_dagster.defs.sources import REDIS_SNAPSHOT_POOL
 
 pytest.register_assert_rewrite("cidadao_backup_dagster_tests.redis_fixtures")
 
-from .conftest import free_port  # noqa: E402
+from .conftest import free_port, newest_manifest_path  # noqa: E402
 from .redis_fixtures import PASSWORD, RedisServer, assert_same_data, dataset, populate_every_type  # noqa: E402
 
 pytest_plugins = ["cidadao_backup_dagster_tests.redis_fixtures"]  # redis_server, tls_cert
@@ -134,13 +134,14 @@ def test_snapshot_job_runs_its_checks_and_keeps_the_password_out(source, env):
     by_name = checks(result)
     assert by_name["integrity"].passed, by_name["integrity"].description
     assert by_name["size_deviation"].passed and by_name["freshness"].passed and by_name["encrypted"].passed
-    assert by_name["last_save"].passed, by_name["last_save"].description
+    last_save = by_name["last_save"]  # the test server runs with save "": it has never saved its writes
+    assert not last_save.passed and last_save.severity == dg.AssetCheckSeverity.ERROR
+    assert "never completed an RDB save" in last_save.description and "BGSAVE" in last_save.description
     config = by_name["persistence_config"]  # the test server runs with save "" and appendonly no
     assert not config.passed and config.severity == dg.AssetCheckSeverity.WARN and "AOF is off" in config.description
     folder = env / "backups" / "redis" / "cache" / "hourly" / "2026-11-24-1300"
-    assert (folder / "manifest.json").exists()
     assert PASSWORD not in all_text(result)
-    assert PASSWORD not in (folder / "manifest.json").read_text()
+    assert PASSWORD not in newest_manifest_path(folder).read_text()
 
 
 def test_snapshot_job_to_s3(source, env, aws_env, make_bucket, monkeypatch):
@@ -243,6 +244,21 @@ def test_persistence_sensor_one_incident_one_run(redis_server, env, tmp_path):
 
     missing = _tick("")
     assert not missing.run_requests and "REDIS_URL" in missing.skip_message
+
+
+def test_persistence_sensor_treats_a_server_that_never_saved_as_an_incident(redis_server, env):
+    server = redis_server()  # save "": LASTSAVE is its start time, so it looked "saved a minute ago"
+    client = server.client()
+    client.mset({f"k{i}": i for i in range(10)})
+    data = _tick(server.url())
+    (request,) = data.run_requests
+    started = client.info("persistence")["rdb_last_save_time"]
+    assert request.run_key == f"redis-persistence-never-saved-{started}"
+    assert not _tick(server.url(), cursor=data.cursor).run_requests  # one incident, one run
+
+    client.save()  # a real save ends the incident
+    data = _tick(server.url(), cursor=data.cursor)
+    assert not data.run_requests and "healthy" in data.skip_message
 
 
 # ------------------------------------------------------------------------------------------- recovery

@@ -217,8 +217,9 @@ def build_snapshot_checks(binding: RedisBinding) -> tuple[list, list]:
     @dg.asset_check(
         asset=binding.key("redis_snapshot"),
         name="last_save",
-        description="ERROR when the live server's last successful RDB save (LASTSAVE) is older than 3600 s while "
-        "changes wait to be saved, or its last BGSAVE failed (strategy alert 'Redis Persistence Disabled', high).",
+        description="ERROR when the live server has never completed an RDB save since it started (rdb_saves 0) "
+        "while changes wait, whatever LASTSAVE says; when its last successful save (LASTSAVE) is older than 3600 s "
+        "while changes wait; or when its last BGSAVE failed (strategy alert 'Redis Persistence Disabled', high).",
         required_resource_keys={binding.source_key},
     )
     def last_save(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:

@@ -1,5 +1,6 @@
-"""`redis_persistence_sensor`: when the server's own persistence fails (last save too old with unsaved
-changes, or the last BGSAVE failed), take a snapshot now instead of waiting for the next hour.
+"""`redis_persistence_sensor`: when the server's own persistence fails (never saved since its start, or last
+save too old, with unsaved changes; or the last BGSAVE failed), take a snapshot now instead of waiting for the
+next hour.
 
 One incident gives one run: the incident id is keyed on LASTSAVE, used as the run key (Dagster never
 launches two runs with the same key from one sensor) and kept in the cursor to log the incident once."""
@@ -22,7 +23,8 @@ def build_persistence_sensor(binding: RedisBinding, job) -> dg.SensorDefinition:
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Polls LASTSAVE / INFO persistence every 5 min; requests one snapshot of the last hour's partition "
-        "per persistence incident (last save older than 3600 s with unsaved changes, or last BGSAVE failed).",
+        "per persistence incident (never saved since its start or last save older than 3600 s, with unsaved "
+        "changes; or last BGSAVE failed).",
     )
     def redis_persistence_sensor(context: dg.SensorEvaluationContext):
         redis_source: RedisSource = binding.source(context.resources)
