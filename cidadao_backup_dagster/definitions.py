@@ -58,6 +58,7 @@ def build_defs(sources: Sources | None = None) -> dg.Definitions:
     return dg.Definitions.merge(
         *parts,
         monitoring.build_defs(classes, set(resources), checks),
+        protection.build_sweeper_defs(sources),
         dg.Definitions(jobs=[health_job], schedules=[health_schedule], resources=resources),
     )
 

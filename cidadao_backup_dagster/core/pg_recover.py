@@ -21,8 +21,9 @@ from psycopg import sql
 
 from .errors import BackupError
 from .manifest import Manifest
-from .pg_restore import Logger, create_database, drop_database, fetch_archive, run_pg_restore
+from .pg_restore import Logger, drop_database, fetch_archive, run_pg_restore
 from .postgres import PgConnection, pg_binary
+from .scratch import RECOVER_PREFIX, create_scratch_database, scratch_name
 from .storage import Storage
 
 
@@ -135,11 +136,11 @@ def recover_rows(
         )
 
     server = scratch_server or live
-    temp_db = f"cbd_recover_{name[:30]}_{uuid.uuid4().hex[:8]}".lower()
+    temp_db = scratch_name(RECOVER_PREFIX, name)
     archive = fetch_archive(storage, manifest, tmp_dir, identities)
     try:
         say(f"Restoring {qualified} from backup {manifest.partition} into temporary database {temp_db}")
-        create_database(server, temp_db)
+        create_scratch_database(server, temp_db)  # labelled: a killed run's leftover is swept
         temp = server.with_dbname(temp_db)
         _restore_one_table(archive, temp, schema, name, bin_dir)
         archive.unlink(missing_ok=True)

@@ -1,12 +1,15 @@
 """Protection across every artifact class: retention with safety floors (and, on S3, lifecycle tiers and
-immutability checks). Built from the classes the domains declare."""
+immutability checks), built from the classes the domains declare; and the sweeper of what dead runs left."""
 
 import dagster as dg
 
+from ...core.sources import Sources
 from ..resources import env_or
+from ..sources import PgBinding
 from .classes import ArtifactClass
 from .retention import RetentionSettings, build_retention_job, build_retention_schedule
 from .storage_checks import build_apply_s3_lifecycle, build_storage_checks
+from .sweeper import build_sweeper
 
 
 def build_storage_checks_for(targets: list[tuple[dg.AssetKey, str]]) -> list[dg.AssetChecksDefinition]:
@@ -30,3 +33,8 @@ def build_defs(classes: list[ArtifactClass], targets: list[tuple[dg.AssetKey, st
             )
         },
     )
+
+
+def build_sweeper_defs(sources: Sources) -> dg.Definitions:
+    """`sweep_scratch` and its schedule over every PostgreSQL source's server (and the drill server)."""
+    return build_sweeper([PgBinding.of(spec) for spec in sources.postgres])
