@@ -10,6 +10,9 @@ import os as _os
 
 # Transient-failure retries wait seconds in tests, not minutes (read when the definitions are imported).
 _os.environ.setdefault("BACKUP_RETRY_DELAY_S", "0.2")
+# Most tests back up fixed dates (2026-11-24, ...) to test other behaviour; the late-partition guard would refuse
+# them as the calendar moves on. test_late_partitions.py removes this and tests the real defaults.
+_os.environ.setdefault("BACKUP_LATE_GRACE_HOURS", "daily=876000,weekly=876000,hourly=876000")
 
 import os
 import socket

@@ -12,6 +12,7 @@ from pydantic import Field
 from ..core.alerts import Channels, parse_level
 from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
 from ..core.errors import ConfigurationError
+from ..core.lateness import parse_grace
 from ..core.pg_backup import BackupSettings
 from ..core.postgres import PgConnection
 from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
@@ -87,6 +88,14 @@ class BackupPolicy(dg.ConfigurableResource):
     )
     daily_max_age_hours: float = Field(default=48, description="Strategy alert: backup_age_hours > 48 (RPO 24 h)")
     weekly_max_age_hours: float = Field(default=8 * 24 + 6, description="Weekly offsite copy: a week plus slack")
+    late_grace_hours: str = Field(
+        default="",
+        description="How long after its period ends a partition may still be backed up, per cadence "
+        "(BACKUP_LATE_GRACE_HOURS, e.g. 'daily=48,weekly=192,hourly=6'; these are the defaults)",
+    )
+
+    def late_grace(self) -> dict[str, float]:
+        return parse_grace(self.late_grace_hours)
 
     def settings(self, source: PostgresSource) -> BackupSettings:
         if not 1 <= self.zstd_level <= 22:
@@ -360,6 +369,7 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
         "backup_policy": BackupPolicy(
             zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
             expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
+            late_grace_hours=env_or("BACKUP_LATE_GRACE_HOURS", ""),
         ),
         "encryption": BackupEncryption(
             recipients=env_or("BACKUP_AGE_RECIPIENTS", ""),

@@ -23,6 +23,20 @@ def latest_partition_schedule(
             partition = partitions_def.get_last_partition_key()
         if partition is None:
             return dg.SkipReason("No complete partition yet")
+        # Dagster dedups a schedule's run_key only per tick time: a cron ticking more often than the partitions
+        # (e.g. "* * * * *" on daily ones) would back up the same period again and again. One run per period;
+        # another only after the earlier one failed or was canceled.
+        earlier = context.instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=job.name, tags={"dagster/schedule_name": name, "dagster/partition": partition}
+            ),
+            limit=1,
+        )
+        if earlier and earlier[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            return dg.SkipReason(
+                f"Partition {partition} already has run {earlier[0].run_id} ({earlier[0].status.value}) from this "
+                "schedule; the next one runs when the next period ends"
+            )
         return dg.RunRequest(run_key=partition, partition_key=partition)
 
     return _schedule

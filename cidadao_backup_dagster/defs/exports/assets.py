@@ -12,7 +12,8 @@ from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window
 from ...core.manifest import Manifest
 from ...core.pipeline import Progress
 from ...core.storage import MiB
-from ..resources import BackupEncryption, BackupStorage, PostgresSource
+from ..partitions import WEEKLY, SnapshotConfig, guard_late
+from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 from ..retry import retry_policy
 from .resources import ExportPolicy
 
@@ -22,7 +23,6 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 # Investigations are dated by created_at; the first daily partition is the start of the strategy's year.
 # Older rows (if a deployment has them) need an earlier start here.
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
-WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
 
 RETRY = retry_policy(default_delay_s=120)
 
@@ -135,6 +135,8 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
         backup_storage: BackupStorage,
         export_policy: ExportPolicy,
         encryption: BackupEncryption,
+        backup_policy: BackupPolicy,
+        config: SnapshotConfig,
     ) -> dg.MaterializeResult:
         try:
             conn = postgres_source.connection()
@@ -146,6 +148,11 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
             raise dg.Failure(str(exc), allow_retries=False) from None
         series = export_spec.series(conn.dbname, spec.cadence)
         keys = list(context.partition_keys)
+        late = {}
+        if not spec.time_partitioned:  # a full-table snapshot holds today's rows: old labels would lie
+            for key in keys:
+                lateness = guard_late(context, key, spec.cadence, backup_policy, config, "table snapshots")
+                late[key] = lateness.record()
         where = storage.uri(series)
         span = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} partitions)"
         context.log.info(f"Exporting {export_spec.table} of {conn.display()} for {span} into {where}/")
@@ -184,7 +191,12 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
                 settings=settings,
                 encryption=stage,
                 encryption_info=encryption_info,
-                extra={"dagster_run_id": context.run.run_id, "asset": spec.asset_name},
+                extra={
+                    "dagster_run_id": context.run.run_id,
+                    "asset": spec.asset_name,
+                    # a snapshot export allowed late on purpose says so (its snapshot_at is the real time)
+                    **({"late_partitions": [k for k, r in late.items() if r["late"]]} if late else {}),
+                },
                 on_progress=progress,
                 on_resolved=resolved,
                 on_partition=done,

@@ -10,13 +10,10 @@ from ...core.pg_backup import backup_postgres, safe_name
 from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..audit import audited
+from ..partitions import DAILY, WEEKLY, SnapshotConfig, guard_late, late_metadata
 from ..resources import BackupStorage, PostgresSource
 from ..retry import retry_policy
 from ..sources import PgBinding
-
-# The strategy dates from 2025-01-24; nothing older can exist to back up.
-DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-24", timezone="UTC")
-WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2025-01-26", day_offset=0, timezone="UTC")  # Sundays
 
 RETRY = retry_policy(default_delay_s=120)
 
@@ -99,7 +96,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
         tags={"cidadao/domain": "postgres", **binding.tags},
         required_resource_keys={*binding.resource_keys, "backup_policy", "encryption"},
     )
-    def _backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _backup(context: dg.AssetExecutionContext, config: SnapshotConfig) -> dg.MaterializeResult:
         resources = context.resources
         postgres_source: PostgresSource = binding.source(resources)
         backup_policy, encryption = resources.backup_policy, resources.encryption
@@ -122,6 +119,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
             )
 
         with audited(context, storage, "backup", storage.uri(f"{series}/{partition}/")) as audit:
+            lateness = guard_late(context, partition, spec.cadence, backup_policy, config, "PostgreSQL backups")
             try:
                 manifest = backup_postgres(
                     conn,
@@ -131,7 +129,11 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
                     settings=settings,
                     encryption=stage,
                     encryption_info=encryption_info,
-                    extra={"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string()},
+                    extra={
+                        "dagster_run_id": context.run.run_id,
+                        "asset": context.asset_key.to_user_string(),
+                        **lateness.record(),
+                    },
                     on_progress=progress,
                 )
             except BackupError as exc:
@@ -139,7 +141,8 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
             audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
         context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
         return dg.MaterializeResult(
-            metadata=backup_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+            metadata={**backup_metadata(manifest), **late_metadata(lateness)},
+            data_version=dg.DataVersion(manifest.stored_sha256),
         )
 
     return _backup

@@ -9,12 +9,12 @@ from ...core.pipeline import Progress
 from ...core.redis_backup import RedisAccessError, backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
 from ..audit import audited
+from ..partitions import HOURLY, SnapshotConfig, guard_late, late_metadata
 from ..resources import RedisSource
 from ..retry import retry_policy
 from ..sources import RedisBinding
 
 # UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
-HOURLY = dg.HourlyPartitionsDefinition(start_date="2025-01-24-00:00", timezone="UTC")
 
 RETRY = retry_policy(default_delay_s=60)
 
@@ -67,13 +67,13 @@ def build_snapshot_asset(binding: RedisBinding) -> dg.AssetsDefinition:
         + (f" Source `{binding.name}` ({binding.spec.url_env})." if binding.name else ""),
         tags={"cidadao/domain": "redis", **binding.tags},
     )
-    def redis_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return _snapshot(context, binding)
+    def redis_snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig) -> dg.MaterializeResult:
+        return _snapshot(context, binding, config)
 
     return redis_snapshot
 
 
-def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding) -> dg.MaterializeResult:
+def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: SnapshotConfig) -> dg.MaterializeResult:
     redis_source: RedisSource = binding.source(context.resources)
     backup_policy, encryption = context.resources.backup_policy, context.resources.encryption
     backup_storage = binding.storage(context.resources)
@@ -98,6 +98,7 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding) -> dg.Ma
         )
 
     with audited(context, storage, "backup", storage.uri(f"{series}/{partition_segment(partition)}/")) as audit:
+        lateness = guard_late(context, partition, "hourly", backup_policy, config, "Redis snapshots")
         try:
             manifest = backup_redis(
                 endpoint,
@@ -108,7 +109,11 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding) -> dg.Ma
                 settings=settings,
                 encryption=stage,
                 encryption_info=encryption_info,
-                extra={"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string()},
+                extra={
+                    "dagster_run_id": context.run.run_id,
+                    "asset": context.asset_key.to_user_string(),
+                    **lateness.record(),
+                },
                 on_progress=progress,
                 warn=context.log.warning,
             )
@@ -123,5 +128,6 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding) -> dg.Ma
         f"Snapshot complete: {manifest.data['contents']['keys_total']:,} keys, {manifest.data['artifact']['uri']}"
     )
     return dg.MaterializeResult(
-        metadata=snapshot_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+        metadata={**snapshot_metadata(manifest), **late_metadata(lateness)},
+        data_version=dg.DataVersion(manifest.stored_sha256),
     )

@@ -1,0 +1,66 @@
+"""Partitions of the snapshot-type assets (PostgreSQL daily/weekly, Redis hourly, the weekly agent_instances
+CSV) and the late-partition guard they all run first.
+
+The first partition is BACKUP_PARTITIONS_START (YYYY-MM-DD, set at deploy time): a new deployment then shows
+no wall of "missing" partitions inviting a backfill that would store today's data under old dates.
+"""
+
+import os
+from datetime import date, timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from ..core.errors import ConfigurationError, RefusedError
+from ..core.lateness import Lateness, check_late
+
+START_VARIABLE = "BACKUP_PARTITIONS_START"
+DEFAULT_START = "2026-11-01"  # the release that introduced it; deployments set their own go-live date
+
+
+def partitions_start() -> date:
+    text = os.getenv(START_VARIABLE, "").strip() or DEFAULT_START
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            START_VARIABLE, f"{text!r} is not a date", "use YYYY-MM-DD, e.g. the day this deployment went live"
+        ) from None
+
+
+_START = partitions_start()
+_FIRST_SUNDAY = _START + timedelta(days=(6 - _START.weekday()) % 7)
+DAILY = dg.DailyPartitionsDefinition(start_date=_START.isoformat(), timezone="UTC")
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date=_FIRST_SUNDAY.isoformat(), day_offset=0, timezone="UTC")
+HOURLY = dg.HourlyPartitionsDefinition(start_date=f"{_START.isoformat()}-00:00", timezone="UTC")
+
+
+class SnapshotConfig(dg.Config):
+    allow_late: bool = Field(
+        default=False,
+        description="Back up a partition whose period ended longer ago than the grace (BACKUP_LATE_GRACE_HOURS). "
+        "The data is today's whatever the label says: the manifest and metadata then record late: true and the "
+        "real snapshot time. For a backup 'right now', prefer the current partition or the on-demand job.",
+    )
+
+
+def guard_late(context, partition_key: str, cadence: str, backup_policy, config: SnapshotConfig, what: str) -> Lateness:
+    """Refuse a late partition before anything is written (a dg.Failure that is not retried)."""
+    window = context.assets_def.partitions_def.time_window_for_partition_key(partition_key)
+    try:
+        lateness = check_late(
+            partition_key, window.end, cadence=cadence, grace_hours=backup_policy.late_grace(),
+            allow_late=config.allow_late, what=what,
+        )  # fmt: skip
+    except (RefusedError, ConfigurationError) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    if lateness.late:
+        context.log.warning(
+            f"Partition {partition_key} is late (ended {window.end:%Y-%m-%d %H:%M} UTC) and allowed on purpose: "
+            "the backup holds the data of now and its manifest says late: true"
+        )
+    return lateness
+
+
+def late_metadata(lateness: Lateness) -> dict[str, dg.MetadataValue]:
+    return {"late": dg.MetadataValue.bool(lateness.late)}
