@@ -201,13 +201,14 @@ def test_each_source_gets_its_own_readable_definitions_pools_and_schedules(many)
     assert schedules["analytics__postgres_daily_backup_schedule"].cron_schedule == "30 1 * * *"
     assert schedules["main__postgres_daily_backup_schedule"].cron_schedule == "0 3 * * *"
     tick = datetime(2026, 11, 25, 1, 30, tzinfo=UTC)
-    with dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo) as context:
-        (request,) = schedules["analytics__postgres_daily_backup_schedule"].evaluate_tick(context).run_requests
-    assert request.partition_key == DAY
-    tick = datetime(2026, 11, 25, 13, 30, tzinfo=UTC)
-    with dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo) as context:
-        (request,) = schedules["sessions__redis_snapshot_schedule"].evaluate_tick(context).run_requests
-    assert request.partition_key == "2026-11-25-12:00"
+    with dg.instance_for_test() as instance:  # the schedules look up earlier runs of the period
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, repository_def=repo) as ctx:
+            (request,) = schedules["analytics__postgres_daily_backup_schedule"].evaluate_tick(ctx).run_requests
+        assert request.partition_key == DAY
+        tick = datetime(2026, 11, 25, 13, 30, tzinfo=UTC)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, repository_def=repo) as ctx:
+            (request,) = schedules["sessions__redis_snapshot_schedule"].evaluate_tick(ctx).run_requests
+        assert request.partition_key == "2026-11-25-12:00"
 
 
 def test_two_databases_and_two_redis_servers_are_backed_up_checked_and_restored_side_by_side(
