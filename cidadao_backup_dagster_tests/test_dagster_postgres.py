@@ -61,8 +61,7 @@ def all_event_text(result) -> str:
 
 
 def daily_dir(tmp_path, source_url, partition):
-    dbname = PgConnection.from_url(source_url).dbname
-    return tmp_path / "backups" / "postgres" / dbname / "daily" / partition
+    return tmp_path / "backups" / "postgres" / "cidadao" / "daily" / partition  # the source's name, not dbname
 
 
 def test_definitions_load_with_expected_shape(env):
@@ -232,8 +231,7 @@ def test_weekly_offsite_backup_lands_in_offsite_storage(env, monkeypatch, source
     monkeypatch.setenv("OFFSITE_STORAGE_URL", f"file://{env}/offsite")
     result = run_job("postgres_weekly_offsite_backup_job", "2026-11-15")
     assert result.success, all_event_text(result)
-    dbname = PgConnection.from_url(source_url).dbname
-    assert manifest_paths(env / "offsite" / "postgres" / dbname / "weekly" / "2026-11-15")
+    assert manifest_paths(env / "offsite" / "postgres" / "cidadao" / "weekly" / "2026-11-15")
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def world(monkeypatch, tmp_path, make_database, request):
         monkeypatch.setenv("BACKUP_STORAGE_URL", f"file://{tmp_path}/backups")
         storage, endpoint = LocalStorage(tmp_path / "backups"), None
     assert run("postgres_daily_backup_job", partition=EARLIER).success
-    series = f"postgres/{PgConnection.from_url(url).dbname}/daily"
+    series = "postgres/cidadao/daily"  # POSTGRES_SOURCE_NAME's default
     plan_before = _plan(storage, series)
     return {"url": url, "storage": storage, "series": series, "plan": plan_before, "endpoint": endpoint}
 

@@ -68,7 +68,7 @@ def test_an_old_partition_allowed_on_purpose_is_recorded_as_late(env):
     config = {"ops": {"postgres_daily_backup": {"config": {"allow_late": True}}}}
     out = materialize(env, "2025-06-01", "--config-json", json.dumps(config))
     assert out.returncode == 0, out.stderr[-3000:]
-    folder = env["tmp"] / "backups" / "postgres" / env["dbname"] / "daily" / "2025-06-01"
+    folder = env["tmp"] / "backups" / "postgres" / "cidadao" / "daily" / "2025-06-01"
     manifest = json.loads(newest_manifest_path(folder).read_text())
     assert manifest["run"]["late"] is True and manifest["run"]["partition_end"].startswith("2025-06-02")
     snapshot_at = datetime.fromisoformat(manifest["timings"]["snapshot_at"].replace("Z", "+00:00"))

@@ -229,10 +229,8 @@ def test_two_databases_and_two_redis_servers_are_backed_up_checked_and_restored_
         assert evaluations["integrity"].passed and evaluations["freshness"].passed, asset
 
     # Each source in its own prefix of BACKUP_STORAGE_URL.
-    main_db = psycopg.conninfo.conninfo_to_dict(many["main"])["dbname"]
-    analytics_db = psycopg.conninfo.conninfo_to_dict(many["analytics"])["dbname"]
-    assert newest_manifest_path(root / f"main/postgres/{main_db}/daily/{DAY}/").is_file()
-    assert newest_manifest_path(root / f"analytics/postgres/{analytics_db}/daily/{DAY}/").is_file()
+    assert newest_manifest_path(root / f"main/postgres/main/daily/{DAY}/").is_file()  # keyed by source name
+    assert newest_manifest_path(root / f"analytics/postgres/analytics/daily/{DAY}/").is_file()
     assert newest_manifest_path(root / "cache/redis/cache/hourly/2026-11-24-1300/").is_file()
     assert newest_manifest_path(root / "sessions/redis/sessions/hourly/2026-11-24-1300/").is_file()
     assert not (root / "postgres").exists() and not (root / "redis").exists()

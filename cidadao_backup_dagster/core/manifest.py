@@ -86,6 +86,25 @@ def series_prefix(kind: str, source: str, cadence: str) -> str:
     return f"{kind}/{source}/{cadence}"
 
 
+class Series(str):
+    """A series prefix (new artifacts are written under it) that also reads older prefixes of the same source.
+
+    PostgreSQL series were once keyed by the database name in the URL (`postgres/<database>/daily`); they are now
+    keyed by the source's stable name. Readers (restores, checks, retention) see both, so a series started before
+    the upgrade stays restorable and under retention; writers only ever use the new one."""
+
+    legacy: tuple[str, ...]
+
+    def __new__(cls, prefix: str, legacy: tuple[str, ...] = ()):
+        series = super().__new__(cls, prefix)
+        series.legacy = tuple(p for p in dict.fromkeys(legacy) if p and p != prefix)
+        return series
+
+
+def read_prefixes(series: str) -> tuple[str, ...]:
+    return (str(series), *getattr(series, "legacy", ()))
+
+
 def partition_prefix(series: str, partition: str) -> str:
     return f"{series}/{partition}"
 
@@ -133,15 +152,16 @@ class SeriesIndex:
 def index_series(storage: Storage, series: str, partition: str | None = None) -> SeriesIndex:
     """List a series (or one partition of it) once. A listing error raises StorageReadError: an unreadable
     bucket is never an empty one."""
-    prefix = f"{partition_prefix(series, partition)}/" if partition else f"{series}/"
     manifests: dict[str, list[str]] = {}
     objects: dict[str, list[str]] = {}
-    for key in storage.list_keys(prefix):
-        rest = key[len(series) + 1 :]
-        if "/" not in rest:
-            continue  # something at the series root is not a partition's
-        part, name = rest.split("/", 1)
-        (manifests if is_manifest_name(name) else objects).setdefault(part, []).append(key)
+    for root in read_prefixes(series):
+        prefix = f"{partition_prefix(root, partition)}/" if partition else f"{root}/"
+        for key in storage.list_keys(prefix):
+            rest = key[len(root) + 1 :]
+            if "/" not in rest:
+                continue  # something at the series root is not a partition's
+            part, name = rest.split("/", 1)
+            (manifests if is_manifest_name(name) else objects).setdefault(part, []).append(key)
     for keys in manifests.values():
         keys.sort(key=_write_order)
     return SeriesIndex(manifests, objects)

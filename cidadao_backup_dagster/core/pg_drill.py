@@ -94,8 +94,11 @@ def read_report(storage: Storage, source: str, partition: str) -> dict | None:
     return json.loads(storage.read_bytes(key))
 
 
-def newest_passing_report(storage: Storage, source: str, warn=lambda _m: None) -> dict | None:
-    return drill_reports.newest_passing_report(storage, drill_prefix(source), warn)
+def newest_passing_report(storage: Storage, source: str | tuple[str, ...], warn=lambda _m: None) -> dict | None:
+    """The newest passing drill of `source`, or of any of several names the source's series had."""
+    names = (source,) if isinstance(source, str) else tuple(dict.fromkeys(source))
+    reports = [drill_reports.newest_passing_report(storage, drill_prefix(name), warn) for name in names]
+    return max((r for r in reports if r), key=lambda r: r["finished_at"], default=None)
 
 
 def report_age(report: dict, now: datetime | None = None) -> timedelta:

@@ -177,3 +177,27 @@ def server_of(url: str, default_port: int) -> str:
     except ValueError:
         return "unparsed"
     return f"{host}:{port}"
+
+
+def check_distinct_series(sources: Sources, environ: dict[str, str]) -> None:
+    """Two PostgreSQL sources writing under one storage prefix must not share a database name: series from before
+    they were keyed by source name are found by `<prefix>/postgres/<database>/`, and two sources would then read,
+    and expire, each other's backups (every Supabase database is called `postgres`)."""
+    seen: dict[tuple[str, str], str] = {}
+    for spec in sources.postgres:
+        url = environ.get(spec.url_env, "")
+        try:
+            database = urlsplit(url).path.lstrip("/").split("/")[0] if url else ""
+        except ValueError:
+            database = ""
+        if not database:
+            continue  # unset or malformed: the source's own runs say so, naming the variable
+        key = (spec.storage_prefix.strip("/"), database)
+        if key in seen:
+            raise ConfigurationError(
+                VARIABLE,
+                f"{sources.file}: sources {seen[key]!r} and {spec.name!r} both back up a database named "
+                f"{database!r} under storage_prefix {key[0]!r}",
+                "give each its own storage_prefix",
+            )
+        seen[key] = spec.name

@@ -13,7 +13,7 @@ from ..core.alerts import Channels, parse_level
 from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
 from ..core.errors import ConfigurationError
 from ..core.lateness import parse_grace
-from ..core.pg_backup import BackupSettings
+from ..core.pg_backup import BackupSettings, safe_name
 from ..core.postgres import PgConnection
 from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
@@ -35,9 +35,21 @@ class PostgresSource(dg.ConfigurableResource):
     database_url: str = Field(default="", description="postgresql://user:password@host:5432/dbname (DATABASE_URL)")
     pg_bin_dir: str = Field(default="", description="Folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = PATH")
     url_variable: str = Field(default="DATABASE_URL", description="Environment variable holding the URL (in errors)")
+    name: str = Field(
+        default="cidadao",
+        description="Stable name of this source's backup series (POSTGRES_SOURCE_NAME, or the source's name in "
+        "BACKUP_SOURCES_FILE): storage keys use it, so renaming or moving the database keeps one series",
+    )
 
     def connection(self) -> PgConnection:
         return PgConnection.from_url(self.database_url, self.url_variable)
+
+    def series_name(self) -> str:
+        return safe_name(self.name)
+
+    def legacy_series_name(self) -> str:
+        """Series were keyed by the URL's database name before they were keyed by the source's name."""
+        return safe_name(self.connection().dbname)
 
     @property
     def bin_dir(self) -> str | None:
@@ -333,7 +345,10 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
 
     def postgres(spec: PostgresSourceSpec) -> PostgresSource:
         return PostgresSource(
-            database_url=env_or(spec.url_env, ""), pg_bin_dir=env_or("PG_BIN_DIR", ""), url_variable=spec.url_env
+            database_url=env_or(spec.url_env, ""),
+            pg_bin_dir=env_or("PG_BIN_DIR", ""),
+            url_variable=spec.url_env,
+            name=spec.name or env_or("POSTGRES_SOURCE_NAME", "cidadao"),
         )
 
     def redis(spec: RedisSourceSpec) -> RedisSource:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources, load_sources, server_of
+from ..core.sources import (
+    PostgresSourceSpec,
+    RedisSourceSpec,
+    Sources,
+    check_distinct_series,
+    load_sources,
+    server_of,
+)
 
 # One dump per database server at a time; dagster.yaml's pools.default_limit (1) applies to each pool.
 PG_DUMP_POOL = "postgres_dump"
@@ -19,7 +26,9 @@ REDIS_SNAPSHOT_POOL = "redis_snapshot"
 
 
 def configured_sources() -> Sources:
-    return load_sources(os.getenv("BACKUP_SOURCES_FILE", ""))
+    sources = load_sources(os.getenv("BACKUP_SOURCES_FILE", ""))
+    check_distinct_series(sources, dict(os.environ))
+    return sources
 
 
 @dataclass(frozen=True)

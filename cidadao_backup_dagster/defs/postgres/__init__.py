@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from ...core.pg_backup import safe_name
 from ...core.pg_drill import newest_passing_report
 from ..protection.classes import ArtifactClass
 from ..schedules import latest_partition_schedule, source_asset_job
@@ -34,8 +33,9 @@ def build(binding: PgBinding) -> DomainDefs:
 
     def drill_proven(resources, warn) -> set[str]:
         """The daily backup the latest passing restore drill proved: retention never deletes it."""
-        source = safe_name(binding.source(resources).connection().dbname)
-        report = newest_passing_report(binding.storage(resources).open(), source, warn)
+        source = binding.source(resources)
+        names = (source.series_name(), source.legacy_series_name())  # reports from before the series were renamed
+        report = newest_passing_report(binding.storage(resources).open(), names, warn)
         return {report["backup_partition"]} if report else set()
 
     source_keys = (binding.source_key,)

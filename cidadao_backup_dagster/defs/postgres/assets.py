@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError, is_permanent
-from ...core.manifest import Manifest, series_prefix
-from ...core.pg_backup import backup_postgres, safe_name
+from ...core.manifest import Manifest, Series, series_prefix
+from ...core.pg_backup import backup_postgres
 from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..audit import audited
@@ -58,8 +58,10 @@ WEEKLY_SPEC = BackupSpec(
 )
 
 
-def series_for(spec: BackupSpec, source: PostgresSource) -> str:
-    return series_prefix("postgres", safe_name(source.connection().dbname), spec.cadence)
+def series_for(spec: BackupSpec, source: PostgresSource) -> Series:
+    """`postgres/<source name>/<cadence>`, still reading the series keyed by the database name before."""
+    legacy = series_prefix("postgres", source.legacy_series_name(), spec.cadence)
+    return Series(series_prefix("postgres", source.series_name(), spec.cadence), (legacy,))
 
 
 def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:

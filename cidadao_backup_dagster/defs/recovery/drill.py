@@ -5,7 +5,6 @@ import warnings
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.pg_backup import safe_name
 from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
@@ -20,7 +19,13 @@ MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC"
 
 
 def _source_name(source: PostgresSource) -> str:
-    return safe_name(source.connection().dbname)
+    """Drill reports live under the source's stable series name."""
+    return source.series_name()
+
+
+def drill_names(source: PostgresSource) -> tuple[str, str]:
+    """The names drill reports were written under: the series name, and the database name used before it."""
+    return source.series_name(), source.legacy_series_name()
 
 
 def _drill(context, binding: PgBinding) -> dict:
@@ -136,7 +141,7 @@ def build_drill(binding: PgBinding):
     )
     def recent_passing_drill(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         resources = context.resources
-        report = newest_passing_report(binding.storage(resources).open(), _source_name(binding.source(resources)))
+        report = newest_passing_report(binding.storage(resources).open(), drill_names(binding.source(resources)))
         return recency_result(report, "backup")
 
     job = source_asset_job(
