@@ -141,7 +141,8 @@ def test_report_asset_renders_rows_with_check_status_and_skips_unconfigured(env)
     assert meta["postgres_daily_age_hours"].value == pytest.approx(9.0, abs=0.1)
     assert meta["postgres_daily_stored_bytes"].value == 1000
     assert "**exports_investigations**" in text and "**exports_agent_instances**" in text
-    assert meta["classes_skipped"].value == 1 and meta["classes"].value == 5
+    assert "**postgres_on_demand**" in text and "none stored (made on demand only)" in text  # no finding
+    assert meta["classes_skipped"].value == 1 and meta["classes"].value == 6
 
 
 def test_report_refreshes_after_a_real_backup_and_daily(env, make_database, monkeypatch):

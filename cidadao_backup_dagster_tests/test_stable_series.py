@@ -106,3 +106,15 @@ def test_two_sources_sharing_a_prefix_and_a_database_name_are_refused_at_load(tm
         build_defs()
     monkeypatch.setenv("TWO_URL", "postgresql://postgres@db-two.example:5432/analytics")
     assert build_defs()  # different databases under one prefix are fine
+
+
+def test_an_on_demand_backup_has_its_own_series_verified_in_the_same_run(env):
+    """Issue 11 (late partitions): "before I run this migration" gets its own job and series, not a daily label."""
+    instance = dg.DagsterInstance.ephemeral()
+    result = run("postgres_on_demand_backup", config={"reason": "before migration 0042"},
+                 op="postgres_on_demand_backup_op", instance=instance)  # fmt: skip
+    assert result.success
+    (manifest,) = valid_manifests(env["storage"], "postgres/cidadao/on_demand")
+    assert manifest.data["run"]["reason"] == "before migration 0042" and manifest.tables == {"public.t": 40}
+    assert not list((env["tmp"] / "backups" / "postgres" / "cidadao").glob("daily"))  # no daily label was used
+    assert any("On-demand backup verified" in e.user_message for e in instance.all_logs(result.run_id))

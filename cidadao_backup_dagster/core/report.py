@@ -136,7 +136,9 @@ def class_health(
     targets = targets or default_targets(series)
     row = ClassHealth(name, "ok", location=storage.uri(series), targets=targets, asset=asset)
     valid = valid_manifests(storage, series, limit=size_history + 1)
-    if not valid:
+    if not valid and targets.rpo_hours is None and targets.alert_hours is None:
+        row.note = "none stored (made on demand only)"  # e.g. on-demand backups: having none is no finding
+    elif not valid:
         row.raise_to("critical", "no valid artifact")
     else:
         newest = valid[-1]

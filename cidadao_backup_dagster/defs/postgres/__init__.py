@@ -8,6 +8,7 @@ from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import DEFAULT_PG, DomainDefs, PgBinding
 from .assets import DAILY_SPEC, WEEKLY_SPEC, build_backup_asset, series_for
 from .checks import build_backup_checks
+from .on_demand import build_on_demand_job, on_demand_series
 
 
 def _is_freshness(checks_def) -> bool:
@@ -60,12 +61,20 @@ def build(binding: PgBinding) -> DomainDefs:
             asset=binding.key(WEEKLY_SPEC.asset_name).to_user_string(),
             alert_limit=lambda r: r.backup_policy.weekly_max_age_hours,
         ),
+        # On-demand backups ("before the migration"): their own series, kept 30 days by default.
+        ArtifactClass(
+            binding.class_name("postgres_on_demand"),
+            binding.storage_key,
+            lambda r: on_demand_series(binding.source(r)),
+            30,
+            resource_keys=source_keys,
+        ),
     ]
     return DomainDefs(
         defs=dg.Definitions(
             assets=[daily, weekly],
             asset_checks=[*daily_checks, *weekly_checks],
-            jobs=[daily_job, weekly_job],
+            jobs=[daily_job, weekly_job, build_on_demand_job(binding)],
             schedules=[
                 # The strategy's daily backup at 03:00 UTC and its manual weekly one, Sundays 02:00 (defaults).
                 latest_partition_schedule(
