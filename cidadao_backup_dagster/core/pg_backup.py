@@ -47,8 +47,8 @@ def backup_postgres(
 ) -> Manifest:
     """Back up `conn` into `storage` under `series/partition`. Returns the manifest, written last.
 
-    On any failure the partial upload is aborted, no manifest is written, and an earlier backup of
-    the same partition (if any) stays valid: its manifest is replaced only after the new data landed.
+    On any failure the partial upload is aborted and no manifest is written. Nothing earlier is touched:
+    a re-run of the partition adds its own object and manifest beside the earlier backup's.
     """
     started_at = utc_now()
     t0 = time.monotonic()

@@ -24,7 +24,7 @@ import redis
 import zstandard
 
 from .. import __version__
-from .errors import BackupError, ConfigurationError
+from .errors import BackupError, ConfigurationError, PermanentError
 from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .redis_rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
@@ -156,7 +156,7 @@ class RedisEndpoint:
         return sock
 
 
-class RedisAccessError(BackupError):
+class RedisAccessError(PermanentError):
     """Credentials, permissions or a refused mode: retrying will not help until someone changes a setting."""
 
 

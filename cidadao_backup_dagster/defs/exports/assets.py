@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError
+from ...core.errors import BackupError, ConfigurationError, is_permanent
 from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
 from ...core.manifest import Manifest
 from ...core.pipeline import Progress
@@ -205,8 +205,8 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
             raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot create a column
         except ConfigurationError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
-        except BackupError as exc:
-            raise dg.Failure(str(exc)) from None
+        except BackupError as exc:  # a missing bucket or a denied write is not retried; a 5xx is
+            raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
         if len(manifests) == 1:
             (manifest,) = manifests
             return dg.MaterializeResult(

@@ -3,10 +3,10 @@
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError
+from ...core.errors import BackupError, ConfigurationError, is_permanent
 from ...core.manifest import Manifest, series_prefix
 from ...core.pipeline import Progress
-from ...core.redis_backup import RedisAccessError, backup_redis, partition_segment, safe_name
+from ...core.redis_backup import backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
 from ..audit import audited
 from ..partitions import HOURLY, SnapshotConfig, guard_late, late_metadata
@@ -117,8 +117,8 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
                 on_progress=progress,
                 warn=context.log.warning,
             )
-        except BackupError as exc:  # credentials/permissions: a retry would fail the same way
-            raise dg.Failure(str(exc), allow_retries=not isinstance(exc, RedisAccessError)) from None
+        except BackupError as exc:  # credentials/permissions, a missing bucket: a retry would fail the same way
+            raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
         audit.update(
             artifact=manifest.data["artifact"]["uri"],
             stored_sha256=manifest.stored_sha256,
