@@ -4,7 +4,6 @@ RTO, drops the scratch database, and writes a report beside the backups so the p
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 
 from . import drill_reports
@@ -15,7 +14,6 @@ from .postgres import PgConnection
 from .scratch import DRILL_PREFIX, create_scratch_database, scratch_name
 from .storage import Storage
 
-REPORT_NAME = "report.json"
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
 
 
@@ -83,15 +81,12 @@ def run_drill(
     finally:
         drop_database(server, scratch)
     report["finished_at"] = iso(utc_now())
-    storage.put_bytes(f"{drill_prefix(source)}/{partition}/{REPORT_NAME}", json.dumps(report, indent=2).encode())
+    drill_reports.write_report(storage, drill_prefix(source), partition, report)
     return report
 
 
 def read_report(storage: Storage, source: str, partition: str) -> dict | None:
-    key = f"{drill_prefix(source)}/{partition}/{REPORT_NAME}"
-    if storage.size(key) is None:
-        return None
-    return json.loads(storage.read_bytes(key))
+    return drill_reports.read_partition_report(storage, drill_prefix(source), partition)
 
 
 def newest_passing_report(storage: Storage, source: str | tuple[str, ...], warn=lambda _m: None) -> dict | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .drill_reports import is_report_name
 from .errors import BackupError
 from .manifest import iso, parse_iso, valid_manifests
 from .storage import Storage
@@ -24,7 +25,6 @@ from .storage import Storage
 LEVELS = ("ok", "warning", "high", "critical")
 ICONS = {"ok": "✅", "warning": "🟡", "high": "🟠", "critical": "🔴", "skipped": "⏭️", "error": "❌"}
 SIZE_DEVIATION = 0.5  # strategy: backup_size_deviation > 50%
-REPORT_NAME = "report.json"
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def latest_drill(storage: Storage, series: str) -> dict | None:
     inside = storage.uri(series) + "/"
     best = None
     for key in storage.list_keys(root):
-        if not key.endswith(f"/{REPORT_NAME}"):
+        if not is_report_name(key.rsplit("/", 1)[-1]):
             continue
         try:
             report = json.loads(storage.read_bytes(key))
