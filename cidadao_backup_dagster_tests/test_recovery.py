@@ -13,12 +13,17 @@ import dagster as dg
 import psycopg
 import pytest
 
+from cidadao_backup_dagster.core.audit import read_audit
+from cidadao_backup_dagster.core.errors import BackupError
 from cidadao_backup_dagster.core.manifest import iso
+from cidadao_backup_dagster.core.pg_restore import replaced_name, swap_into_place
 from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.core.scratch import STAGING_PREFIX, scratch_name
+from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 
-from .conftest import unique_name, url_with_dbname
+from .conftest import drop_database, newest_manifest_path, unique_name, url_with_dbname
 from .pg_schema import compare_databases, create_object_kinds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +110,7 @@ def test_restore_postgres_round_trip_of_every_object_kind(make_database, env, mo
     meta = output_metadata(result)
     assert meta["target"].endswith(f"/{target}") and meta["rows"] > 0 and meta["duration_s"] > 0
     assert compare_databases(source, url_with_dbname(pg_admin_url, target)) == []
+    assert staging_databases(pg_admin_url, target) == [] and "replaced_database" not in meta
 
 
 def test_restore_refuses_a_non_empty_database_and_changes_nothing(demo_source, pg_admin_url, make_database):
@@ -127,16 +133,143 @@ def test_restore_refuses_a_non_empty_database_and_changes_nothing(demo_source, p
         assert conn.execute("SELECT to_regclass('investigations')").fetchone()[0] is None
 
 
-def test_restore_replaces_with_confirmation(demo_source, make_database):
-    occupied = make_database("cbd_replace")
-    with psycopg.connect(occupied) as conn:
-        conn.execute("CREATE TABLE precious (v text)")
-    name = PgConnection.from_url(occupied).dbname
-    result = run("restore_postgres", {"target_database": name, "replace_existing": True, "confirm_database_name": name})
+def test_restore_replaces_with_confirmation_and_keeps_the_old_database(
+    demo_source, make_database, env, pg_admin_url, drop_later
+):
+    occupied, name = precious_database(make_database)
+    result, replaced = restore_over(name, pg_admin_url, drop_later)
     assert result.success, failure_message(result)
     with psycopg.connect(occupied) as conn:
         assert conn.execute("SELECT count(*) FROM investigations").fetchone()[0] == 400
         assert conn.execute("SELECT to_regclass('precious')").fetchone()[0] is None
+        label = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
+        assert conn.execute(label, (name,)).fetchone()[0] is None  # live: no scratch label for the sweeper
+    # The replaced database is kept, renamed, with its rows; its name is in the metadata and the audit record.
+    assert len(replaced) == 1 and re.fullmatch(rf"{name}_replaced_\d{{8}}T\d{{6}}Z", replaced[0])
+    with psycopg.connect(url_with_dbname(pg_admin_url, replaced[0])) as conn:
+        assert conn.execute("SELECT count(*) FROM precious").fetchone()[0] == 3
+    assert output_metadata(result)["replaced_database"] == replaced[0]
+    (record,) = [r for r in read_audit(LocalStorage(env / "backups")) if r["action"] == "restore"]
+    assert record["result"] == "ok" and record["details"]["replaced_database"] == replaced[0]
+    assert staging_databases(pg_admin_url, name) == []
+
+
+def restore_over(name, admin_url, drop_later=None, *, confirm=True):
+    """restore_postgres into the existing database `name`; returns (result, the `_replaced_` databases left)."""
+    config = {"replace_existing": True, "confirm_database_name": name} if confirm else {}
+    result = run("restore_postgres", {"target_database": name, **config})
+    replaced = leftover_databases(admin_url, f"{name}_replaced_")
+    if drop_later is not None:
+        drop_later.extend(replaced)
+    return result, replaced
+
+
+def staging_databases(admin_url, target) -> list[str]:
+    return leftover_databases(admin_url, scratch_name(STAGING_PREFIX, target)[:-8])
+
+
+def precious_database(make_database) -> tuple[str, str]:
+    url = make_database("cbd_precious")
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE precious (v text)")
+        conn.execute("INSERT INTO precious SELECT 'keep ' || g FROM generate_series(1, 3) g")
+    return url, PgConnection.from_url(url).dbname
+
+
+def assert_untouched(url, admin_url, name):
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM precious").fetchone()[0] == 3
+        assert conn.execute("SELECT to_regclass('investigations')").fetchone()[0] is None
+    assert staging_databases(admin_url, name) == []
+    assert leftover_databases(admin_url, f"{name}_replaced_") == []
+
+
+@pytest.fixture
+def app_role(pg_admin_url):
+    """A NOLOGIN role, dropped at teardown (request it before the databases that use it)."""
+    role = unique_name("cbd_gone_role")
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+    yield role
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_replace_restore_failing_in_pg_restore_leaves_the_target_as_it_was(
+    app_role, make_database, env, monkeypatch, pg_admin_url
+):
+    """The role exists while the backup is taken and is gone before the restore (a server without it)."""
+    source = make_database("cbd_owned")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE owned (v int)")
+        conn.execute("INSERT INTO owned SELECT generate_series(1, 10)")
+        conn.execute(f"ALTER TABLE owned OWNER TO {app_role}")
+    backed_up(monkeypatch, source)
+    drop_database(pg_admin_url, PgConnection.from_url(source).dbname)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {app_role}")
+    url, name = precious_database(make_database)
+    result, _ = restore_over(name, pg_admin_url)
+    assert not result.success
+    assert_untouched(url, pg_admin_url, name)
+    message = failure_message(result)
+    assert "pg_restore failed" in message and app_role in message and "no_owner" in message
+    assert f"{name} was not changed" in message
+
+
+def test_replace_restore_with_row_counts_unlike_the_manifest_leaves_the_target(
+    demo_source, env, make_database, pg_admin_url
+):
+    (folder,) = env.glob("backups/postgres/*/daily/2026-11-24")
+    path = newest_manifest_path(folder)
+    manifest = json.loads(path.read_text())
+    manifest["contents"]["tables"]["public.investigations"] += 1
+    path.write_text(json.dumps(manifest))
+    url, name = precious_database(make_database)
+    result, _ = restore_over(name, pg_admin_url)
+    assert not result.success
+    assert_untouched(url, pg_admin_url, name)
+    message = failure_message(result)
+    assert "public.investigations: backup has 401 rows, restored 400" in message and "was not changed" in message
+
+
+def test_restore_into_an_empty_existing_database_keeps_it_renamed(demo_source, make_database, pg_admin_url, drop_later):
+    empty = make_database("cbd_empty")
+    name = PgConnection.from_url(empty).dbname
+    result, replaced = restore_over(name, pg_admin_url, drop_later, confirm=False)
+    assert result.success, failure_message(result)
+    assert len(replaced) == 1 and output_metadata(result)["replaced_database"] == replaced[0]
+    with psycopg.connect(empty) as conn:
+        assert conn.execute("SELECT count(*) FROM investigations").fetchone()[0] == 400
+
+
+def test_replace_gives_the_new_database_the_old_ones_owner(
+    app_role, demo_source, make_database, pg_admin_url, drop_later
+):
+    url, name = precious_database(make_database)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} OWNER TO {app_role}")
+    result, _ = restore_over(name, pg_admin_url, drop_later)
+    assert result.success, failure_message(result)
+    with psycopg.connect(url) as conn:
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    assert owner[0] == app_role
+
+
+def test_swap_rolls_back_when_the_second_rename_fails(make_database, pg_admin_url):
+    url, name = precious_database(make_database)
+    server = PgConnection.from_url(pg_admin_url)
+    with pytest.raises(BackupError, match=f"{name} is as it was"):
+        swap_into_place(server, "cbd_restore_no_such_staging_db", name, replace_existing=True, say=print)
+    assert_untouched(url, pg_admin_url, name)
+
+
+def test_replaced_name_fits_postgres_identifier_limit():
+    at = datetime(2026, 11, 24, 13, 5, 9, tzinfo=UTC)
+    assert replaced_name("app", at) == "app_replaced_20261124T130509Z"
+    long = "é" * 31 + "x"  # 63 bytes: truncated on a character boundary
+    name = replaced_name(long, at)
+    assert len(name.encode()) <= 63 and name.endswith("_replaced_20261124T130509Z") and name.startswith("é")
 
 
 @pytest.mark.parametrize(
@@ -278,7 +411,7 @@ def test_drill_proves_the_newest_backup_and_leaves_nothing(demo_source, env, pg_
     (mat,) = result.get_asset_materialization_events()
     meta = mat.step_materialization_data.materialization.metadata
     assert meta["proved_backup"].value == "2026-11-24" and meta["passed"].value
-    (report,) = env.glob("backups/drills/postgres/*/2026-10-01/report.json")
+    (report,) = env.glob("backups/drills/postgres/*/2026-10-01/report-*.json")
     assert json.loads(report.read_text())["backup_partition"] == "2026-11-24"
     assert leftover_databases(pg_admin_url, "cbd_drill_") == []
 

@@ -1,7 +1,10 @@
 """PostgreSQL recovery: pick a backup, fetch and verify it, restore it, prove it by counting rows.
 
 Order matters for safety: every refusal (target not empty without confirmation, unknown partition, no
-valid backup, SHA-256 mismatch) happens before the target server is touched.
+valid backup, SHA-256 mismatch) happens before the target server is touched. The restore itself goes into a
+labelled staging database and is swapped into place by rename only once its row counts match the manifest;
+the database it replaces is kept as `<name>_replaced_<UTC timestamp>`, so every failure leaves the target
+as it was and a successful replace can be undone by renaming back.
 """
 
 from __future__ import annotations
@@ -15,20 +18,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from .artifact_reader import is_encrypted, read_artifact
-from .errors import BackupError
+from .errors import BackupError, RefusedError
 from .manifest import Manifest, list_partitions, read_manifest, valid_manifests
 from .postgres import PgConnection, pg_binary
+from .scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
 from .storage import MiB, Storage
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]
 
 _PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+SWAP_ATTEMPTS = 3
 
 
 # ------------------------------------------------------------------------------------- pick a backup
@@ -121,17 +128,15 @@ def check_target(server: PgConnection, dbname: str, *, replace: bool, confirm: s
         return "empty"
     if replace and confirm == dbname:
         return "replace"
-    raise BackupError(
+    raise RefusedError(
         f"Refusing to restore into {server.with_dbname(dbname).display()}: it already holds {objects} objects. "
         f"To replace it, set replace_existing: true and confirm_database_name: {dbname!r}; or choose a new "
         "target_database. Nothing was changed"
     )
 
 
-def create_database(server: PgConnection, dbname: str, *, drop_first: bool = False) -> None:
+def create_database(server: PgConnection, dbname: str) -> None:
     with server.connect(autocommit=True) as conn:
-        if drop_first:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
@@ -139,6 +144,65 @@ def create_database(server: PgConnection, dbname: str, *, drop_first: bool = Fal
 def drop_database(server: PgConnection, dbname: str) -> None:
     with server.connect(autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def replaced_name(dbname: str, at: datetime | None = None) -> str:
+    """`<dbname>_replaced_<UTC yyyymmddThhmmssZ>`, the name part cut (on a character boundary) to fit 63 bytes."""
+    suffix = f"_replaced_{(at or datetime.now(UTC)).astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    return dbname.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
+def swap_into_place(server: PgConnection, staging: str, dbname: str, *, replace_existing: bool, say: Logger) -> str:
+    """Rename `staging` to `dbname`, moving an existing `dbname` aside to its `_replaced_` name first. Returns that
+    name ('' when there was none). PostgreSQL renames databases transactionally, so all renames happen in one
+    transaction: a failure at any point leaves both names as they were (only `dbname`'s sessions were ended)."""
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            return _swap(server, staging, dbname, replace_existing, say)
+        except psycopg.errors.ObjectInUse as exc:  # an application pool reconnected between terminate and rename
+            error: psycopg.Error = exc
+            if attempt < SWAP_ATTEMPTS:
+                say(f"Sessions are still connected to {dbname} ({exc}); ending them again")
+        except psycopg.Error as exc:
+            error = exc
+            break
+    raise BackupError(
+        f"Swapping the restored copy into place as {dbname} failed ({server.redact(str(error)).strip()}); nothing "
+        f"was renamed, {dbname} is as it was. Fix the cause (e.g. stop the application that keeps reconnecting, or "
+        "make target_server_url name another database than the target) and re-run"
+    )
+
+
+def _swap(server: PgConnection, staging: str, dbname: str, replace_existing: bool, say: Logger) -> str:
+    ident, replaced = sql.Identifier, ""
+    with server.connect() as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT pg_get_userbyid(datdba), current_user FROM pg_database WHERE datname = %s", (dbname,)
+        ).fetchone()
+        if row and not replace_existing:
+            raise RefusedError(
+                f"{server.with_dbname(dbname).display()} was created while the restore ran, so it was not replaced "
+                "and is as it was; the restored copy was dropped. Re-run into another target_database (or, to "
+                "replace it, with replace_existing and confirm_database_name)"
+            )
+        if row:
+            replaced = replaced_name(dbname)
+            owner, me = row
+            if owner != me:  # the application's role keeps owning its database; optional (needs membership)
+                try:
+                    with conn.transaction():
+                        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident(staging), ident(owner)))
+                except psycopg.Error as exc:
+                    say(f"Could not give the restored database to {owner} ({exc}); it is owned by {me}")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(dbname), ident(replaced)))
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(staging), ident(dbname)))
+        if not dbname.startswith(SCRATCH_PREFIXES):  # live now: the sweeper must never take it for scratch
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(dbname)))
+    return replaced
 
 
 # ------------------------------------------------------------------------------------------- restore
@@ -204,11 +268,23 @@ class RestoreResult:
     restore_seconds: float
     verify_seconds: float
     total_seconds: float
-    mismatches: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)  # always empty now: a mismatch raises RowCountMismatch
+    replaced_database: str = ""  # the previous target, renamed and kept (never dropped by a restore)
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+
+class RowCountMismatch(BackupError):
+    """The restored copy's row counts differ from the backup's manifest (it is never swapped into place)."""
+
+    def __init__(self, mismatches: list[str], outcome: str = ""):
+        self.mismatches = mismatches
+        super().__init__(
+            f"Row counts of the restored copy differ from the backup's manifest: {'; '.join(mismatches)}{outcome}. "
+            "Pick another backup"
+        )
 
 
 def restore_backup(
@@ -226,30 +302,64 @@ def restore_backup(
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
     identities: list | None = None,
+    run_id: str = "",
     say: Logger = log.info,
 ) -> RestoreResult:
-    """Restore `manifest`'s backup into database `dbname` on `server` and verify every table's row count."""
+    """Restore `manifest`'s backup into a staging database on `server`, verify every table's row count, then
+    swap it into place as `dbname`. An existing `dbname` (confirmed, or empty) is kept renamed, never dropped:
+    an empty one too (rather than restoring into it), so a failure cannot leave half a restore in it and the
+    grants and settings it carried stay visible. Any failure drops the staging database and leaves `dbname`
+    exactly as it was."""
     t0 = time.monotonic()
     state = check_target(server, dbname, replace=replace, confirm=confirm)  # refuses before anything changes
+    target = server.with_dbname(dbname)
     say(f"Fetching {storage.uri(manifest.artifact_key)} ({manifest.stored_bytes / MiB:,.1f} MiB) and checking SHA-256")
     archive = fetch_archive(storage, manifest, tmp_dir, identities)
+    # Our own scratch database (a drill's) is restored into directly: it holds nothing to protect and its maker
+    # drops it. Anything else is built in a staging database and swapped in by rename.
+    direct = dbname.startswith(SCRATCH_PREFIXES) and state != "replace"
+    staging = dbname if direct else scratch_name(STAGING_PREFIX, dbname)
+    expected = manifest.tables
+    untouched = f"{target.display()} was {'not created' if state == 'absent' else 'not changed'}"
+    outcome = "" if direct else f". {untouched}; the staging copy was dropped"
     try:
         fetched = time.monotonic()
-        target = server.with_dbname(dbname)
-        if state == "replace":
-            say(f"Replacing existing database {target.display()} (confirmed by name)")
-        create_database(server, dbname, drop_first=state == "replace")
-        say(f"Restoring into {target.display()} with pg_restore --jobs {jobs}")
-        run_pg_restore(archive, target, jobs=jobs, no_owner=no_owner, bin_dir=bin_dir)
-        restored = time.monotonic()
+        try:
+            if state == "absent" or not direct:
+                create_scratch_database(server, staging, run_id)  # labelled: swept if this run is killed
+            say(
+                f"Restoring into {'scratch' if direct else 'staging'} database {staging} with pg_restore --jobs {jobs}"
+                + ("" if direct else f"; {target.display()} is not touched until the copy is verified")
+            )
+            run_pg_restore(archive, server.with_dbname(staging), jobs=jobs, no_owner=no_owner, bin_dir=bin_dir)
+            restored = time.monotonic()
+            mismatches = compare_counts(expected, count_rows(server.with_dbname(staging), list(expected)))
+        except psycopg.Error as exc:  # e.g. CREATE DATABASE without the CREATEDB privilege
+            raise BackupError(f"Restoring into {staging} failed ({server.redact(str(exc)).strip()}){outcome}") from None
+        except BackupError as exc:
+            raise type(exc)(f"{exc}{outcome}") from None
+        if mismatches:
+            raise RowCountMismatch(mismatches, outcome)
+        verified = time.monotonic()
+        if state != "absent" and not direct:
+            say(f"Row counts verified; swapping the copy into place and keeping the current {dbname} renamed")
+        replaced = (
+            "" if direct else swap_into_place(server, staging, dbname, replace_existing=state != "absent", say=say)
+        )
+    except BaseException:
+        if not direct:
+            _drop_staging(server, staging, say)
+        raise
     finally:
         archive.unlink(missing_ok=True)
-    expected = manifest.tables
-    actual = count_rows(target, list(expected))
-    mismatches = compare_counts(expected, actual)
-    verified = time.monotonic()
-    if post_restore_command and not mismatches:
-        run_post_restore(post_restore_command, target, workdir=post_restore_workdir, say=say)
+    if replaced:
+        say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
+    if post_restore_command:  # only against the swapped-in database, under its final name
+        try:
+            run_post_restore(post_restore_command, target, workdir=post_restore_workdir, say=say)
+        except BackupError as exc:
+            kept = f"; the previous database is kept as {replaced}" if replaced else ""
+            raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
     return RestoreResult(
         target=target.display(),
         partition=manifest.partition,
@@ -260,8 +370,16 @@ def restore_backup(
         restore_seconds=round(restored - fetched, 3),
         verify_seconds=round(verified - restored, 3),
         total_seconds=round(time.monotonic() - t0, 3),
-        mismatches=mismatches,
+        replaced_database=replaced,
     )
+
+
+def _drop_staging(server: PgConnection, staging: str, say: Logger) -> None:
+    """Best effort: a failure here must not hide why the restore failed (the sweeper removes what is left)."""
+    try:
+        drop_database(server, staging)
+    except Exception as exc:  # noqa: BLE001
+        say(f"Could not drop the staging database {staging} ({exc}); the scratch sweeper will remove it")
 
 
 def run_post_restore(command: str, target: PgConnection, *, workdir: str | None, say: Logger) -> None:

@@ -7,7 +7,9 @@ cannot (it has no TLS and needs the throwaway server to reach the target itself)
 already a stream of RESTORE commands and goes straight to the target.
 
 Safety order: every refusal (unknown partition, SHA-256 mismatch, missing binary, a snapshot the local
-redis-server cannot load, a non-empty target without confirmation) happens before the target is touched.
+redis-server cannot load, a non-empty target without confirmation) happens before the target is touched, and a
+confirmed flush first snapshots the target into a series of its own (`redis/<host_port>/pre-flush`): no
+snapshot that storage holds, no flush.
 """
 
 from __future__ import annotations
@@ -31,9 +33,20 @@ import redis
 
 from . import drill_reports
 from .artifact_reader import read_artifact
-from .errors import BackupError
-from .manifest import Manifest, iso, list_partitions, parse_iso, read_manifest, utc_now, valid_manifests
-from .redis_backup import RedisEndpoint, explain, keyspace, partition_segment
+from .errors import BackupError, RefusedError
+from .manifest import (
+    Manifest,
+    is_present,
+    iso,
+    list_partitions,
+    parse_iso,
+    read_manifest,
+    series_prefix,
+    utc_now,
+    valid_manifests,
+)
+from .pipeline import EncryptionStage
+from .redis_backup import RedisEndpoint, backup_redis, explain, keyspace, partition_segment, safe_name
 from .redis_rdb import RdbVerifier, check_logical_stream, iter_resp_commands
 from .storage import MiB, Storage
 from .verify import VerifyResult
@@ -459,6 +472,7 @@ class RedisRestoreResult:
     total_seconds: float
     expired: int = 0
     mismatches: list[str] = field(default_factory=list)
+    pre_flush_snapshot: str = ""  # URI of the target's snapshot taken before the flush ("" when not flushed)
 
     @property
     def ok(self) -> bool:
@@ -485,7 +499,7 @@ def target_state(target: RedisEndpoint, if_not_empty: IfNotEmpty, confirm: str) 
         return counts, "merge"
     if if_not_empty == "flush" and confirm.strip() == target.name:
         return counts, "flush"
-    raise BackupError(
+    raise RefusedError(
         f"Refusing to restore into {target.display()}: it already holds {total:,} keys. To wipe it first set "
         f"if_target_not_empty: flush and confirm_target: {target.name!r}; to keep its keys and overwrite only "
         "same-named ones set if_target_not_empty: merge. Nothing was changed"
@@ -495,7 +509,7 @@ def target_state(target: RedisEndpoint, if_not_empty: IfNotEmpty, confirm: str) 
 def flush_all(target: RedisEndpoint, confirm: str) -> dict[int, int]:
     """FLUSHALL, only when `confirm` repeats the target's name (host:port). Returns what was there before."""
     if confirm.strip() != target.name:
-        raise BackupError(
+        raise RefusedError(
             f"Refusing to FLUSHALL {target.display()}: confirm_target must repeat the target's name exactly, "
             f"{target.name!r} (got {confirm.strip()!r}). Nothing was changed"
         )
@@ -508,6 +522,47 @@ def flush_all(target: RedisEndpoint, confirm: str) -> dict[int, int]:
         raise explain(target, exc, "flushing (FLUSHALL)") from None
     finally:
         client.close()
+
+
+def pre_flush_series(target: RedisEndpoint) -> str:
+    """Where the snapshots taken before flushing `target` go: a series per target, beside the hourly ones."""
+    return series_prefix("redis", safe_name(target.name), "pre-flush")
+
+
+def snapshot_before_flush(
+    target: RedisEndpoint,
+    storage: Storage,
+    *,
+    encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
+    say: Logger = log.info,
+) -> Manifest:
+    """Snapshot `target` the way the hourly backup does and check storage holds it (manifest written last,
+    object at its size). Raises, touching nothing, when it cannot: then nothing may flush the target."""
+    series = pre_flush_series(target)
+    say(f"Snapshotting {target.display()} into {storage.uri(series)}/ before flushing it")
+    try:
+        manifest = backup_redis(
+            target,
+            storage,
+            series=series,
+            partition=utc_now().strftime("%Y-%m-%d-%H%M%S"),
+            source_name=safe_name(target.name),
+            encryption=encryption,
+            encryption_info=encryption_info,
+            extra={"purpose": "pre-flush snapshot of a restore_redis target"},
+            warn=say,
+        )
+        stored = read_manifest(storage, series, manifest.partition)
+        problem = "" if stored is not None and is_present(storage, stored) else "storage does not hold it whole"
+    except (BackupError, OSError) as exc:
+        problem = target.redact(str(exc))
+    if problem:
+        raise RefusedError(
+            f"Refusing to flush {target.display()}: the snapshot of it that must come first failed ({problem}). "
+            "Nothing was changed. Fix the cause, or restore with if_target_not_empty: merge"
+        )
+    return manifest
 
 
 def verify_counts(
@@ -533,6 +588,8 @@ def restore_snapshot(
     server_bin: str | None = None,
     tmp_dir: str | None = None,
     identities: list | None = None,
+    encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
     batch: int = 1000,
     say: Logger = log.info,
 ) -> RedisRestoreResult:
@@ -559,8 +616,13 @@ def restore_snapshot(
             absolute = True
         loaded = time.monotonic()
         _, action = target_state(target, if_not_empty, confirm)  # again: it may have changed meanwhile
+        pre_flush = ""
         if action == "flush":
-            say(f"Flushing {target.display()} first (confirmed by name)")
+            kept = snapshot_before_flush(
+                target, storage, encryption=encryption, encryption_info=encryption_info, say=say
+            )
+            pre_flush = storage.uri(kept.artifact_key)
+            say(f"Flushing {target.display()} first (confirmed by name; its keys are kept in {pre_flush})")
             flush_all(target, confirm)
         say(f"Copying {sum(expected.values()):,} keys into {target.display()} (DUMP/RESTORE pipelines)")
         stats = copy_records(batches, target, absolute=absolute, say=say)
@@ -595,6 +657,7 @@ def restore_snapshot(
         total_seconds=round(done - t0, 3),
         expired=stats.expired,
         mismatches=mismatches,
+        pre_flush_snapshot=pre_flush,
     )
 
 

@@ -40,7 +40,9 @@ class RestorePostgresConfig(BackupChoice):
         default="", description="New database name. Empty = <source>_restored_<YYYYMMDD_HHMM> (UTC)."
     )
     replace_existing: bool = Field(
-        default=False, description="Allow replacing a database that already holds data (also needs the confirmation)."
+        default=False,
+        description="Allow replacing a database that already holds data (also needs the confirmation). It is kept, "
+        "renamed <name>_replaced_<UTC timestamp>, never dropped by the job: drop it yourself once you are sure.",
     )
     confirm_database_name: str = Field(
         default="", description="With replace_existing: repeat the target database's name to confirm."
@@ -89,8 +91,9 @@ def _chosen_backup(config: BackupChoice, binding: PgBinding, resources):
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
     @dg.op(
         name=binding.named("restore_postgres_op"),
-        description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a new database, "
-        "verify every table's row count against the manifest, optionally run a post-restore command.",
+        description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a staging database, "
+        "verify every table's row count against the manifest, then swap it into place by rename (a replaced "
+        "database is kept as <name>_replaced_<timestamp>); optionally run a post-restore command.",
         tags={"cidadao/domain": "recovery", **binding.tags},
         required_resource_keys={*binding.resource_keys, "recovery", "encryption"},
     )
@@ -138,17 +141,17 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
             identities=encryption.identities(),
+            run_id=context.run.run_id,
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
-    if not result.ok:
-        raise dg.Failure(
-            f"Restored {result.target} but row counts differ from the backup's manifest (the database is kept for "
-            f"inspection): {'; '.join(result.mismatches)}",
-            allow_retries=False,
-        )
     context.log.info(f"Restore verified: {result.tables} tables, {result.rows:,} rows in {result.total_seconds:.1f} s")
+    if result.replaced_database:
+        context.log.warning(
+            f"The previous {dbname} is kept as {result.replaced_database} (undo: rename it back). It still holds "
+            f"data and disk space: DROP DATABASE {result.replaced_database} once the restore is accepted"
+        )
     return dg.Output(
         None,
         metadata={
@@ -161,6 +164,11 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             "verify_s": dg.MetadataValue.float(result.verify_seconds),
             "tables": dg.MetadataValue.int(result.tables),
             "rows": dg.MetadataValue.int(result.rows),
+            **(
+                {"replaced_database": dg.MetadataValue.text(result.replaced_database)}
+                if result.replaced_database
+                else {}
+            ),
         },
     )
 

@@ -53,7 +53,8 @@ class RestoreRedisConfig(dg.Config):
     if_target_not_empty: Literal["refuse", "merge", "flush"] = Field(
         default="refuse",
         description="When the target already holds keys: refuse (default); merge (keep its keys, overwrite "
-        "same-named ones); flush (FLUSHALL first, needs confirm_target).",
+        "same-named ones); flush (FLUSHALL first, needs confirm_target; the target is snapshotted into "
+        "redis/<host_port>/pre-flush in backup storage first, and not flushed if that fails).",
     )
     confirm_target: str = Field(
         default="", description="With flush: repeat the target's name, host:port (e.g. redis.internal:6379)."
@@ -136,6 +137,7 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
             else redis_series(redis_source)
         )
         manifest = select_snapshot(storage, series, config.snapshot)
+        flushing = config.if_target_not_empty == "flush"
         context.log.info(
             f"Restoring snapshot {manifest.data.get('dagster_partition', manifest.partition)} "
             f"({manifest.data['contents']['format']}) into {target.display()}"
@@ -149,6 +151,9 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
             server_bin=redis_source.bin,
             tmp_dir=recovery.scratch_dir(),
             identities=encryption.identities(),
+            # the pre-flush snapshot is encrypted like every other snapshot (read only when it will be taken)
+            encryption=encryption.stage() if flushing else None,
+            encryption_info=encryption.manifest_entry() if flushing else None,
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
@@ -174,6 +179,11 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
             "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
             "load_s": dg.MetadataValue.float(result.load_seconds),
             "copy_s": dg.MetadataValue.float(result.copy_seconds),
+            **(
+                {"pre_flush_snapshot": dg.MetadataValue.text(result.pre_flush_snapshot)}
+                if result.pre_flush_snapshot
+                else {}
+            ),
         },
     )
 
