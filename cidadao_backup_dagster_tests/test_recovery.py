@@ -430,7 +430,7 @@ def test_drill_on_a_damaged_backup_fails_its_check(demo_source, env, pg_admin_ur
 
 
 def test_recent_drill_check_fails_when_the_last_pass_is_too_old(demo_source, env):
-    source = PgConnection.from_url(demo_source).dbname
+    source = "cidadao"  # the series is keyed by the source's name (POSTGRES_SOURCE_NAME)
     report = env / "backups" / "drills" / "postgres" / source / "2026-09-01" / "report.json"
     report.parent.mkdir(parents=True)
     old = datetime.now(UTC) - timedelta(days=40)
@@ -477,7 +477,7 @@ def runbook_block(title: str) -> str:
 def test_runbook_restore_from_a_local_folder_without_dagster(demo_source, env, pg_admin_url, drop_later):
     target = unique_name("cbd_runbook")
     drop_later.append(target)
-    source = PgConnection.from_url(demo_source).dbname
+    source = "cidadao"  # the series is keyed by the source's name (POSTGRES_SOURCE_NAME)
     variables = {
         "BACKUP_DIR": str(env / "backups" / "postgres" / source / "daily"),
         "PARTITION": "2026-11-24",
@@ -507,7 +507,7 @@ def test_runbook_restore_from_s3_without_dagster(
     drop_later.append(target)
     variables = {
         "BACKUP_URL": f"s3://{bucket}/cidadao",
-        "DB": PgConnection.from_url(source).dbname,
+        "DB": "cidadao",  # the series' name (POSTGRES_SOURCE_NAME), not the database's
         "AWS_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"],
         "PARTITION": "2026-11-24",
         "NEW_DB": target,

@@ -453,7 +453,7 @@ def test_drill_restores_newest_snapshot_and_stores_report(redis_server, tmp_path
     assert report["passed"], report["problems"]
     assert report["backup_partition"] == newest.data["dagster_partition"] and report["format"] == mode
     assert report["keys_restored"] == newest.data["contents"]["keys_per_db"]
-    assert (tmp_path / "b" / "drills" / "redis" / "cache" / "2026-11-01" / "report.json").exists()
+    assert list((tmp_path / "b" / "drills" / "redis" / "cache" / "2026-11-01").glob("report-*.json"))
 
 
 # ----------------------------------------------------------------------------------- persistence

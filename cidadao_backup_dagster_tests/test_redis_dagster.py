@@ -317,7 +317,8 @@ def test_restore_drill_job_and_its_checks(source, env):
     assert result.success, failures(result)
     by_name = checks(result, "redis_restore_drill")
     assert by_name["drill_passed"].passed and by_name["drill_duration_within_rto"].passed
-    report = json.loads((env / "backups" / "drills" / "redis" / "cache" / "2026-10-01" / "report.json").read_text())
+    (path,) = (env / "backups" / "drills" / "redis" / "cache" / "2026-10-01").glob("report-*.json")
+    report = json.loads(path.read_text())
     assert report["passed"] and report["backup_partition"] == PARTITION and report["rto_seconds"] == 300
     health = run("backup_health_checks_job")
     assert checks(health, "redis_restore_drill")["recent_passing_drill"].passed
@@ -390,6 +391,7 @@ def test_retention_expires_old_snapshots_but_keeps_the_newest_and_the_drill_prov
         data = json.loads(manifest.to_json())
         data["timings"]["snapshot_at"] = old
         write_manifest(storage, SERIES, Manifest(data))
+        storage.delete(manifest.key)  # only the aged copy of the manifest stays: the snapshot is 10 days old
     report = {"passed": True, "partition": "2026-10-01", "backup_partition": hours[0], "finished_at": old}
     storage.put_bytes("drills/redis/cache/2026-10-01/report.json", json.dumps(report).encode())
     result = (

@@ -15,7 +15,6 @@ snapshot that storage holds, no flush.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -56,7 +55,6 @@ Logger = Callable[[str], None]
 IfNotEmpty = Literal["refuse", "merge", "flush"]
 
 RTO_REDIS_S = 5 * 60  # strategy RTO table: "Cache failure < 5 minutes" (see drill docs for the choice)
-REPORT_NAME = "report.json"
 SHORT_TTL_MS = 5 * 60 * 1000  # keys this close to expiring may legitimately vanish between copy and count
 _PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}-\d{2}:?\d{2}$")
 
@@ -739,7 +737,7 @@ def run_redis_drill(
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     report["finished_at"] = iso(utc_now())
-    storage.put_bytes(f"{drill_prefix(source)}/{partition}/{REPORT_NAME}", json.dumps(report, indent=2).encode())
+    drill_reports.write_report(storage, drill_prefix(source), partition, report)  # one per drill run
     return report
 
 
@@ -755,10 +753,7 @@ def _copy_into_throwaway(path: Path, server: ThrowawayRedis) -> None:
 
 
 def read_report(storage: Storage, source: str, partition: str) -> dict | None:
-    key = f"{drill_prefix(source)}/{partition}/{REPORT_NAME}"
-    if storage.size(key) is None:
-        return None
-    return json.loads(storage.read_bytes(key))
+    return drill_reports.read_partition_report(storage, drill_prefix(source), partition)
 
 
 def newest_passing_report(storage: Storage, source: str, warn=lambda _m: None) -> dict | None:
