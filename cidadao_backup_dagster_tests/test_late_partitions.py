@@ -151,3 +151,30 @@ def test_a_cron_faster_than_the_partitions_does_not_rerun_the_same_period(env):
         )
         later = schedule.evaluate_tick(tick)
         assert not later.run_requests and f"Partition {partition} already has run" in later.skip_message
+
+
+def test_restore_selection_goes_by_snapshot_time_never_by_label(tmp_path):
+    from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
+    from cidadao_backup_dagster.core.pg_restore import select_backup
+    from cidadao_backup_dagster.core.storage import LocalStorage
+
+    storage, series = LocalStorage(tmp_path), "postgres/cidadao/daily"
+
+    def put(label, taken, late=False):
+        key = f"{series}/{label}/obj-{taken:%H%M}"
+        storage.put_bytes(key, b"x")
+        data = {"partition": label, "artifact": {"key": key, "stored_bytes": 1},
+                "timings": {"snapshot_at": iso(taken)}, "run": {"late": late}}  # fmt: skip
+        return write_manifest(storage, series, Manifest(data))
+
+    t = datetime(2026, 11, 30, tzinfo=UTC)
+    nov20 = put("2026-11-20", datetime(2026, 11, 21, 3, tzinfo=UTC))
+    nov29 = put("2026-11-29", t + timedelta(hours=3))
+    late = put("2026-11-01", t + timedelta(hours=10), late=True)  # allowed late on purpose: today's data
+    assert select_backup(storage, series, "latest") == late  # the newest data, whatever its label
+    assert select_backup(storage, series, "before:2026-11-30T05:00Z") == nov29
+    assert select_backup(storage, series, "before:2026-11-30T02:00-03:00") == nov29  # 05:00 UTC
+    assert select_backup(storage, series, "before:2026-11-25T00:00Z") == nov20
+    assert select_backup(storage, series, "2026-11-01") == late
+    with pytest.raises(RefusedError, match="not a time"):
+        select_backup(storage, series, "before:yesterday")

@@ -402,7 +402,9 @@ def drill_checks(result):
 
 
 def test_drill_proves_the_newest_backup_and_leaves_nothing(demo_source, env, pg_admin_url, monkeypatch):
-    backed_up(monkeypatch, demo_source, "2026-11-23")  # older partition: the drill must pick 2026-11-24
+    # An older label, but the newest snapshot (taken after 2026-11-24's): the drill proves the newest data, chosen
+    # by snapshot time, never by label.
+    backed_up(monkeypatch, demo_source, "2026-11-23")
     result = run("postgres_restore_drill_job", partition="2026-10-01")
     assert result.success
     checks = drill_checks(result)
@@ -410,9 +412,9 @@ def test_drill_proves_the_newest_backup_and_leaves_nothing(demo_source, env, pg_
     assert checks["recent_passing_drill"].passed
     (mat,) = result.get_asset_materialization_events()
     meta = mat.step_materialization_data.materialization.metadata
-    assert meta["proved_backup"].value == "2026-11-24" and meta["passed"].value
+    assert meta["proved_backup"].value == "2026-11-23" and meta["passed"].value
     (report,) = env.glob("backups/drills/postgres/*/2026-10-01/report-*.json")
-    assert json.loads(report.read_text())["backup_partition"] == "2026-11-24"
+    assert json.loads(report.read_text())["backup_partition"] == "2026-11-23"
     assert leftover_databases(pg_admin_url, "cbd_drill_") == []
 
 

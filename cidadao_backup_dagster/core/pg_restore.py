@@ -26,7 +26,7 @@ from psycopg import sql
 
 from .artifact_reader import is_encrypted, read_artifact
 from .errors import BackupError, RefusedError
-from .manifest import Manifest, list_partitions, read_manifest, valid_manifests
+from .manifest import Manifest, all_valid_manifests, list_partitions, newest_valid
 from .postgres import PgConnection, pg_binary
 from .scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
 from .storage import MiB, Storage
@@ -34,7 +34,8 @@ from .storage import MiB, Storage
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]
 
-_PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# A daily/weekly partition (2026-11-24) or an on-demand label (2026-12-01T031500Z).
+_PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{6}Z)?$")
 SWAP_ATTEMPTS = 3
 
 
@@ -42,23 +43,46 @@ SWAP_ATTEMPTS = 3
 
 
 def select_backup(storage: Storage, series: str, which: str = "latest") -> Manifest:
-    """`latest` = the newest valid partition; otherwise the exact partition key. Errors list what exists."""
+    """Pick by what a backup holds, never by its label alone. Errors list what exists.
+
+    - `latest`: the valid backup with the newest snapshot time (a late-labelled one counts by its real time);
+    - `before:<ISO time>` (e.g. `before:2026-11-24T10:00Z`, the moment of an accidental DELETE): the valid backup
+      with the newest snapshot taken before it;
+    - a partition key (`2026-11-24`, or an on-demand label): that partition's newest valid backup."""
     which = (which or "latest").strip()
-    if which == "latest":
-        valid = valid_manifests(storage, series)
+    if which == "latest" or which.startswith("before:"):
+        valid = all_valid_manifests(storage, series)  # oldest snapshot first
+        if which.startswith("before:"):
+            cutoff = _parse_instant(which[len("before:") :])
+            valid = [m for m in valid if m.taken_at < cutoff]
         if not valid:
-            raise BackupError(f"No valid backup under {storage.uri(series)}: nothing to restore")
+            raise BackupError(f"No valid backup under {storage.uri(series)} for {which!r}: nothing to restore")
         return valid[-1]
     if not _PARTITION.match(which):
-        raise BackupError(f"Backup {which!r} is not a partition key: use YYYY-MM-DD (or 'latest')")
-    manifest = read_manifest(storage, series, which)
+        raise RefusedError(
+            f"Backup {which!r} is not a partition key: use YYYY-MM-DD, 'latest', or 'before:2026-11-24T10:00Z'"
+        )
+    manifest = newest_valid(storage, series, which)
     if manifest is None:
         known = list_partitions(storage, series)
+        if which in known:
+            raise BackupError(
+                f"Backup {which} is not valid: every backup of that partition is damaged or its object is missing or "
+                "resized. Pick another partition or 'before:<time>'"
+            )
         hint = f"; the newest are {', '.join(known[-5:])}" if known else "; there are none"
         raise BackupError(f"No backup for partition {which} under {storage.uri(series)}{hint}")
-    if storage.size(manifest.artifact_key) != manifest.stored_bytes:
-        raise BackupError(f"Backup {which} is not valid: {storage.uri(manifest.artifact_key)} is missing or resized")
     return manifest
+
+
+def _parse_instant(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RefusedError(
+            f"{text!r} is not a time: write before:2026-11-24T10:00Z (UTC) or with an offset, -03:00"
+        ) from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------------ fetch + verify

@@ -15,6 +15,7 @@ from ...core.pg_recover import recover_rows as recover_rows_core
 from ...core.pg_restore import restore_backup, select_backup
 from ..audit import audit_storage, audited
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
+from ..postgres.on_demand import on_demand_series
 from ..resources import PostgresSource
 from ..sources import PgBinding
 
@@ -22,11 +23,14 @@ from ..sources import PgBinding
 class BackupChoice(dg.Config):
     backup: str = Field(
         default="latest",
-        description="Which backup: a partition key (daily: 2026-11-24; offsite: the week's Sunday, 2026-11-22) "
-        "or 'latest' for the newest valid one.",
+        description="Which backup: 'latest' (the newest snapshot), 'before:2026-11-24T10:00Z' (the newest snapshot "
+        "taken before that instant, e.g. an accidental DELETE), or a partition key (daily: 2026-11-24; offsite: "
+        "the week's Sunday, 2026-11-22; on_demand: its label, 2026-12-01T031500Z). Chosen by snapshot time.",
     )
-    backup_set: Literal["daily", "offsite"] = Field(
-        default="daily", description="daily = BACKUP_STORAGE_URL; offsite = the weekly copy in OFFSITE_STORAGE_URL."
+    backup_set: Literal["daily", "offsite", "on_demand"] = Field(
+        default="daily",
+        description="daily = BACKUP_STORAGE_URL; offsite = the weekly copy in OFFSITE_STORAGE_URL; on_demand = "
+        "postgres_on_demand_backup's.",
     )
 
 
@@ -83,9 +87,19 @@ def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
 
 def _chosen_backup(config: BackupChoice, binding: PgBinding, resources):
     """(storage, manifest) of the backup the config names; refuses unknown or invalid ones."""
-    spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
-    storage = spec.storage(binding, resources).open()
-    return storage, select_backup(storage, series_for(spec, binding.source(resources)), config.backup)
+    if config.backup_set == "on_demand":
+        storage = binding.storage(resources).open()
+        series = on_demand_series(binding.source(resources))
+    else:
+        spec = WEEKLY_SPEC if config.backup_set == "offsite" else DAILY_SPEC
+        storage, series = spec.storage(binding, resources).open(), series_for(spec, binding.source(resources))
+    return storage, select_backup(storage, series, config.backup)
+
+
+def picked(manifest) -> str:
+    """What a restore or recovery picked, by what it holds: the label can be late, the snapshot time cannot."""
+    late = " (labelled late)" if manifest.data.get("run", {}).get("late") else ""
+    return f"backup {manifest.partition}{late}, snapshot taken {manifest.data['timings']['snapshot_at']}"
 
 
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
@@ -124,9 +138,8 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
         server = recovery.server(config.target_server_url, source, "target_server_url")
         storage, manifest = _chosen_backup(config, binding, resources)
         dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
-        context.log.info(
-            f"Restoring backup {manifest.partition} ({config.backup_set}) to {server.with_dbname(dbname).display()}"
-        )
+        target = server.with_dbname(dbname).display()
+        context.log.info(f"Restoring {picked(manifest)} ({config.backup_set}) to {target}")
         result = restore_backup(
             storage,
             manifest,
@@ -157,6 +170,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
         metadata={
             "target": dg.MetadataValue.text(result.target),
             "backup_partition": dg.MetadataValue.text(result.partition),
+            "backup_snapshot_at": dg.MetadataValue.text(manifest.data["timings"]["snapshot_at"]),
             "backup_uri": dg.MetadataValue.text(result.backup_uri),
             "duration_s": dg.MetadataValue.float(result.total_seconds),
             "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
@@ -207,6 +221,7 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
     try:
         live = postgres_source.connection()
         storage, manifest = _chosen_backup(config, binding, resources)
+        context.log.info(f"Recovering rows of {config.table} from {picked(manifest)}")
         result = recover_rows_core(
             storage,
             manifest,
@@ -236,6 +251,7 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
         metadata={
             "table": dg.MetadataValue.text(result.table),
             "backup_partition": dg.MetadataValue.text(result.partition),
+            "backup_snapshot_at": dg.MetadataValue.text(manifest.data["timings"]["snapshot_at"]),
             "dry_run": dg.MetadataValue.bool(result.dry_run),
             "matched_in_backup": dg.MetadataValue.int(result.matched_in_backup),
             "would_insert": dg.MetadataValue.int(result.would_insert),
