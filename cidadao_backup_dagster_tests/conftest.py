@@ -266,3 +266,4 @@ def newest_manifest_path(folder: Path) -> Path:
     paths = manifest_paths(folder)
     assert paths, f"no manifest in {folder}"
     return paths[-1]
+

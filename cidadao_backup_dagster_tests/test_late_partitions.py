@@ -137,19 +137,19 @@ def test_a_cron_faster_than_the_partitions_does_not_rerun_the_same_period(env):
     schedule = defs.resolve_schedule_def("postgres_daily_backup_schedule")
     repo = defs.get_repository_def()
     now = datetime.now(UTC)
+    # Contexts as context managers: a schedule context enters the instance it is given and only its exit lets go.
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=now, repository_def=repo)
-        (first,) = schedule.evaluate_tick(context).run_requests
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=now, repository_def=repo) as ctx:
+            (first,) = schedule.evaluate_tick(ctx).run_requests
         partition = first.partition_key
         result = defs.resolve_job_def("postgres_daily_backup_job").execute_in_process(
             partition_key=partition, instance=instance,
             tags={"dagster/schedule_name": "postgres_daily_backup_schedule"},
         )  # fmt: skip
         assert result.success
-        tick = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=now + timedelta(minutes=1), repository_def=repo
-        )
-        later = schedule.evaluate_tick(tick)
+        tick = now + timedelta(minutes=1)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, repository_def=repo) as ctx:
+            later = schedule.evaluate_tick(ctx)
         assert not later.run_requests and f"Partition {partition} already has run" in later.skip_message
 
 
