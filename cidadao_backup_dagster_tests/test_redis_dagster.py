@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from cidadao_backup_dagster.core.audit import read_audit
-from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, write_manifest
+from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, valid_manifests, write_manifest
 from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, backup_redis
 from cidadao_backup_dagster.core.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
@@ -306,6 +306,12 @@ def test_flush_redis_cache_needs_the_targets_name(source, env):
     records = [r for r in read_audit(LocalStorage(env / "backups")) if r["action"] == "flush"]
     assert [r["result"] for r in records] == ["refused", "ok"]
     assert records[1]["artifact"] == f"redis://127.0.0.1:{source.port}/0" and records[1]["details"]["keys_removed"] > 0
+    # a flush is reversible: a verified snapshot of the target was taken first, and it holds every key flushed
+    (out,) = [e for e in right.all_events if e.event_type_value == "STEP_OUTPUT"]
+    uri = out.event_specific_data.metadata["pre_flush_snapshot"].value
+    assert "/pre-flush/" in uri and records[1]["details"]["pre_flush_snapshot"] == uri
+    (manifest,) = valid_manifests(LocalStorage(env / "backups"), f"redis/127.0.0.1_{source.port}/pre-flush")
+    assert manifest.data["contents"]["keys_total"] == records[1]["details"]["keys_removed"]
 
 
 # ---------------------------------------------------------------------------------------------- drill

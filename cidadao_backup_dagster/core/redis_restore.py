@@ -504,13 +504,18 @@ def target_state(target: RedisEndpoint, if_not_empty: IfNotEmpty, confirm: str) 
     )
 
 
-def flush_all(target: RedisEndpoint, confirm: str) -> dict[int, int]:
-    """FLUSHALL, only when `confirm` repeats the target's name (host:port). Returns what was there before."""
+def confirm_flush(target: RedisEndpoint, confirm: str) -> None:
+    """Refuse unless `confirm` repeats the target's name (host:port): checked before anything else happens."""
     if confirm.strip() != target.name:
         raise RefusedError(
             f"Refusing to FLUSHALL {target.display()}: confirm_target must repeat the target's name exactly, "
             f"{target.name!r} (got {confirm.strip()!r}). Nothing was changed"
         )
+
+
+def flush_all(target: RedisEndpoint, confirm: str) -> dict[int, int]:
+    """FLUSHALL, only when `confirm` repeats the target's name (host:port). Returns what was there before."""
+    confirm_flush(target, confirm)
     client = target.client()
     try:
         before = {db: v["keys"] for db, v in keyspace(client).items()}

@@ -6,10 +6,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from ...core.errors import BackupError, ConfigurationError
+from ...core.errors import BackupError, ConfigurationError, is_permanent
 from ...core.manifest import series_prefix
 from ...core.redis_backup import safe_name
-from ...core.redis_restore import flush_all, restore_snapshot, select_snapshot
+from ...core.redis_restore import confirm_flush, flush_all, restore_snapshot, select_snapshot, snapshot_before_flush
 from ..audit import audit_storage, audited
 from ..resources import RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
@@ -69,6 +69,12 @@ class FlushRedisConfig(dg.Config):
     confirm_target: str = Field(
         description="Repeat the target's name, host:port (e.g. redis.internal:6379), to confirm FLUSHALL."
     )
+    snapshot_first: bool = Field(
+        default=True,
+        description="Take and verify a snapshot of the target before FLUSHALL (redis/<host_port>/pre-flush/ in "
+        "BACKUP_STORAGE_URL), so a flush of the wrong instance can be undone with restore_redis. No snapshot, "
+        "no flush. Set false only for a pure cache nobody will want back.",
+    )
 
 
 def build_recovery_jobs(binding: RedisBinding) -> list[dg.JobDefinition]:
@@ -105,13 +111,14 @@ def build_recovery_jobs(binding: RedisBinding) -> list[dg.JobDefinition]:
 
     @dg.op(
         name=binding.named("flush_redis_cache_op"),
-        description="FLUSHALL on the target, only when confirm_target repeats its name (host:port).",
+        description="FLUSHALL on the target, only when confirm_target repeats its name (host:port), after a verified "
+        "snapshot of it (snapshot_first).",
         tags=tags,
-        required_resource_keys=binding.resource_keys,
+        required_resource_keys={*binding.resource_keys, "encryption"},
     )
     def flush_redis_cache_op(context: dg.OpExecutionContext, config: FlushRedisConfig) -> dg.Output:
         with audited(context, audit_storage(binding.storage(context.resources)), "flush") as audit:
-            output = _flush(context, config, binding.source(context.resources))
+            output = _flush(context, config, binding, context.resources)
             audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
             return output
 
@@ -188,12 +195,21 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
     )
 
 
-def _flush(context, config: FlushRedisConfig, redis_source: RedisSource) -> dg.Output:
+def _flush(context, config: FlushRedisConfig, binding, resources) -> dg.Output:
+    redis_source: RedisSource = binding.source(resources)
+    snapshot = None
     try:
         target = redis_source.target(config.target_url)
+        confirm_flush(target, config.confirm_target)  # a wrong name refuses before anything, snapshot included
+        if config.snapshot_first:
+            encryption = resources.encryption
+            snapshot = snapshot_before_flush(
+                target, binding.storage(resources).open(), encryption=encryption.stage(),
+                encryption_info=encryption.manifest_entry(), say=context.log.info,
+            )  # fmt: skip
         before = flush_all(target, config.confirm_target)
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
     total = sum(before.values())
     context.log.info(f"FLUSHALL on {target.display()}: {total:,} keys removed; the application repopulates the cache")
     return dg.Output(
@@ -202,5 +218,6 @@ def _flush(context, config: FlushRedisConfig, redis_source: RedisSource) -> dg.O
             "target": dg.MetadataValue.text(target.display()),
             "keys_removed": dg.MetadataValue.int(total),
             "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
+            **({"pre_flush_snapshot": dg.MetadataValue.text(snapshot.data["artifact"]["uri"])} if snapshot else {}),
         },
     )
