@@ -32,6 +32,9 @@ from cidadao_backup_dagster.core.redis_rdb import (
     dump_payload_ok,
 )
 from cidadao_backup_dagster.core.redis_restore import (
+    _copy_into_throwaway,
+    _records_from_logical,
+    copy_records,
     flush_all,
     restore_snapshot,
     run_redis_drill,
@@ -571,3 +574,72 @@ def test_numpy_crc_speed_is_sane():
     for i in range(0, len(data), 1 << 20):
         c.update(data[i : i + (1 << 20)])
     assert c.value == crc64(data)
+
+
+# ------------------------------------------------------------------------------- no value in any message
+
+SECRET = b"session-token-SECRET123"
+
+
+def _dump(server, value: bytes = SECRET) -> bytes:
+    client = server.client()
+    client.set("tmp", value)
+    payload = client.dump("tmp")
+    client.delete("tmp")
+    return payload
+
+
+class _Target:
+    """The two things copy_records and the drill's replay need of a target: client(db) and display()."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def client(self, db: int = 0):
+        return self.server.client(db)
+
+    def display(self) -> str:
+        return self.server.name
+
+
+def test_damaged_payload_is_refused_by_key_and_reason_without_the_value(redis_server):
+    target = redis_server()
+    payload = bytearray(_dump(target))
+    payload[-1] ^= 0xFF  # the CRC64 no longer matches: the server refuses the RESTORE
+    long_key = b"session:" + b"\x00\xffk" * 60
+    with pytest.raises(BackupError) as caught:
+        copy_records(iter([(0, [(long_key, 0, bytes(payload))])]), _Target(target), absolute=False, say=print)
+    message = str(caught.value)
+    assert "DUMP payload version or checksum are wrong" in message and "Fix:" in message
+    assert "key 'session:\\x00\\xffk" in message and f"({len(long_key):,} bytes)" in message
+    assert b"SECRET123" not in message.encode() and "SECRET123" not in repr(caught.value)
+    assert target.client().dbsize() == 0
+
+
+def test_drill_replay_into_a_server_without_restore_names_the_key_not_the_value(redis_server, tmp_path):
+    server = redis_server(('rename-command RESTORE ""',))
+    snapshot_file = tmp_path / "snapshot.resp"
+    payload = _dump(redis_server())
+    commands = [[b"SELECT", b"0"], [b"RESTORE", b"session:alice", b"0", payload]]
+    snapshot_file.write_bytes(b"".join(_resp(args) for args in commands))
+    with pytest.raises(BackupError) as caught:
+        _copy_into_throwaway(snapshot_file, _Target(server))
+    message = str(caught.value)
+    assert "key 'session:alice'" in message and "unknown command" in message and "arguments not shown" in message
+    assert "SECRET123" not in message
+
+
+def test_malformed_logical_snapshot_is_reported_without_its_bytes(tmp_path):
+    snapshot_file = tmp_path / "snapshot.resp"
+    good = _resp([b"RESTORE", b"session:alice", b"0", b"\x00\x17" + SECRET])
+    for broken in (SECRET + b"\r\n", b"*4\r\n$7\r\nRESTORE\r\n$3\r\nkey\r\n$9\r\n" + SECRET[:9] + b"\r\n$1\r\nx\r\n"):
+        snapshot_file.write_bytes(good + broken)
+        with pytest.raises(BackupError) as caught:
+            list(_records_from_logical(snapshot_file, 10))
+        message = str(caught.value)
+        assert "malformed at command 2" in message and "after key 'session:alice'" in message, message
+        assert "SECRET" not in message and "session-token" not in message, message
+
+
+def _resp(args: list[bytes]) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)

@@ -449,3 +449,64 @@ def test_unencrypted_snapshot_in_production_is_an_error(source, env, monkeypatch
     check = checks(run("redis_snapshot_job", PARTITION))["encrypted"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "BACKUP_AGE_RECIPIENTS" in check.description
+
+
+# ------------------------------------------------------------------------------- no payload in any message
+
+SECRET = "session-token-SECRET123"  # a value: must never reach an event, a log line or an audit record
+
+
+@pytest.mark.parametrize(
+    "mode, target_conf, reason",
+    [
+        # the target's memory is full: every RESTORE is refused with OOM
+        ("rdb", ("maxmemory 1", "maxmemory-policy noeviction"), "OOM"),
+        # RESTORE disabled (managed services do this): the server itself echoes the command's first arguments
+        ("logical", ('rename-command RESTORE ""',), "unknown command"),
+    ],
+)
+def test_failing_restore_names_the_key_and_reason_never_the_value(
+    redis_server, env, monkeypatch, tmp_path, capfd, caplog, mode, target_conf, reason
+):
+    source = redis_server()
+    client = source.client()
+    client.set("session:alice", SECRET)
+    client.hset("session:bob", mapping={"token": SECRET, "user": "bob"})
+    client.rpush("session:carol", SECRET)
+    monkeypatch.setenv("REDIS_URL", source.url())
+    monkeypatch.setenv("REDIS_SNAPSHOT_MODE", mode)
+    target = redis_server(conf=target_conf)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        defs = build_defs()
+        assert (
+            defs.resolve_job_def("redis_snapshot_job")
+            .execute_in_process(partition_key=PARTITION, instance=instance, raise_on_error=False)
+            .success
+        )
+        result = defs.resolve_job_def("restore_redis").execute_in_process(
+            run_config={"ops": {"restore_redis_op": {"config": {"target_url": target.url()}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        events = [repr(e) for r in instance.get_runs() for e in instance.all_logs(r.run_id)]
+    assert not result.success
+    (message,) = failures(result)
+    assert reason in message, message
+    assert re.search(r"key 'session:(alice|bob|carol)'", message), message
+    assert target.client().dbsize() == 0
+
+    storage_root = Path(env) / "backups"
+    audit_records = [p for p in storage_root.rglob("*") if p.is_file() and "/audit/" in str(p)]
+    restore_audits = [json.loads(p.read_text()) for p in audit_records if "_restore_" in p.name]
+    assert [a["result"] for a in restore_audits] == ["failed"] and "session:" in restore_audits[0]["details"]["error"]
+    output = capfd.readouterr()
+    haystacks = {str(p): p.read_bytes() for p in home.rglob("*") if p.is_file()}  # event log, runs, compute logs
+    haystacks.update({str(p): p.read_bytes() for p in audit_records})
+    haystacks["event log"] = "\n".join(events).encode()
+    haystacks["run events"] = all_text(result).encode()
+    haystacks["stdout/stderr"] = (output.out + output.err).encode()
+    haystacks["python logging"] = "\n".join(r.getMessage() for r in caplog.records).encode()
+    leaks = [where for where, data in haystacks.items() if b"SECRET123" in data]
+    assert not leaks, f"the value was printed in {leaks}"

@@ -6,6 +6,10 @@ works for any target the backup worker can reach, including TLS and managed serv
 cannot (it has no TLS and needs the throwaway server to reach the target itself). A logical snapshot is
 already a stream of RESTORE commands and goes straight to the target.
 
+Values never reach a message: a refused RESTORE is reported by its key (escaped, cut when long) and the
+server's reason, never by the command (redis-py's pipeline errors quote it, payload included, and a server
+without RESTORE echoes its first arguments); a malformed logical snapshot is reported without its bytes.
+
 Safety order: every refusal (unknown partition, SHA-256 mismatch, missing binary, a snapshot the local
 redis-server cannot load, a non-empty target without confirmation) happens before the target is touched, and a
 confirmed flush first snapshots the target into a series of its own (`redis/<host_port>/pre-flush`): no
@@ -23,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +36,7 @@ import redis
 
 from . import drill_reports
 from .artifact_reader import read_artifact
-from .errors import BackupError, RefusedError
+from .errors import BackupError, PermanentError, RefusedError
 from .manifest import (
     Manifest,
     is_present,
@@ -45,7 +49,15 @@ from .manifest import (
     valid_manifests,
 )
 from .pipeline import EncryptionStage
-from .redis_backup import RedisEndpoint, backup_redis, explain, keyspace, partition_segment, safe_name
+from .redis_backup import (
+    RedisAccessError,
+    RedisEndpoint,
+    backup_redis,
+    explain,
+    keyspace,
+    partition_segment,
+    safe_name,
+)
 from .redis_rdb import RdbVerifier, check_logical_stream, iter_resp_commands
 from .storage import MiB, Storage
 from .verify import VerifyResult
@@ -208,7 +220,7 @@ def verify_redis_artifact(
     else:
         lcheck = logical.close()
         if not outcome.shallow:
-            result.problems += [f"logical snapshot: {p}" for p in lcheck.problems]  # type: ignore[union-attr]
+            result.problems += [f"logical snapshot: {without_bytes(p)}" for p in lcheck.problems]  # type: ignore[union-attr]
             result.details["keys_per_db"] = lcheck.keys  # type: ignore[union-attr]
     return result
 
@@ -382,21 +394,32 @@ def _records_from_server(server: ThrowawayRedis, dbs: list[int], batch: int) -> 
 
 
 def _records_from_logical(path: Path, batch: int) -> Iterator[tuple[int, list]]:
-    """(db, [(key, absolute expiry ms or 0, payload)]) batches from a logical snapshot file."""
-    db, records = 0, []
+    """(db, [(key, absolute expiry ms or 0, payload)]) batches from a logical snapshot file. A malformed
+    stream is reported by position and the last good key, never by its bytes (they may be values)."""
+    db, records, done, last = 0, [], 0, None
     with open(path, "rb", buffering=MiB) as f:
-        for args in iter_resp_commands(f):
-            name = args[0].upper()
-            if name == b"SELECT":
-                if records:
-                    yield db, records
-                    records = []
-                db = int(args[1])
-            elif name == b"RESTORE":
-                records.append((args[1], int(args[2]), args[3]))
-                if len(records) >= batch:
-                    yield db, records
-                    records = []
+        try:
+            for args in iter_resp_commands(f):
+                name = args[0].upper()
+                if name == b"SELECT":
+                    if records:
+                        yield db, records
+                        records = []
+                    db = int(args[1])
+                elif name == b"RESTORE":
+                    records.append((args[1], int(args[2]), args[3]))
+                    last = args[1]
+                    if len(records) >= batch:
+                        yield db, records
+                        records = []
+                done += 1
+        except (ValueError, IndexError) as exc:
+            after = f" (after key {show_key(last)})" if last is not None else ""
+            raise PermanentError(
+                f"The logical snapshot is malformed at command {done + 1:,}{after}: "
+                f"{without_bytes(str(exc)) or type(exc).__name__}. The restore stopped there. Fix: pick "
+                "another snapshot"
+            ) from None
     if records:
         yield db, records
 
@@ -413,7 +436,7 @@ def copy_records(
             client = clients.get(db) or clients.setdefault(db, target.client(db=db))
             now_ms = int(time.time() * 1000)
             pipe = client.pipeline(transaction=False)
-            sent = 0
+            sent: list[tuple[bytes, bytes]] = []
             for key, ttl, payload in records:
                 if payload is None:
                     continue
@@ -425,29 +448,111 @@ def copy_records(
                     pipe.execute_command("RESTORE", key, ttl, payload, "REPLACE", "ABSTTL")
                 else:
                     pipe.execute_command("RESTORE", key, max(left, 0), payload, "REPLACE")
-                sent += 1
+                sent.append((key, payload))
                 if 0 < left < SHORT_TTL_MS:
                     stats.short_ttl[db] = stats.short_ttl.get(db, 0) + 1
-            try:
-                pipe.execute()
-            except redis.ResponseError as exc:
-                text = str(exc)
-                if "payload version" in text or "checksum" in text:
-                    raise BackupError(
-                        f"The target Redis at {target.display()} refuses the snapshot's DUMP payloads ({text}): it "
-                        "is older than the snapshot's source. Fix: restore into a Redis at least as new as the source"
-                    ) from None
-                raise explain(target, exc, "restoring keys into") from None
-            stats.restored[db] = stats.restored.get(db, 0) + sent
+            execute_restores(pipe, sent, f"The target Redis at {target.display()}", db)
+            stats.restored[db] = stats.restored.get(db, 0) + len(sent)
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 say(f"Restored {sum(stats.restored.values()):,} keys so far")
     except redis.RedisError as exc:
-        raise explain(target, exc, "restoring keys into") from None
+        raise explain(target, without_echo(exc), "restoring keys into") from None
     finally:
         for c in clients.values():
             c.close()
     return stats
+
+
+# ---------------------------------------------------------------------------- errors without values
+
+_ARGS_ECHO = re.compile(r",?\s*with args beginning with:.*", re.S)  # Redis's "unknown command ..." quotes its args
+_PIPELINE_ECHO = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.S)  # redis-py quotes the command
+_BYTES_REPR = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1""", re.S)
+_PRINTABLE_RUN = re.compile(rb"[\x21-\x7e][\x20-\x7e]{4,}[\x21-\x7e]")
+
+
+def show_key(key: bytes | str | None, limit: int = 80) -> str:
+    """A key as a message may show it: quoted, non-printable characters escaped, cut after `limit` bytes."""
+    raw = key if isinstance(key, bytes) else str(key).encode()
+    text = raw[:limit].decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text).replace("'", "\\'")
+    return f"'{text}...' ({len(raw):,} bytes)" if len(raw) > limit else f"'{text}'"
+
+
+def without_bytes(text: str) -> str:
+    """`text` with every Python bytes literal (b'...', how a parser quotes what it read) left out."""
+    return _BYTES_REPR.sub("<bytes not shown>", text)
+
+
+def redis_reason(exc: BaseException, values: Iterable[bytes] = ()) -> str:
+    """What the server answered (its error code and text), without anything it or redis-py echoed of the
+    command: the arguments may be a value (a session token). Any run of printable bytes from `values` that
+    still shows up is cut out too."""
+    text = str(exc.args[0]) if exc.args else ""
+    text = _PIPELINE_ECHO.sub("", text)
+    text = _ARGS_ECHO.sub(" (arguments not shown)", text)
+    code = getattr(exc, "status_code", None)
+    if code and not text.startswith(code):
+        text = f"{code} {text}"  # redis-py strips OOM, NOPERM, ERR ... into the exception type
+    text = without_bytes(text)
+    for value in values:
+        for run in sorted(set(_PRINTABLE_RUN.findall(value)), key=len, reverse=True):
+            text = text.replace(run.decode("ascii"), "<value not shown>")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
+
+
+def without_echo(exc: BaseException) -> BaseException:
+    """`exc` with its message reduced to redis_reason(), of the same type (so explain() still classifies it)."""
+    if not isinstance(exc, redis.RedisError):
+        return exc
+    try:
+        return type(exc)(redis_reason(exc))
+    except Exception:  # noqa: BLE001 - an exception type with another signature
+        return redis.RedisError(redis_reason(exc))
+
+
+def execute_restores(pipe, sent: list[tuple[bytes, bytes]], where: str, db: int) -> None:
+    """Run a pipeline of RESTOREs (one per `sent` (key, payload), in order); on a refusal raise an error naming
+    the first refused key and the server's reason, never the payload."""
+    replies = pipe.execute(raise_on_error=False)
+    failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, Exception)]
+    if failed:
+        index, exc = failed[0]
+        key, payload = sent[index]
+        raise restore_error(where, db, key, payload, exc, failed=len(failed), batch=len(replies))
+
+
+def restore_error(
+    where: str, db: int, key: bytes, payload: bytes, exc: BaseException, *, failed: int = 1, batch: int = 1
+) -> BackupError:
+    """The error for a refused RESTORE: the key, the reason and the fix."""
+    reason = redis_reason(exc, [payload])
+    what = f"{where} refused to RESTORE key {show_key(key)} in db{db} ({reason})"
+    if failed > 1:
+        what += f"; {failed - 1:,} more of the {batch:,} keys in that batch were refused too"
+    if "payload version" in reason or "checksum" in reason:
+        return PermanentError(
+            f"{what}: the target is older than the snapshot's source (or the payload is damaged). Fix: restore "
+            "into a Redis at least as new as the source, or pick another snapshot"
+        )
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return PermanentError(
+            f"{what}: the target is out of memory. Fix: raise its maxmemory (or restore into a bigger instance); "
+            "keys restored before this one stay"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError | redis.AuthenticationError):
+        return RedisAccessError(f"{what}. Fix: grant the target's user +restore (and +select, +info)")
+    if "unknown command" in reason:
+        return PermanentError(
+            f"{what}: RESTORE is disabled or renamed on the target. Fix: enable RESTORE for the restore, or "
+            "restore into a Redis that allows it"
+        )
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return PermanentError(f"{what}: the target is a read-only replica. Fix: restore into its primary")
+    return BackupError(what)
 
 
 # ----------------------------------------------------------------------------------------- restore
@@ -754,7 +859,7 @@ def _copy_into_throwaway(path: Path, server: ThrowawayRedis) -> None:
         pipe = client.pipeline(transaction=False)
         for key, ttl, payload in records:
             pipe.execute_command("RESTORE", key, ttl, payload, "REPLACE", "ABSTTL")
-        pipe.execute()
+        execute_restores(pipe, [(key, payload) for key, _ttl, payload in records], "The throwaway redis-server", db)
 
 
 def read_report(storage: Storage, source: str, partition: str) -> dict | None:
