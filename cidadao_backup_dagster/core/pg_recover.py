@@ -1,14 +1,21 @@
 """Scenario 2, accidental DELETE: bring chosen rows of one table back from a backup into the live table.
 
-The backup goes into a temporary database (schema plus that one table's data, no indexes), the rows
-matching the operator's filter are staged on the live server in a TEMP table, and inserted with
-`ON CONFLICT DO NOTHING` (or `DO UPDATE`) in one transaction. The dry run stages, counts, samples and rolls
-back: the live table is never written. The temporary database is dropped whatever happens.
+The backup goes into a temporary database (schema plus that one table's data, no indexes) on the scratch
+server (the drill server when DRILL_DATABASE_URL is set, else the live one), the rows matching the operator's
+filter are staged on the live server in a TEMP table, and inserted with `ON CONFLICT DO NOTHING` (or
+`DO UPDATE`) in one transaction. The dry run stages, counts, samples and rolls back: the live table is never
+written. The temporary database is dropped whatever happens.
+
+The filter is one SQL expression, never a script: `check_filter` refuses statement separators, comments and
+unbalanced parentheses before anything runs; it is evaluated only on the temporary copy, in a READ ONLY
+transaction, first through the extended protocol (whose Parse refuses more than one statement: a second guard).
+The live server never sees the filter's text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -19,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .errors import BackupError
+from .errors import BackupError, RefusedError
 from .manifest import Manifest
 from .pg_restore import Logger, drop_database, fetch_archive, run_pg_restore
 from .postgres import PgConnection, pg_binary
@@ -99,6 +106,100 @@ def _insertable_columns(conn: psycopg.Connection, schema: str, table: str) -> li
     ]
 
 
+# ------------------------------------------------------------------------------------------- the filter
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+_ONE_EXPRESSION = "one boolean expression, e.g. \"created_at >= '2026-11-20' AND status = 'completed'\""
+
+
+def _ident_char(c: str) -> bool:
+    return c.isalnum() or c in "_$" or ord(c) >= 0x80
+
+
+def _end_of_quoted(text: str, start: int, quote: str, *, backslash: bool) -> int | None:
+    """Index just past the quote closing the literal/identifier opened at `start`; None when it never closes.
+    A doubled quote is part of the text; in an E'' string so is a backslash-escaped one."""
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if backslash and c == "\\":
+            i += 2
+            continue
+        if c == quote:
+            if text.startswith(quote, i + 1):
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return None
+
+
+def check_filter(where: str) -> str:
+    """`where`, stripped, when it is one expression; else RefusedError naming the problem (nothing has run).
+
+    Scans the text as PostgreSQL's lexer does (standard_conforming_strings on, which the scratch session sets):
+    '...' and E'...' strings, "..." identifiers and $tag$...$tag$ strings are skipped; outside them a `;` (a
+    second statement), `--` or `/*` (a comment hiding the rest) and a `)` closing what the filter did not open
+    (breaking out of the parentheses it is wrapped in) are refused, as is anything left unterminated."""
+    text = (where or "").strip()
+    if not text:
+        raise BackupError("where is empty: give a filter such as \"id = '...'\" or \"created_at >= '2026-11-20'\"")
+
+    def refuse(problem: str) -> RefusedError:
+        return RefusedError(f"The filter {text!r} is refused: {problem}. Give {_ONE_EXPRESSION}. Nothing was run")
+
+    if "\x00" in text:
+        raise refuse("it contains a NUL character")
+    depth, i = 0, 0
+    while i < len(text):
+        c = text[i]
+        if c in "'\"":
+            escapes = c == "'" and i > 0 and text[i - 1] in "eE" and (i < 2 or not _ident_char(text[i - 2]))
+            end = _end_of_quoted(text, i, c, backslash=escapes)
+            if end is None:
+                what = "string" if c == "'" else "quoted identifier"
+                raise refuse(f"the {what} opened at character {i + 1} never closes")
+            i = end
+            continue
+        if c == "$" and not (i > 0 and _ident_char(text[i - 1])) and (tag := _DOLLAR_TAG.match(text, i)):
+            close = text.find(tag.group(0), tag.end())
+            if close < 0:
+                raise refuse(f"the dollar-quoted string opened at character {i + 1} never closes")
+            i = close + len(tag.group(0))
+            continue
+        if c == ";":
+            raise refuse(f"';' at character {i + 1} separates statements, and a filter is a single expression")
+        if text.startswith("--", i) or text.startswith("/*", i):
+            raise refuse(f"{text[i : i + 2]!r} at character {i + 1} starts a comment, which filters may not hold")
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise refuse(f"')' at character {i + 1} closes a parenthesis the filter did not open")
+        i += 1
+    if depth:
+        raise refuse(f"{depth} parenthes{'i' if depth == 1 else 'e'}s never close{'s' if depth == 1 else ''}")
+    return text
+
+
+def _count_matching(src: psycopg.Connection, schema: str, table: str, where: str, qualified: str) -> int:
+    """Count the rows matching `where` through the extended protocol (Parse refuses a second statement), in the
+    caller's READ ONLY transaction on the scratch copy."""
+    query = sql.SQL("SELECT count(*) FROM {} WHERE ({})").format(sql.Identifier(schema, table), sql.SQL(where))
+    try:
+        return src.execute(query, prepare=True).fetchone()[0]
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        raise RefusedError(
+            f"The filter {where!r} tries to write ({exc.diag.message_primary}): filters are evaluated read-only on "
+            "the backup's copy. Use an expression that only reads. Nothing was written"
+        ) from None
+    except psycopg.Error as exc:
+        several = "multiple commands" in str(exc)
+        problem = "is more than one statement" if several else f"does not work on {qualified}: {exc}".strip()
+        raise (RefusedError if several else BackupError)(f"The filter {where!r} {problem}") from None
+
+
 def recover_rows(
     storage: Storage,
     manifest: Manifest,
@@ -118,8 +219,7 @@ def recover_rows(
     t0 = time.monotonic()
     if on_conflict not in ("nothing", "update"):
         raise BackupError(f"on_conflict must be 'nothing' or 'update', not {on_conflict!r}")
-    if not where.strip():
-        raise BackupError("where is empty: give a filter such as \"id = '...'\" or \"created_at >= '2026-11-20'\"")
+    where = check_filter(where)  # one expression, or refused before anything is touched
     schema, name = split_table(table)
     qualified = f"{schema}.{name}"
     if qualified not in manifest.tables:
@@ -139,25 +239,27 @@ def recover_rows(
     temp_db = scratch_name(RECOVER_PREFIX, name)
     archive = fetch_archive(storage, manifest, tmp_dir, identities)
     try:
-        say(f"Restoring {qualified} from backup {manifest.partition} into temporary database {temp_db}")
+        say(
+            f"Restoring {qualified} from backup {manifest.partition} into temporary database {temp_db} on "
+            f"{server.with_dbname(temp_db).display()}"
+        )
         create_scratch_database(server, temp_db)  # labelled: a killed run's leftover is swept
         temp = server.with_dbname(temp_db)
         _restore_one_table(archive, temp, schema, name, bin_dir)
         archive.unlink(missing_ok=True)
-        with temp.connect() as src:
+        with temp.connect(autocommit=True) as src:
+            src.execute("SET standard_conforming_strings = on")  # the lexing check_filter assumed
             backup_columns = set(_insertable_columns(src, schema, name))
             missing = [c for c in keys if c not in backup_columns]
             if missing:
                 raise BackupError(f"Key column(s) {missing} of {qualified} are not in the backup's table")
             columns = [c for c in live_columns if c in backup_columns]
             col_list = sql.SQL(", ").join(map(sql.Identifier, columns))
-            try:
-                matched = src.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(schema, name), sql.SQL(where))
-                ).fetchone()[0]
-            except psycopg.Error as exc:
-                raise BackupError(f"The filter {where!r} does not work on {qualified}: {exc}".strip()) from None
-            src.rollback()
+            # The filter runs only here, in one READ ONLY snapshot: the count and the rows copied out agree.
+            src.autocommit = False
+            src.read_only = True
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            matched = _count_matching(src, schema, name, where, qualified)
             result = RecoverResult(qualified, manifest.partition, matched, 0, 0, dry_run=dry_run)
             with live.connect() as dst:
                 stage = sql.Identifier(f"cbd_stage_{uuid.uuid4().hex[:8]}")
@@ -166,7 +268,8 @@ def recover_rows(
                         stage, col_list, sql.Identifier(schema, name)
                     )
                 )
-                copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+                # COPY goes through the simple protocol; its filter is the text that just parsed as one statement.
+                copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE ({})) TO STDOUT").format(
                     col_list, sql.Identifier(schema, name), sql.SQL(where)
                 )
                 copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, col_list)

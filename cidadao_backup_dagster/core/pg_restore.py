@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,6 +325,7 @@ def restore_backup(
     bin_dir: str | None = None,
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
+    post_restore_env: Sequence[str] = (),
     identities: list | None = None,
     run_id: str = "",
     say: Logger = log.info,
@@ -335,6 +336,7 @@ def restore_backup(
     grants and settings it carried stay visible. Any failure drops the staging database and leaves `dbname`
     exactly as it was."""
     t0 = time.monotonic()
+    check_hook_variables(post_restore_env)  # a bad name is refused before anything is fetched or changed
     state = check_target(server, dbname, replace=replace, confirm=confirm)  # refuses before anything changes
     target = server.with_dbname(dbname)
     say(f"Fetching {storage.uri(manifest.artifact_key)} ({manifest.stored_bytes / MiB:,.1f} MiB) and checking SHA-256")
@@ -380,7 +382,9 @@ def restore_backup(
         say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
     if post_restore_command:  # only against the swapped-in database, under its final name
         try:
-            run_post_restore(post_restore_command, target, workdir=post_restore_workdir, say=say)
+            run_post_restore(
+                post_restore_command, target, workdir=post_restore_workdir, passthrough=post_restore_env, say=say
+            )
         except BackupError as exc:
             kept = f"; the previous database is kept as {replaced}" if replaced else ""
             raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
@@ -406,10 +410,51 @@ def _drop_staging(server: PgConnection, staging: str, say: Logger) -> None:
         say(f"Could not drop the staging database {staging} ({exc}); the scratch sweeper will remove it")
 
 
-def run_post_restore(command: str, target: PgConnection, *, workdir: str | None, say: Logger) -> None:
-    """Run e.g. `alembic upgrade head` with DATABASE_URL pointing at the restored database."""
-    env = {**target.env(), "DATABASE_URL": target.url_with_password()}
+# What every hook gets from the worker's environment; anything else only when the operator names it.
+HOOK_BASE_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_hook_variables(names: Sequence[str]) -> None:
+    """Refuse names in `post_restore_env` that are not environment variable names, or that the hook gets anyway."""
+    bad = [name for name in names if not _ENV_NAME.fullmatch(name)]
+    if bad:
+        raise RefusedError(
+            f"post_restore_env: {', '.join(map(repr, bad))} {'is not a' if len(bad) == 1 else 'are not'} valid "
+            "environment variable name(s) (letters, digits and _, not starting with a digit). Nothing was changed"
+        )
+    if "DATABASE_URL" in names:
+        raise RefusedError(
+            "post_restore_env: DATABASE_URL cannot be passed through: the hook always gets the restored database's. "
+            "Nothing was changed"
+        )
+
+
+def hook_environment(target: PgConnection, passthrough: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """The post-restore hook's whole environment: PATH, HOME, LANG (LC_ALL when set), DATABASE_URL of the restored
+    database (its password inside the URL, nowhere else), and the variables the operator named in `passthrough`.
+    Never the worker's secrets (Slack token, webhook URL, AWS and Redis credentials, the source's URL).
+    Returns (environment, names asked for but not set)."""
+    check_hook_variables(passthrough)
+    env = {name: os.environ[name] for name in (*HOOK_BASE_VARIABLES, *passthrough) if name in os.environ}
+    env["DATABASE_URL"] = target.url_with_password()
+    return env, [name for name in passthrough if name not in os.environ]
+
+
+def run_post_restore(
+    command: str,
+    target: PgConnection,
+    *,
+    workdir: str | None,
+    passthrough: Sequence[str] = (),
+    say: Logger,
+) -> None:
+    """Run e.g. `alembic upgrade head` with DATABASE_URL pointing at the restored database, in a minimal
+    environment (see hook_environment); its output is shown with the target's password masked."""
+    env, unset = hook_environment(target, passthrough)
     say(f"Running post-restore command: {command}")
+    if unset:
+        say(f"post_restore_env: {', '.join(unset)} not set in the worker's environment; the command runs without")
     proc = subprocess.run(["bash", "-c", command], cwd=workdir or None, env=env, capture_output=True, text=True)
     output = target.redact((proc.stdout + proc.stderr).strip())
     if output:

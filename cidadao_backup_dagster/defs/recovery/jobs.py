@@ -57,17 +57,23 @@ class RestorePostgresConfig(BackupChoice):
     )
     post_restore_command: str = Field(
         default="",
-        description="Shell command run after a verified restore with DATABASE_URL set to the restored database, "
-        "e.g. 'alembic upgrade head'.",
+        description="Shell command run after a verified restore, e.g. 'alembic upgrade head'. It sees only PATH, "
+        "HOME, LANG (LC_ALL when set), DATABASE_URL = the restored database, and the variables in post_restore_env.",
     )
     post_restore_workdir: str = Field(default="", description="Working directory for the post-restore command.")
+    post_restore_env: list[str] = Field(
+        default=[],
+        description="Names of worker environment variables to pass to the post-restore command as well (e.g. "
+        "APP_ENV). Nothing else from the worker's environment reaches it: no tokens, no other passwords.",
+    )
 
 
 class RecoverRowsConfig(BackupChoice):
     table: str = Field(default="investigations", description="Table to recover rows of (schema.table or table).")
     where: str = Field(
-        description="SQL filter selecting the rows to bring back, evaluated on the backup's copy, e.g. "
-        "\"created_at >= '2026-11-20' AND status = 'completed'\". Use TRUE for every row."
+        description="SQL filter selecting the rows to bring back: one boolean expression (no ';', no comments), "
+        "evaluated read-only on the backup's copy, e.g. \"created_at >= '2026-11-20' AND status = 'completed'\". "
+        "Use TRUE for every row."
     )
     dry_run: bool = Field(default=True, description="Only report what would come back, with a sample; write nothing.")
     on_conflict: Literal["nothing", "update"] = Field(
@@ -153,6 +159,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             bin_dir=postgres_source.bin_dir,
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
+            post_restore_env=config.post_restore_env,
             identities=encryption.identities(),
             run_id=context.run.run_id,
             say=context.log.info,
@@ -228,6 +235,7 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
             live,
             config.table,
             config.where,
+            scratch_server=recovery.recover_scratch_server(live),
             dry_run=config.dry_run,
             on_conflict=config.on_conflict,
             sample_rows=config.sample_rows,
