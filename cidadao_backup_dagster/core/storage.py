@@ -7,6 +7,7 @@ Writers are explicit about success: nothing is visible under its final key until
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
@@ -14,6 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -24,6 +26,11 @@ MiB = 1024 * 1024
 # S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.
 DEFAULT_PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+FILE_MODE = 0o600  # local artifacts, manifests and audit records: the owner only (citizens' personal data)
+DIR_MODE = 0o700  # folders this process creates under (and including) the storage root
+SSE_MODES = ("AES256", "aws:kms", "off")  # BACKUP_S3_SSE: SSE-S3 (default), SSE-KMS, none
+
+log = logging.getLogger(__name__)
 
 
 class ObjectWriter(ABC):
@@ -97,16 +104,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(folder: Path, root: Path) -> None:
+    """Create `folder` and its missing parents, outermost first, each followed by an fsync of its parent.
+    Those at or under `root` are made 0700 whatever the umask (chmod after mkdir: the umask only narrows,
+    and an odd one could even take the owner's own bits away); those above it are the operator's ground
+    and get the default mode, as `mkdir -p` would. A folder that already exists is never changed."""
+    missing = [d for d in (folder, *folder.parents) if not d.exists()]
+    for new_dir in reversed(missing):
+        private = new_dir == root or root in new_dir.parents
+        try:
+            new_dir.mkdir(mode=DIR_MODE if private else 0o777)
+        except FileExistsError:  # a concurrent writer made it first (with the same mode if it is ours)
+            continue
+        if private:
+            os.chmod(new_dir, DIR_MODE)
+        _fsync_dir(new_dir.parent)  # each new directory's entry lives in its parent
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """A new file open for writing, 0600 from its first instant (never readable by others, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # exact, even under a umask that would narrow it below 0600
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+
+
 class _LocalWriter(ObjectWriter):
-    def __init__(self, final: Path):
+    def __init__(self, final: Path, root: Path):
         self._final = final
-        created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for new_dir in reversed(created):  # outermost first: each new directory's entry lives in its parent
-            _fsync_dir(new_dir.parent)
-        # Same directory as the final file, so the commit is an atomic rename.
+        _make_dirs(final.parent, root)
+        # Same directory as the final file, so the commit is an atomic rename (which keeps the 0600 mode).
         self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-        self._f = open(self._tmp, "wb")
+        self._f = _create_private(self._tmp)
 
     def write(self, data: bytes | memoryview) -> int:
         return self._f.write(data)
@@ -125,6 +158,11 @@ class _LocalWriter(ObjectWriter):
 
 
 class LocalStorage(Storage):
+    """A local folder. Files are 0600 and the folders this process creates (the root too, when it makes it)
+    0700; a root the operator made keeps its mode, with a warning when others can read it."""
+
+    _warned: set[Path] = set()  # roots already warned about in this process
+
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.url = f"file://{self.root}"
@@ -137,18 +175,33 @@ class LocalStorage(Storage):
 
     def check_writable(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            _make_dirs(self.root, self.root)
             probe = self.root / f".write-probe-{uuid.uuid4().hex[:8]}"
-            probe.write_bytes(b"")
+            _create_private(probe).close()
             probe.unlink()
         except OSError as exc:
             raise PermanentError(
                 f"Local backup folder {self.root} is not writable ({exc.strerror}). "
                 "Fix: create it with write permission for this user, or point BACKUP_STORAGE_URL elsewhere."
             ) from exc
+        self._warn_if_shared()
+
+    def _warn_if_shared(self) -> None:
+        """A root the operator made is left as it is; say so once when group or others can enter it."""
+        mode = self.root.stat().st_mode & 0o777
+        if mode & 0o077 and self.root not in LocalStorage._warned:
+            LocalStorage._warned.add(self.root)
+            log.warning(
+                "Local backup folder %s is mode %o: group or others can reach the backups in it. Folders and "
+                "files this worker creates are 0700/0600, but it does not change a folder it did not make. "
+                "Fix: chmod 700 %s",
+                self.root,
+                mode,
+                self.root,
+            )
 
     def open_write(self, key: str) -> ObjectWriter:
-        return _LocalWriter(self._path(key))
+        return _LocalWriter(self._path(key), self.root)
 
     def open_read(self, key: str) -> BinaryIO:
         try:
@@ -196,8 +249,17 @@ class _S3MultipartWriter(ObjectWriter):
     them on a small thread pool, so at most `max_in_flight + 1` parts are ever held in memory.
     Retries with backoff on 5xx/SlowDown come from botocore's retry mode on the client."""
 
-    def __init__(self, client: Any, bucket: str, key: str, part_size: int, max_in_flight: int = 4):
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        part_size: int,
+        max_in_flight: int = 4,
+        encryption: dict[str, str] | None = None,
+    ):
         self._client, self._bucket, self._key = client, bucket, key
+        self._encryption = encryption or {}  # ServerSideEncryption (+ SSEKMSKeyId) for the create / the PUT
         self._part_size = part_size
         self._buf = bytearray()
         self._upload_id: str | None = None
@@ -217,7 +279,10 @@ class _S3MultipartWriter(ObjectWriter):
 
     def _submit(self, part: bytes) -> None:
         if self._upload_id is None:
-            self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            with self._encryption_errors():
+                self._upload_id = self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, **self._encryption
+                )["UploadId"]
             self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
         for done in [f for f in self._parts if f.done()]:
             done.result()  # surface a failed part early instead of after the whole dump
@@ -236,7 +301,8 @@ class _S3MultipartWriter(ObjectWriter):
     def commit(self) -> None:
         self._closed = True
         if self._upload_id is None:  # small object: one PUT
-            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buf))
+            with self._encryption_errors():
+                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buf), **self._encryption)
             return
         try:
             if self._buf:
@@ -251,6 +317,27 @@ class _S3MultipartWriter(ObjectWriter):
             raise
         finally:
             self._pool.shutdown(wait=True)  # type: ignore[union-attr]
+
+    @contextmanager
+    def _encryption_errors(self) -> Iterator[None]:
+        """A service that does not take the SSE headers (R2, Supabase Storage, MinIO without KMS) or a KMS key
+        that cannot be used: say which setting to change instead of a bare S3 error code."""
+        from botocore.exceptions import ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if not self._encryption or not (code in _SSE_REFUSALS or code.startswith("KMS.")):
+                raise
+            sse = self._encryption["ServerSideEncryption"]
+            raise PermanentError(
+                f"s3://{self._bucket}/{self._key} was not written: the service refused server-side encryption "
+                f"{sse} ({code}: {str(error.get('Message', ''))[:200]}). Fix: for a service that does not take SSE "
+                "headers (Cloudflare R2, Supabase Storage, MinIO without KMS) set BACKUP_S3_SSE=off; with aws:kms "
+                "check BACKUP_S3_SSE_KMS_KEY_ID and that these credentials may use the key (kms:GenerateDataKey)"
+            ) from None
 
     def abort(self) -> None:
         self._closed = True
@@ -268,8 +355,46 @@ class _S3MultipartWriter(ObjectWriter):
         self._upload_id = None
 
 
+_SSE_REFUSALS = {"NotImplemented", "InvalidArgument", "InvalidRequest", "InvalidEncryptionAlgorithmError"}
+
+
+def sse_arguments(sse: str = "AES256", kms_key_id: str = "", variable: str = "BACKUP_S3_SSE") -> dict[str, str]:
+    """The S3 arguments for BACKUP_S3_SSE / BACKUP_S3_SSE_KMS_KEY_ID (`variable` and `variable`_KMS_KEY_ID in
+    errors): AES256 (SSE-S3, the default), aws:kms (SSE-KMS; the account's AWS-managed key aws/s3 unless a key
+    id, ARN or alias is given) or off (no header)."""
+    mode = {m.lower(): m for m in SSE_MODES}.get((sse or "AES256").strip().lower())
+    key = (kms_key_id or "").strip()
+    if mode is None:
+        raise ConfigurationError(
+            variable,
+            f"{sse!r} is not a server-side encryption mode",
+            f"use AES256 (SSE-S3, default), aws:kms (SSE-KMS, with {variable}_KMS_KEY_ID) or off",
+        )
+    if key and mode != "aws:kms":
+        raise ConfigurationError(
+            f"{variable}_KMS_KEY_ID",
+            f"is set but {variable} is {mode}",
+            f"set {variable}=aws:kms to encrypt with that key, or unset the key id",
+        )
+    if mode == "off":
+        return {}
+    return {"ServerSideEncryption": mode, **({"SSEKMSKeyId": key} if key else {})}
+
+
 class S3Storage(Storage):
-    def __init__(self, client: Any, bucket: str, prefix: str = "", part_size: int = DEFAULT_PART_SIZE):
+    """An S3-compatible bucket. Every object is written with server-side encryption (`sse`: AES256 by
+    default, aws:kms with an optional key id, or off for services that do not take the headers)."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        part_size: int = DEFAULT_PART_SIZE,
+        *,
+        sse: str = "AES256",
+        kms_key_id: str = "",
+    ):
         if part_size < MIN_PART_SIZE:
             raise ConfigurationError(
                 "BACKUP_S3_PART_SIZE_MB", f"{part_size // MiB} MiB is below S3's 5 MiB part minimum", "use 5 or more"
@@ -277,6 +402,11 @@ class S3Storage(Storage):
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.part_size = part_size
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.use_encryption(sse, kms_key_id)
+
+    def use_encryption(self, sse: str = "AES256", kms_key_id: str = "", variable: str = "BACKUP_S3_SSE") -> None:
+        """Server-side encryption of every object written from now on (see sse_arguments)."""
+        self.encryption = sse_arguments(sse, kms_key_id, variable)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -301,7 +431,7 @@ class S3Storage(Storage):
             ) from None
 
     def open_write(self, key: str) -> ObjectWriter:
-        return _S3MultipartWriter(self.client, self.bucket, self._key(key), self.part_size)
+        return _S3MultipartWriter(self.client, self.bucket, self._key(key), self.part_size, encryption=self.encryption)
 
     def open_read(self, key: str) -> BinaryIO:
         from botocore.exceptions import BotoCoreError, ClientError

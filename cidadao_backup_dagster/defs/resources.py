@@ -17,7 +17,7 @@ from ..core.pg_backup import BackupSettings, safe_name
 from ..core.postgres import PgConnection
 from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
-from ..core.storage import MiB, Storage, storage_from_url
+from ..core.storage import MiB, S3Storage, Storage, sse_arguments, storage_from_url
 
 DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
 
@@ -64,15 +64,28 @@ class BackupStorage(dg.ConfigurableResource):
     missing_hint: str = Field(default="", description="What to do when the URL is empty")
     part_size_mb: int = Field(default=16, description="S3 multipart part size, equal for all parts (MiB)")
     prefix: str = Field(default="", description="Folder under the URL for one source (its storage_prefix)")
+    s3_sse: str = Field(
+        default="AES256",
+        description="S3 server-side encryption of every object (BACKUP_S3_SSE): AES256 (SSE-S3), aws:kms (SSE-KMS) "
+        "or off (for services that reject or ignore SSE headers: Cloudflare R2, Supabase Storage, MinIO without KMS)",
+    )
+    s3_sse_kms_key_id: str = Field(
+        default="", description="KMS key id, ARN or alias for aws:kms (BACKUP_S3_SSE_KMS_KEY_ID); empty = aws/s3"
+    )
+    sse_variable: str = Field(default="BACKUP_S3_SSE", description="Environment variable named in SSE errors")
     s3: S3Resource
 
     def open(self) -> Storage:
         if not self.url:
             raise ConfigurationError(self.variable, "is not set", self.missing_hint or "set s3://bucket/prefix")
         url = f"{self.url.rstrip('/')}/{self.prefix.strip('/')}" if self.prefix.strip("/") else self.url
-        return storage_from_url(
+        sse_arguments(self.s3_sse, self.s3_sse_kms_key_id, self.sse_variable)  # a bad setting fails on any URL
+        storage = storage_from_url(
             url, variable=self.variable, s3_client_factory=self.s3.get_client, part_size=self.part_size_mb * MiB
         )
+        if isinstance(storage, S3Storage):
+            storage.use_encryption(self.s3_sse, self.s3_sse_kms_key_id, self.sse_variable)
+        return storage
 
 
 def _parse_range(text: str) -> tuple[int | None, int | None]:
@@ -162,20 +175,12 @@ class RecoverySettings(dg.ConfigurableResource):
     )
     drill_server_url: str = Field(
         default="",
-        description="Server for the scratch databases of restore drills and of recover_rows (DRILL_DATABASE_URL); "
-        "empty = the source server",
+        description="Server for restore drills' scratch databases (DRILL_DATABASE_URL); empty = the source server",
     )
     restore_jobs: int = Field(default=2, description="pg_restore --jobs for drills")
 
     def scratch_dir(self) -> str | None:
         return self.tmp_dir or None
-
-    def recover_scratch_server(self, live: PgConnection) -> PgConnection | None:
-        """Where recover_rows restores its temporary copy and evaluates the filter: the drill server
-        (DRILL_DATABASE_URL, swept by sweep_scratch like the drills'), else None = the live database's server."""
-        if not self.drill_server_url:
-            return None
-        return self.server(self.drill_server_url, live, "DRILL_DATABASE_URL")
 
     def server(self, url: str, source: PgConnection, variable: str) -> PgConnection:
         """A server to restore onto: `url` (its database part is only used to connect), else the source's.
@@ -338,8 +343,12 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
             url=env_or("BACKUP_STORAGE_URL", f"file://{DEFAULT_LOCAL_STORAGE}"),
             variable="BACKUP_STORAGE_URL",
             prefix=prefix,
+            s3_sse=env_or("BACKUP_S3_SSE", "AES256"),
+            s3_sse_kms_key_id=env_or("BACKUP_S3_SSE_KMS_KEY_ID", ""),
             s3=s3,
         )
+
+    offsite_sse = "OFFSITE_S3_SSE" if os.getenv("OFFSITE_S3_SSE") else "BACKUP_S3_SSE"
 
     def offsite(prefix: str = "") -> BackupStorage:
         return BackupStorage(
@@ -348,6 +357,10 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
             missing_hint="set it to an external bucket, e.g. s3://cidadao-ai-backups-offsite/postgres "
             "(the weekly copy must not live beside the daily ones)",
             prefix=prefix,
+            # the offsite bucket may be another provider: OFFSITE_S3_SSE (+ _KMS_KEY_ID), else the BACKUP_ pair
+            s3_sse=env_or(offsite_sse, "AES256"),
+            s3_sse_kms_key_id=env_or(f"{offsite_sse}_KMS_KEY_ID", ""),
+            sse_variable=offsite_sse,
             s3=s3,
         )
 
