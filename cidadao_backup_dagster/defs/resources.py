@@ -175,12 +175,20 @@ class RecoverySettings(dg.ConfigurableResource):
     )
     drill_server_url: str = Field(
         default="",
-        description="Server for restore drills' scratch databases (DRILL_DATABASE_URL); empty = the source server",
+        description="Server for the scratch databases of restore drills and of recover_rows (DRILL_DATABASE_URL); "
+        "empty = the source server",
     )
     restore_jobs: int = Field(default=2, description="pg_restore --jobs for drills")
 
     def scratch_dir(self) -> str | None:
         return self.tmp_dir or None
+
+    def recover_scratch_server(self, live: PgConnection) -> PgConnection | None:
+        """Where recover_rows restores its temporary copy and evaluates the filter: the drill server
+        (DRILL_DATABASE_URL, swept by sweep_scratch like the drills'), else None = the live database's server."""
+        if not self.drill_server_url:
+            return None
+        return self.server(self.drill_server_url, live, "DRILL_DATABASE_URL")
 
     def server(self, url: str, source: PgConnection, variable: str) -> PgConnection:
         """A server to restore onto: `url` (its database part is only used to connect), else the source's.
