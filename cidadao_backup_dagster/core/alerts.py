@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import ConfigurationError
-from .secrets import redact_text
+from .secrets import redact_data, redact_text
 
 LEVELS = ("warning", "high", "critical")
 ICONS = {"warning": "🟡", "high": "🟠", "critical": "🔴"}
@@ -344,19 +344,21 @@ def post_webhook(url: str, payload: dict, timeout_s: float = 10.0) -> None:
 def deliver(alert: Alert, channels: Channels, log: Callable[[str], None]) -> list[str]:
     """Log the alert, then send it to every configured channel (when its level reaches `min_level`).
     Returns where it went; raises AlertDeliveryError when a configured channel failed (after trying all)."""
-    log(alert.text())
+    # The last exit: whatever a caller put in the alert, no registered secret leaves in it.
+    text, payload = redact_text(alert.text(), channels.secrets), redact_data(alert.payload(), channels.secrets)
+    log(text)
     if level_rank(alert.level) < level_rank(channels.min_level):
         return ["log (below ALERT_MIN_SEVERITY)"]
     sent, failures = [], []
     if channels.slack_post is not None and channels.slack_channel:
         try:
-            channels.slack_post(channels.slack_channel, alert.text())
+            channels.slack_post(channels.slack_channel, text)
             sent.append(f"Slack {channels.slack_channel}")
         except Exception as exc:  # slack_sdk raises SlackApiError / URLError; the token is never in them
             failures.append(f"Slack {channels.slack_channel}: {redact_text(str(exc), channels.secrets)[:200]}")
     if channels.webhook_url:
         try:
-            post_webhook(channels.webhook_url, alert.payload(), channels.timeout_s)
+            post_webhook(channels.webhook_url, payload, channels.timeout_s)
             sent.append("webhook")
         except AlertDeliveryError as exc:
             failures.append(str(exc))

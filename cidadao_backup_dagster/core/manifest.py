@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import BackupError, DamagedArtifact
+from .secrets import redact_data
 from .storage import Storage
 
 MANIFEST_NAME = "manifest.json"
@@ -79,7 +80,8 @@ class Manifest:
         return dict(self.data.get("contents", {}).get("tables", {}))
 
     def to_json(self) -> bytes:
-        return json.dumps(self.data, indent=2, sort_keys=False).encode() + b"\n"
+        """The stored form, with every registered secret masked in its strings (digests stay as they are)."""
+        return json.dumps(redact_data(self.data), indent=2, sort_keys=False).encode() + b"\n"
 
 
 def series_prefix(kind: str, source: str, cadence: str) -> str:

@@ -18,9 +18,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import BackupError, ConfigurationError, PermanentError, pg_error_type
-from .secrets import redact_text
+from .secrets import parse_credentials, redact_text, register_secret, register_url
 
-_SCHEMES = ("postgresql://", "postgres://")
+_EXAMPLE = "postgresql://user:password@host:5432/dbname"
 
 
 @dataclass(frozen=True)
@@ -32,30 +32,40 @@ class PgConnection:
 
     @classmethod
     def from_url(cls, url: str, variable: str = "DATABASE_URL") -> PgConnection:
+        """Parse a `postgresql://` URL (or libpq `key=value` settings). Errors name `variable` and the fix and
+        never repeat the password, however the URL is mistyped; the password is registered for redaction."""
         url = (url or "").strip()
         if not url:
-            raise ConfigurationError(variable, "is not set", "set it to postgresql://user:password@host:5432/dbname")
+            raise ConfigurationError(variable, "is not set", f"set it to {_EXAMPLE}")
+        register_url(url)
         # SQLAlchemy-style URLs (postgresql+asyncpg://) name a Python driver; libpq wants the plain scheme.
         url = re.sub(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", r"\1://", url)
-        if not url.startswith(_SCHEMES) and "=" not in url:
-            raise ConfigurationError(
-                variable,
-                f"{redact_text(url)!r} is not a PostgreSQL URL",
-                "use postgresql://user:password@host:5432/dbname",
+        keywords = "://" not in url and re.match(r"[A-Za-z_]+\s*=", url) is not None
+        credentials = None
+        if not keywords:
+            credentials = parse_credentials(
+                url, variable, kind="PostgreSQL", schemes=("postgresql", "postgres"), example=_EXAMPLE
             )
+            register_secret(credentials.password)
+            register_secret(credentials.raw_password)
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(
-                variable,
-                f"cannot be parsed ({redact_text(str(exc))})",
-                "use postgresql://user:password@host:5432/dbname",
-            ) from None
+            # libpq quotes the whole string back; after parse_credentials a URL's password is known and masked,
+            # but key=value settings may be broken anywhere, so nothing of them is repeated.
+            if credentials is None:
+                raise ConfigurationError(
+                    variable, "cannot be parsed as key=value settings", "quote values holding spaces: password='a b'"
+                ) from None
+            found = redact_text(str(exc).strip(), (credentials.password, credentials.raw_password))
+            raise ConfigurationError(variable, f"cannot be parsed ({found})", f"use {_EXAMPLE}") from None
         password = params.pop("password", None)
-        if not re.fullmatch(r"\d{1,5}", params.get("port", "5432")):  # `port` below and display() need one number
-            raise ConfigurationError(
-                variable, f"port {params['port']!r} is not a single port number", "use ...@host:5432/dbname"
-            )
+        register_secret(password)
+        port = params.get("port", "5432")
+        if not re.fullmatch(r"\d{1,5}", port):  # `port` below and display() need one number
+            # After the user-info part the port cannot hold the password; without one it might (`user:PASSWORD`).
+            shown = f"port {port!r}" if keywords or (credentials and credentials.present) else "the port"
+            raise ConfigurationError(variable, f"{shown} is not a single port number", "use ...@host:5432/dbname")
         if not params.get("dbname"):
             raise ConfigurationError(variable, "names no database", "append the database name: ...:5432/dbname")
         return cls(params, password)
@@ -80,9 +90,11 @@ class PgConnection:
         return replace(self, params={**self.params, "dbname": dbname})
 
     def display(self) -> str:
-        """`postgresql://user@host:port/db`: safe for logs, metadata and manifests."""
+        """`postgresql://user@host:port/db` from the parsed parts (never from the URL as written): safe for logs,
+        metadata and manifests."""
         user = f"{self.user}@" if self.user else ""
-        return f"postgresql://{user}{self.host}:{self.port}/{self.dbname}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{user}{host}:{self.port}/{self.dbname}"
 
     def url_with_password(self) -> str:
         """A full URL for a child process that expects DATABASE_URL (never for logs: use display())."""

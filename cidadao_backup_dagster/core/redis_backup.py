@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 import zstandard
@@ -28,7 +28,7 @@ from .errors import BackupError, ConfigurationError, PermanentError
 from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .redis_rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
-from .secrets import redact_text
+from .secrets import parse_credentials, redact_text, register_secret, register_url
 from .storage import MiB, Storage
 
 log = logging.getLogger(__name__)
@@ -66,20 +66,22 @@ class RedisEndpoint:
         url = (url or "").strip()
         if not url:
             raise ConfigurationError(variable, "is not set", f"set it to the Redis to back up: {URL_HELP}")
+        register_url(url)
+        credentials = parse_credentials(
+            url, variable, kind="Redis", schemes=("redis", "rediss"), example="redis://[user:password@]host:6379[/db]"
+        )
+        register_secret(credentials.password)
+        register_secret(credentials.raw_password)
         try:
             parts = urlsplit(url)
             port = parts.port or 6379
-        except ValueError as exc:
-            raise ConfigurationError(variable, f"cannot be parsed ({redact_text(str(exc))})", URL_HELP) from None
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigurationError(
-                variable, f"unsupported scheme {parts.scheme or '(none)'!r} in {redact_text(url)!r}", URL_HELP
-            )
+        except ValueError:
+            raise ConfigurationError(variable, "cannot be parsed: its port is not a number", URL_HELP) from None
         if not parts.hostname:
             raise ConfigurationError(variable, "names no host", URL_HELP)
         path = parts.path.strip("/")
         if path and not path.isdigit():
-            raise ConfigurationError(variable, f"database {path!r} is not a number", "end the URL with /0 (or none)")
+            raise ConfigurationError(variable, "names a database that is not a number", "end the URL with /0 (or none)")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         reqs = query.get("ssl_cert_reqs", "required").lower()
         if reqs not in ("required", "optional", "none"):
@@ -88,9 +90,9 @@ class RedisEndpoint:
             host=parts.hostname,
             port=port,
             db=int(path or 0),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            tls=parts.scheme == "rediss",
+            username=credentials.user,
+            password=credentials.password,
+            tls=parts.scheme.lower() == "rediss",
             ssl_cert_reqs=reqs,
             ssl_ca_certs=query.get("ssl_ca_certs"),
             ssl_check_hostname=query.get("ssl_check_hostname", "true").lower() not in ("false", "0", "no")
@@ -106,8 +108,10 @@ class RedisEndpoint:
         return f"{self.host}:{self.port}"
 
     def display(self) -> str:
+        """`redis://user@host:port/db` from the parsed parts (never from the URL as written): safe to print."""
         user = f"{self.username}@" if self.username else ""
-        return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/{self.db}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{user}{host}:{self.port}/{self.db}"
 
     def redact(self, text: str) -> str:
         return redact_text(text, [self.password] if self.password else [])

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from .errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
+from .secrets import has_credentials
 
 MiB = 1024 * 1024
 # S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.
@@ -521,18 +522,31 @@ def storage_from_url(
     s3_client_factory: Callable[[], Any] | None = None,
     part_size: int = DEFAULT_PART_SIZE,
 ) -> Storage:
-    """Build a Storage from `s3://bucket/prefix` or `file:///path`; errors name `variable`."""
+    """Build a Storage from `s3://bucket/prefix` or `file:///path`; errors name `variable` and never repeat
+    credentials (a storage URL takes none)."""
     url = (url or "").strip()
     if not url:
         raise ConfigurationError(variable, "is empty", "set it to s3://bucket/prefix or file:///absolute/path")
-    parts = urlsplit(url)
+    if has_credentials(url):
+        raise ConfigurationError(
+            variable,
+            "carries credentials (user:password@)",
+            "remove them: storage URLs hold none. S3 reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an "
+            "S3-compatible service also AWS_ENDPOINT_URL, without credentials); file:// needs none",
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(
+            variable, "cannot be parsed", "use s3://bucket/prefix or file:///absolute/path"
+        ) from None
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(
-                variable, f"file URL {url!r} names host {parts.netloc!r}", "use three slashes: file:///absolute/path"
+                variable, f"the file URL names host {parts.netloc!r}", "use three slashes: file:///absolute/path"
             )
         if not parts.path.startswith("/"):
-            raise ConfigurationError(variable, f"{url!r} is not an absolute path", "use file:///absolute/path")
+            raise ConfigurationError(variable, f"{parts.path!r} is not an absolute path", "use file:///absolute/path")
         return LocalStorage(unquote(parts.path))
     if parts.scheme == "s3":
         bucket = parts.netloc
@@ -547,7 +561,7 @@ def storage_from_url(
         return S3Storage(s3_client_factory(), bucket, unquote(parts.path), part_size=part_size)
     raise ConfigurationError(
         variable,
-        f"unsupported scheme {parts.scheme or '(none)'!r} in {url!r}",
+        f"unsupported scheme {parts.scheme or '(none)'!r}",
         "use s3://bucket/prefix (AWS S3, Supabase Storage, MinIO, R2) or file:///absolute/path",
     )
 

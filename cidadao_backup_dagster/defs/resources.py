@@ -16,6 +16,13 @@ from ..core.lateness import parse_grace
 from ..core.pg_backup import BackupSettings, safe_name
 from ..core.postgres import PgConnection
 from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
+from ..core.secrets import (
+    has_credentials,
+    install_log_redaction,
+    register_environment,
+    register_file,
+    register_secret,
+)
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
 from ..core.storage import MiB, S3Storage, Storage, sse_arguments, storage_from_url
 
@@ -78,6 +85,12 @@ class BackupStorage(dg.ConfigurableResource):
     def open(self) -> Storage:
         if not self.url:
             raise ConfigurationError(self.variable, "is not set", self.missing_hint or "set s3://bucket/prefix")
+        if self.url.startswith("s3://") and self.s3.endpoint_url and has_credentials(self.s3.endpoint_url):
+            raise ConfigurationError(
+                "AWS_ENDPOINT_URL",
+                "carries credentials (user:password@)",
+                "remove them: give the key in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            )
         url = f"{self.url.rstrip('/')}/{self.prefix.strip('/')}" if self.prefix.strip("/") else self.url
         sse_arguments(self.s3_sse, self.s3_sse_kms_key_id, self.sse_variable)  # a bad setting fails on any URL
         storage = storage_from_url(
@@ -162,6 +175,7 @@ class BackupEncryption(dg.ConfigurableResource):
         return {"format": "age-encryption.org/v1", "recipients": [fingerprint(r) for r in recipients]}
 
     def identities(self) -> list | None:
+        register_file(self.identity_file)
         return load_identities(self.identity_file) if self.identity_file else None
 
 
@@ -193,6 +207,7 @@ class RecoverySettings(dg.ConfigurableResource):
     def server(self, url: str, source: PgConnection, variable: str) -> PgConnection:
         """A server to restore onto: `url` (its database part is only used to connect), else the source's.
         The source's password is reused on the source's own host and port."""
+        register_secret(self.target_password)
         if not url:
             return source.with_dbname("postgres")
         if "/" not in url.split("://", 1)[-1]:
@@ -253,6 +268,7 @@ class RedisSource(dg.ConfigurableResource):
 
     def target(self, url: str) -> RedisEndpoint:
         """A restore/flush target: `url` from run config (no password there; REDIS_TARGET_PASSWORD), else REDIS_URL."""
+        register_secret(self.target_password)
         if not url.strip():
             return self.endpoint()
         target = RedisEndpoint.from_url(
@@ -303,6 +319,7 @@ class AlertSettings(dg.ConfigurableResource):
     def channels(self) -> Channels:
         """The configured channels; a half-configured Slack or a malformed URL is a ConfigurationError."""
         token, channel = self.slack.token.strip(), self.slack_channel.strip()
+        self.secrets()  # registers the token and the webhook URL for redaction
         if token and not channel:
             raise ConfigurationError("SLACK_CHANNEL", "is not set but SLACK_BOT_TOKEN is", "set #channel or its id")
         if channel and not token:
@@ -330,7 +347,11 @@ class AlertSettings(dg.ConfigurableResource):
         )
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.slack.token.strip(), self.webhook_url.strip()) if s)
+        """The Slack token and the webhook URL (registered for redaction as well)."""
+        found = tuple(s for s in (self.slack.token.strip(), self.webhook_url.strip()) if s)
+        for secret in found:
+            register_secret(secret)
+        return found
 
     def link(self, path: str) -> str | None:
         return f"{self.dagster_url.rstrip('/')}/{path.lstrip('/')}" if self.dagster_url.strip() else None
@@ -340,6 +361,10 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
     """Shared resources, and per source of `sources` (default: one from DATABASE_URL and one from REDIS_URL)
     its connection and its storage (the shared URLs with the source's storage_prefix)."""
     sources = sources or Sources()
+    # Every secret of the environment is known before anything runs: whatever message carries one masks it.
+    register_environment(os.environ)
+    register_file(os.getenv("BACKUP_AGE_IDENTITY_FILE"))
+    install_log_redaction()
     s3 = S3Resource(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
         region_name=env_or("AWS_DEFAULT_REGION", env_or("AWS_REGION", None)),

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError, is_permanent
+from ...core.errors import BackupError, ConfigurationError
 from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
 from ...core.manifest import Manifest
 from ...core.pipeline import Progress
 from ...core.storage import MiB
+from ..failures import failure
 from ..partitions import WEEKLY, SnapshotConfig, guard_late
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
 from ..retry import retry_policy
@@ -145,7 +146,7 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
             settings = export_policy.settings()
             stage, encryption_info = encryption.stage(), encryption.manifest_entry()
         except ConfigurationError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+            raise failure(exc, allow_retries=False) from None
         series = export_spec.series(conn.dbname, spec.cadence)
         keys = list(context.partition_keys)
         late = {}
@@ -202,11 +203,11 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
                 on_partition=done,
             )
         except ExportSchemaError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot create a column
+            raise failure(exc, allow_retries=False) from None  # retrying cannot create a column
         except ConfigurationError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+            raise failure(exc, allow_retries=False) from None
         except BackupError as exc:  # a missing bucket or a denied write is not retried; a 5xx is
-            raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
+            raise failure(exc) from None
         if len(manifests) == 1:
             (manifest,) = manifests
             return dg.MaterializeResult(

@@ -4,12 +4,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError, is_permanent
+from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import Manifest, Series, series_prefix
 from ...core.pg_backup import backup_postgres
 from ...core.pipeline import Progress
 from ...core.storage import MiB
 from ..audit import audited
+from ..failures import failure
 from ..partitions import DAILY, WEEKLY, SnapshotConfig, guard_late, late_metadata
 from ..resources import BackupStorage, PostgresSource
 from ..retry import retry_policy
@@ -109,7 +110,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
             settings = backup_policy.settings(postgres_source)
             stage, encryption_info = encryption.stage(), encryption.manifest_entry()
         except ConfigurationError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+            raise failure(exc, allow_retries=False) from None
         series = series_for(spec, postgres_source)
         partition = context.partition_key
         context.log.info(f"Backing up {conn.display()} into {storage.uri(series + '/' + partition)}/")
@@ -139,7 +140,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
                     on_progress=progress,
                 )
             except BackupError as exc:
-                raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
+                raise failure(exc) from None
             audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
         context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
         return dg.MaterializeResult(
