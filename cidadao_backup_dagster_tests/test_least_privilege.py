@@ -336,6 +336,7 @@ def test_backup_worker_without_put_object_fails_naming_it_and_stores_nothing(ide
     result, failure = run("postgres_daily_backup_job", partition=PARTITION)
     assert not result.success
     assert "AccessDenied" in failure and "PutObject" in failure, failure
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]  # denied is permanent
     assert identity.s3.keys(BUCKET, prefix) == []
 
 
@@ -350,11 +351,6 @@ def test_backup_worker_without_get_object_cannot_publish_a_backup(identity):
     assert valid_manifests(S3Storage(identity.s3.s3, BUCKET, prefix), SERIES) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/storage.py S3Storage.check_writable reports a denied HeadBucket as 'error 403' with a fix about "
-    "the bucket name and key pair, without naming s3:ListBucket",
-)
 def test_backup_worker_without_list_bucket_fails_naming_it(identity):
     prefix = new_prefix()
     identity.use("backup-worker", prefix, without=("s3:ListBucket",))

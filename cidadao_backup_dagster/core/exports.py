@@ -48,7 +48,7 @@ from .manifest import Manifest, data_object_name, iso, partition_prefix, publish
 from .pg_backup import safe_name
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .postgres import PgConnection
-from .storage import MiB, Storage
+from .storage import MiB, Storage, write_error_hint, write_error_type
 
 log = logging.getLogger(__name__)
 
@@ -460,9 +460,10 @@ def _stream_one(
                 f"Nothing was written to {storage.uri(key)}"
             ) from None
         if isinstance(exc, Exception) and not isinstance(exc, BackupError):
-            raise BackupError(
+            raise write_error_type(exc)(
                 f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
-                "the partial upload was removed and the previous export of this partition is untouched"
+                "the partial upload was removed and the previous export of this partition is untouched."
+                + write_error_hint(exc)
             ) from exc
         raise
 
@@ -472,9 +473,9 @@ def _stream_one(
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception):
-                raise BackupError(
+                raise write_error_type(exc)(
                     f"Committing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
-                    "the previous export of this partition is untouched"
+                    "the previous export of this partition is untouched." + write_error_hint(exc)
                 ) from exc
             raise
         finished_at = utc_now()

@@ -16,7 +16,7 @@ from .errors import BackupError, PermanentError
 from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .postgres import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
-from .storage import MiB, Storage
+from .storage import MiB, Storage, write_error_hint, write_error_type
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ def backup_postgres(
             writer.abort()
             if isinstance(exc, Exception) and not isinstance(exc, BackupError):
                 # Storage and driver errors arrive as botocore/OS exceptions: say where and that nothing stayed.
-                raise BackupError(
+                raise write_error_type(exc)(
                     f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
-                    "the partial upload was removed and earlier backups are untouched"
+                    "the partial upload was removed and earlier backups are untouched." + write_error_hint(exc)
                 ) from exc
             raise
     finally:

@@ -29,7 +29,7 @@ from .manifest import Manifest, data_object_name, iso, partition_prefix, publish
 from .pipeline import EncryptionStage, Progress, stream_to_writer
 from .redis_rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
 from .secrets import parse_credentials, redact_text, register_secret, register_url
-from .storage import MiB, Storage
+from .storage import MiB, Storage, write_error_hint, write_error_type
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]
@@ -538,9 +538,9 @@ def backup_redis(
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, Exception) and not isinstance(exc, BackupError):
-            raise BackupError(
+            raise write_error_type(exc)(
                 f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {endpoint.redact(str(exc))}); "
-                "the partial upload was removed and earlier snapshots are untouched"
+                "the partial upload was removed and earlier snapshots are untouched." + write_error_hint(exc)
             ) from exc
         if isinstance(exc, BackupError):
             raise type(exc)(f"{exc}. Nothing was stored; earlier snapshots are untouched") from None

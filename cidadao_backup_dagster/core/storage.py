@@ -419,8 +419,14 @@ class S3Storage(Storage):
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
-            # A missing bucket or a denied HEAD needs a person; a 5xx after botocore's retries may pass.
-            error = PermanentError if code in ("404", "NoSuchBucket", "403", "AccessDenied") else BackupError
+            if code in ("403", "AccessDenied"):
+                raise PermanentError(
+                    f"S3 bucket {self.bucket!r} refused HeadBucket (access denied): these credentials lack "
+                    f"s3:ListBucket on arn:aws:s3:::{self.bucket} (HeadBucket is authorised as ListBucket). Fix: grant "
+                    "it (docs/least-privilege.md), or check the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY pair."
+                ) from None
+            # A missing bucket needs a person; a 5xx after botocore's retries may pass.
+            error = PermanentError if code in ("404", "NoSuchBucket") else BackupError
             raise error(
                 f"S3 bucket {self.bucket!r} is not usable (error {code}). Fix: create the bucket, or check "
                 "BACKUP_STORAGE_URL, AWS_ENDPOINT_URL and the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY pair."
@@ -496,6 +502,21 @@ def _local_read_error(uri: str, exc: OSError) -> StorageReadError:
     error = StorageAccessDenied if isinstance(exc, PermissionError) else StorageReadError
     return error(f"{uri} cannot be read ({exc.strerror or type(exc).__name__}). Fix: check the folder's permissions "
                  "and the disk; nothing was treated as missing")  # fmt: skip
+
+
+_DENIED = ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "KMS.AccessDenied")
+
+
+def write_error_type(exc: BaseException) -> type[BackupError]:
+    """A write refused for want of a permission (or a bucket) will be refused again: not worth a retry."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+    return PermanentError if code in _DENIED else BackupError
+
+
+def write_error_hint(exc: BaseException) -> str:
+    if write_error_type(exc) is PermanentError:
+        return " Fix: grant s3:PutObject and s3:AbortMultipartUpload on this prefix (docs/least-privilege.md)."
+    return ""
 
 
 def _s3_read_error(uri: str, exc: Exception) -> StorageReadError:
