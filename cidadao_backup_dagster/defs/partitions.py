@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ..core.errors import ConfigurationError, RefusedError
 from ..core.lateness import Lateness, check_late
+from .failures import failure
 
 START_VARIABLE = "BACKUP_PARTITIONS_START"
 DEFAULT_START = "2026-11-01"  # the release that introduced it; deployments set their own go-live date
@@ -53,7 +54,7 @@ def guard_late(context, partition_key: str, cadence: str, backup_policy, config:
             allow_late=config.allow_late, what=what,
         )  # fmt: skip
     except (RefusedError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
+        raise failure(exc, allow_retries=False) from exc
     if lateness.late:
         context.log.warning(
             f"Partition {partition_key} is late (ended {window.end:%Y-%m-%d %H:%M} UTC) and allowed on purpose: "

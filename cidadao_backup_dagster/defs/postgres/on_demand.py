@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from ...core.errors import BackupError, ConfigurationError, is_permanent
+from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import Series, series_prefix
 from ...core.pg_backup import backup_postgres
 from ...core.verify import verify_pg_artifact
 from ..audit import audited
+from ..failures import failure
 from ..resources import PostgresSource
 from ..sources import PgBinding
 from .assets import backup_metadata
@@ -46,7 +47,7 @@ def build_on_demand_job(binding: PgBinding) -> dg.JobDefinition:
             stage, info = resources.encryption.stage(), resources.encryption.manifest_entry()
             identities = resources.encryption.identities()
         except ConfigurationError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+            raise failure(exc, allow_retries=False) from None
         series = on_demand_series(source)
         # A label that cannot lie: the moment the run started, to the second (the manifest has the snapshot time).
         label = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -58,7 +59,7 @@ def build_on_demand_job(binding: PgBinding) -> dg.JobDefinition:
                     extra={"dagster_run_id": context.run.run_id, "on_demand": True, "reason": config.reason},
                 )  # fmt: skip
             except BackupError as exc:
-                raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
+                raise failure(exc) from None
             verified = verify_pg_artifact(storage, manifest, pg_bin_dir=source.bin_dir, identities=identities)
             if not verified.ok:
                 raise dg.Failure(f"The on-demand backup did not verify: {'; '.join(verified.problems)}")

@@ -8,6 +8,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
+from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import PostgresSource
 from ..schedules import latest_partition_schedule, source_asset_job
@@ -48,7 +49,7 @@ def _drill(context, binding: PgBinding) -> dict:
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
 
 
 def _report(binding: PgBinding, resources, partition: str):

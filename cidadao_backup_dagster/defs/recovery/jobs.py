@@ -14,6 +14,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.pg_recover import recover_rows as recover_rows_core
 from ...core.pg_restore import restore_backup, select_backup
 from ..audit import audit_storage, audited
+from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
 from ..postgres.on_demand import on_demand_series
 from ..resources import PostgresSource
@@ -165,7 +166,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
     context.log.info(f"Restore verified: {result.tables} tables, {result.rows:,} rows in {result.total_seconds:.1f} s")
     if result.replaced_database:
         context.log.warning(
@@ -245,7 +246,7 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
     if result.dry_run:
         context.log.info(
             f"DRY RUN: {result.matched_in_backup} rows match in backup {result.partition}; {result.would_insert} are "

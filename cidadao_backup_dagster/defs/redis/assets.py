@@ -3,12 +3,13 @@
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError, is_permanent
+from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import Manifest, series_prefix
 from ...core.pipeline import Progress
 from ...core.redis_backup import backup_redis, partition_segment, safe_name
 from ...core.storage import MiB
 from ..audit import audited
+from ..failures import failure
 from ..partitions import HOURLY, SnapshotConfig, guard_late, late_metadata
 from ..resources import RedisSource
 from ..retry import retry_policy
@@ -83,7 +84,7 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
         settings = redis_source.settings(backup_policy.zstd_level)
         stage, encryption_info = encryption.stage(), encryption.manifest_entry()
     except ConfigurationError as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
     series = redis_series(redis_source)
     partition = context.partition_key
     context.log.info(
@@ -118,7 +119,7 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
                 warn=context.log.warning,
             )
         except BackupError as exc:  # credentials/permissions, a missing bucket: a retry would fail the same way
-            raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
+            raise failure(exc) from None
         audit.update(
             artifact=manifest.data["artifact"]["uri"],
             stored_sha256=manifest.stored_sha256,

@@ -15,6 +15,7 @@ from ...core.redis_backup import safe_name
 from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
+from ..failures import failure
 from ..resources import BackupStorage, RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
@@ -58,7 +59,7 @@ def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.Ma
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
     verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
     context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
     return dg.MaterializeResult(

@@ -6,11 +6,12 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from ...core.errors import BackupError, ConfigurationError, is_permanent
+from ...core.errors import BackupError, ConfigurationError
 from ...core.manifest import series_prefix
 from ...core.redis_backup import safe_name
 from ...core.redis_restore import confirm_flush, flush_all, restore_snapshot, select_snapshot, snapshot_before_flush
 from ..audit import audit_storage, audited
+from ..failures import failure
 from ..resources import RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
@@ -164,7 +165,7 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
             say=context.log.info,
         )
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+        raise failure(exc, allow_retries=False) from None
     if not result.ok:
         raise dg.Failure(
             f"Restored into {result.target} but key counts differ from the snapshot: {'; '.join(result.mismatches)}",
@@ -209,7 +210,7 @@ def _flush(context, config: FlushRedisConfig, binding, resources) -> dg.Output:
             )  # fmt: skip
         before = flush_all(target, config.confirm_target)
     except (BackupError, ConfigurationError) as exc:
-        raise dg.Failure(str(exc), allow_retries=not is_permanent(exc)) from None
+        raise failure(exc) from None
     total = sum(before.values())
     context.log.info(f"FLUSHALL on {target.display()}: {total:,} keys removed; the application repopulates the cache")
     return dg.Output(
