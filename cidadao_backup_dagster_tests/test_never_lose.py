@@ -8,10 +8,8 @@ policies, never from mocks of the code under test.
 - On an Object Lock bucket nothing is ever overwritten: every key has exactly one version.
 """
 
-import json
 import multiprocessing
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -30,6 +28,7 @@ from cidadao_backup_dagster.core.storage import LocalStorage, S3Storage
 from cidadao_backup_dagster.core.verify import verify_pg_artifact
 
 from .conftest import MOTO_REGION, MotoServer, make_s3_client, unique_name
+from .iam_fixtures import create_user, enforce_iam
 from .test_retention import _put
 
 INTERNAL_ERROR = b"<?xml version='1.0'?><Error><Code>InternalError</Code><Message>boom</Message></Error>"
@@ -146,21 +145,7 @@ def _iam_reader_keys(endpoint: str) -> tuple[str, str]:
         {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:DeleteObject", "s3:PutObject"], "Resource": "*"},
         {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"},
     ]}  # fmt: skip
-    iam.create_user(UserName="retention")
-    iam.put_user_policy(UserName="retention", PolicyName="no-get", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="retention")["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
-
-
-def _enforce_iam(endpoint: str, on: bool) -> None:
-    """moto's server enforces IAM policies after INITIAL_NO_AUTH_ACTION_COUNT requests; 0 = from now on."""
-    request = urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth",
-        data=b"0" if on else b"inf",
-        method="POST",
-        headers={"Content-Type": "text/plain"},
-    )  # not a form: moto reads the raw body
-    urllib.request.urlopen(request, timeout=10).close()
+    return create_user(iam, "retention", policy)
 
 
 def test_retention_with_access_denied_deletes_nothing(retention_env, monkeypatch, tmp_path):
@@ -173,7 +158,7 @@ def test_retention_with_access_denied_deletes_nothing(retention_env, monkeypatch
         seed_history(S3Storage(admin, bucket, "ret"), series, now)
         before = bucket_keys(admin, bucket)
         key_id, secret = _iam_reader_keys(server.endpoint)
-        _enforce_iam(server.endpoint, True)
+        enforce_iam(server.endpoint, True)
         reader = boto3.client("s3", endpoint_url=server.endpoint, region_name=MOTO_REGION,
                               aws_access_key_id=key_id, aws_secret_access_key=secret)  # fmt: skip
         assert len(S3Storage(reader, bucket, "ret").list_keys(f"{series}/")) == 20  # the listing is allowed
@@ -189,7 +174,7 @@ def test_retention_with_access_denied_deletes_nothing(retention_env, monkeypatch
         result, failure, logs = run_retention()
         assert not result.success
         assert "postgres_daily (StorageAccessDenied" in failure and "AccessDenied" in failure
-        _enforce_iam(server.endpoint, False)
+        enforce_iam(server.endpoint, False)
         assert bucket_keys(admin, bucket) == before
     finally:
         server.stop()
