@@ -150,10 +150,10 @@ OURS = textwrap.dedent(
     import json, sys, time
     from datetime import datetime, timedelta, UTC
     sys.path.insert(0, {repo!r})
-    from cidadao_backup_dagster.core.exports import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec
-    from cidadao_backup_dagster.core.exports import export_partitions, iter_days
-    from cidadao_backup_dagster.core.postgres import PgConnection
-    from cidadao_backup_dagster.core.storage import LocalStorage
+    from cidadao_backup_dagster.core.exports.export import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec
+    from cidadao_backup_dagster.core.exports.export import export_partitions, iter_days
+    from cidadao_backup_dagster.core.postgres.client import PgConnection
+    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
     conn = PgConnection.from_url({url!r})
     spec = ExportSpec("investigations", "jsonl", INVESTIGATIONS_COLUMNS, "created_at")
     start = datetime.fromisoformat({first!r}).replace(tzinfo=UTC)
@@ -186,9 +186,9 @@ def seed(url: str, out: Path, six_columns: bool) -> list[str]:
 
 
 def verify_ours(root: Path) -> dict:
-    from cidadao_backup_dagster.core.exports import inspect_export
-    from cidadao_backup_dagster.core.manifest import Manifest
-    from cidadao_backup_dagster.core.storage import LocalStorage
+    from cidadao_backup_dagster.core.artifacts.manifest import Manifest
+    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+    from cidadao_backup_dagster.core.exports.export import inspect_export
 
     storage = LocalStorage(root)
     problems, records = [], 0

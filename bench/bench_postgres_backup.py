@@ -1355,10 +1355,10 @@ def child_ours(argv: list[str]) -> int:
     a = p.parse_args(argv)
     cfg = OursConfig(**json.loads(a.config))
     sys.path.insert(0, str(REPO))
-    from cidadao_backup_dagster.core import pipeline
-    from cidadao_backup_dagster.core.pg_backup import BackupSettings, backup_postgres
-    from cidadao_backup_dagster.core.postgres import PgConnection
-    from cidadao_backup_dagster.core.storage import DEFAULT_PART_SIZE, LocalStorage, S3Storage
+    from cidadao_backup_dagster.core.artifacts import pipeline
+    from cidadao_backup_dagster.core.artifacts.storage import DEFAULT_PART_SIZE, LocalStorage, S3Storage
+    from cidadao_backup_dagster.core.postgres.backup import BackupSettings, backup_postgres
+    from cidadao_backup_dagster.core.postgres.client import PgConnection
 
     if cfg.chunk_mb is not None:  # bench-only experiment: the module constant the pipeline reads per call
         pipeline.CHUNK = int(cfg.chunk_mb * MiB)

@@ -219,8 +219,8 @@ def child_ours(url: str, partition_tag: str) -> None:
     sys.path.insert(0, str(REPO))
     import boto3
 
-    from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
-    from cidadao_backup_dagster.core.storage import S3Storage
+    from cidadao_backup_dagster.core.artifacts.storage import S3Storage
+    from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
 
     storage = S3Storage(boto3.client("s3"), BUCKET, prefix=partition_tag)
     m = backup_redis(
@@ -248,8 +248,8 @@ def child_verify(tag: str) -> None:
     sys.path.insert(0, str(REPO))
     import boto3
 
-    from cidadao_backup_dagster.core.redis_restore import select_snapshot, verify_redis_artifact
-    from cidadao_backup_dagster.core.storage import S3Storage
+    from cidadao_backup_dagster.core.artifacts.storage import S3Storage
+    from cidadao_backup_dagster.core.redis.restore import select_snapshot, verify_redis_artifact
 
     storage = S3Storage(boto3.client("s3"), BUCKET, prefix=tag)
     result = verify_redis_artifact(storage, select_snapshot(storage, "redis/bench/hourly"))
@@ -258,7 +258,7 @@ def child_verify(tag: str) -> None:
 
 def crc_throughput() -> float:
     sys.path.insert(0, str(REPO))
-    from cidadao_backup_dagster.core.redis_rdb import Crc64
+    from cidadao_backup_dagster.core.redis.rdb import Crc64
 
     data = os.urandom(64 * MiB)
     best = 1e9

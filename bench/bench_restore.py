@@ -78,10 +78,10 @@ def main() -> int:
     storage = work / "storage"
     work.mkdir(parents=True, exist_ok=True)
 
-    from cidadao_backup_dagster.core.manifest import valid_manifests
-    from cidadao_backup_dagster.core.pg_backup import backup_postgres
-    from cidadao_backup_dagster.core.postgres import PgConnection
-    from cidadao_backup_dagster.core.storage import LocalStorage
+    from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
+    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+    from cidadao_backup_dagster.core.postgres.backup import backup_postgres
+    from cidadao_backup_dagster.core.postgres.client import PgConnection
 
     store, series = LocalStorage(storage), f"postgres/{db}/daily"
     if not valid_manifests(store, series):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from .core.postgres import PgConnection
+from .core.postgres.client import PgConnection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS investigations (

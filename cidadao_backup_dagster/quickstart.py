@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .core.errors import BackupError, ConfigurationError
-    from .core.postgres import PgConnection
+    from .core.postgres.client import PgConnection
     from .demo import ensure_database, seed
 
     try:

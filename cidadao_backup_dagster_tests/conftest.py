@@ -31,7 +31,7 @@ import pytest
 from botocore.config import Config
 from psycopg import sql
 
-from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, MiB, S3Storage
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MOTO_ACCESS_KEY = "testing"
@@ -255,7 +255,7 @@ def storage(request, tmp_path):
 
 def manifest_paths(folder: Path) -> list[Path]:
     """A partition folder's manifests (one per run that published), oldest written first."""
-    from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, is_manifest_name
+    from cidadao_backup_dagster.core.artifacts.manifest import MANIFEST_NAME, is_manifest_name
 
     return sorted((p for p in Path(folder).iterdir() if is_manifest_name(p.name)),
                   key=lambda p: (p.name != MANIFEST_NAME, p.name))  # fmt: skip

@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cidadao_backup_dagster.core.alerts import (
+from cidadao_backup_dagster.core.errors import ConfigurationError
+from cidadao_backup_dagster.core.monitoring.alerts import (
     FORGET_AFTER_S,
     AlertDeliveryError,
     Channels,
@@ -18,7 +19,6 @@ from cidadao_backup_dagster.core.alerts import (
     parse_level,
     run_failure_alert,
 )
-from cidadao_backup_dagster.core.errors import ConfigurationError
 
 
 class Receiver:

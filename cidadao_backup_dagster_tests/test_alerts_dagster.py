@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 from dagster_slack import SlackResource
 
-from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 from cidadao_backup_dagster.defs.resources import AlertSettings

@@ -3,9 +3,9 @@ launched it and how it ended, including refusals and failures; no secret ever la
 
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.protection.audit import read_audit
 from cidadao_backup_dagster.demo import seed
 
 from .conftest import unique_name

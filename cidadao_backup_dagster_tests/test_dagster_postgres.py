@@ -12,9 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 from cidadao_backup_dagster.defs.sources import PG_DUMP_POOL

@@ -10,7 +10,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 from cidadao_backup_dagster.demo import seed

@@ -13,8 +13,11 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, read_manifest, valid_manifests
+from cidadao_backup_dagster.core.artifacts.pipeline import stream_to_writer
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import ConfigurationError
-from cidadao_backup_dagster.core.exports import (
+from cidadao_backup_dagster.core.exports.export import (
     INVESTIGATIONS_COLUMNS,
     ExportSchemaError,
     ExportSettings,
@@ -30,10 +33,7 @@ from cidadao_backup_dagster.core.exports import (
     row_count_verdict,
     schema_drift,
 )
-from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, valid_manifests
-from cidadao_backup_dagster.core.pipeline import stream_to_writer
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.demo import SCHEMA
 
 PASSWORD = "exp0rt-Pa55word"
@@ -456,8 +456,8 @@ def test_freshness_warns_after_48h_and_errors_after_7_days_judging_the_newest_pa
 
 
 def test_valid_manifests_limit_reads_only_the_newest(tmp_path, monkeypatch):
-    from cidadao_backup_dagster.core import manifest as manifest_module
-    from cidadao_backup_dagster.core.manifest import write_manifest
+    from cidadao_backup_dagster.core.artifacts import manifest as manifest_module
+    from cidadao_backup_dagster.core.artifacts.manifest import write_manifest
 
     storage = LocalStorage(tmp_path)
     for day in range(1, 11):
@@ -496,7 +496,7 @@ def test_parallel_gzip_is_one_standard_member_as_small_as_a_single_stream():
     import subprocess
     import zlib
 
-    from cidadao_backup_dagster.core.pipeline import GzipStreamWriter
+    from cidadao_backup_dagster.core.artifacts.pipeline import GzipStreamWriter
 
     payload = b"".join(json.dumps({"n": i, "q": f"consulta {i % 977} ação"}).encode() + b"\n" for i in range(150_000))
     outputs = {}
@@ -543,7 +543,7 @@ def test_read_ahead_hands_a_source_error_to_the_caller(tmp_path):
 def test_encrypted_export_is_verified_shallow_without_the_key_and_deep_with_it(source, tmp_path):
     from pyrage import decrypt, x25519
 
-    from cidadao_backup_dagster.core.crypto import encryption_stage
+    from cidadao_backup_dagster.core.artifacts.crypto import encryption_stage
 
     identity = x25519.Identity.generate()
     info = {"format": "age-encryption.org/v1", "recipients": ["age:test"]}

@@ -18,9 +18,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import HEALTH_CHECKS_JOB, build_defs
 from cidadao_backup_dagster.defs import exports
 from cidadao_backup_dagster.demo import SCHEMA, seed

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import valid_manifests
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.retention import Policy, inventory, plan_retention
-from cidadao_backup_dagster.core.storage import LocalStorage, S3Storage
-from cidadao_backup_dagster.core.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, S3Storage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.protection.retention import Policy, inventory, plan_retention
 from cidadao_backup_dagster.demo import seed
 
 from .conftest import free_port, unique_name, url_with_dbname

@@ -7,9 +7,14 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
-from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
-from cidadao_backup_dagster.core.report import class_health, default_targets, numeric_metadata, render_markdown
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.monitoring.report import (
+    class_health,
+    default_targets,
+    numeric_metadata,
+    render_markdown,
+)
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.postgres import daily_checks
 
@@ -98,7 +103,7 @@ def test_a_failed_or_slow_drill_and_checks_show_in_the_row(tmp_path):
     keys = history(storage, NOW)
     drill(storage, "postgres", DB, "2026-10-01", keys[0], seconds=10)
     drill(storage, "postgres", DB, "2026-11-01", keys[1], seconds=2400)  # newest: over the 30 min RTO
-    from cidadao_backup_dagster.core.report import CheckStatus
+    from cidadao_backup_dagster.core.monitoring.report import CheckStatus
 
     checks = [CheckStatus("integrity", True, "ERROR"), CheckStatus("size_deviation", False, "WARN", "2026-11-24")]
     row = class_health("postgres_daily", storage, PG, now=NOW, checks_for=lambda asset: checks)

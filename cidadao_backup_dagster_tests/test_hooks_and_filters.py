@@ -9,12 +9,12 @@ import dagster as dg
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import RefusedError
-from cidadao_backup_dagster.core.pg_recover import _count_matching, check_filter
-from cidadao_backup_dagster.core.pg_restore import hook_environment
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.recover import _count_matching, check_filter
+from cidadao_backup_dagster.core.postgres.restore import hook_environment
+from cidadao_backup_dagster.core.protection.audit import read_audit
 from cidadao_backup_dagster.definitions import build_defs
 
 from . import test_recovery

@@ -12,9 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cidadao_backup_dagster.core.artifacts.lateness import DEFAULT_GRACE_HOURS, check_late, parse_grace
 from cidadao_backup_dagster.core.errors import RefusedError
-from cidadao_backup_dagster.core.lateness import DEFAULT_GRACE_HOURS, check_late, parse_grace
-from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 
@@ -154,9 +154,9 @@ def test_a_cron_faster_than_the_partitions_does_not_rerun_the_same_period(env):
 
 
 def test_restore_selection_goes_by_snapshot_time_never_by_label(tmp_path):
-    from cidadao_backup_dagster.core.manifest import Manifest, iso, write_manifest
-    from cidadao_backup_dagster.core.pg_restore import select_backup
-    from cidadao_backup_dagster.core.storage import LocalStorage
+    from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
+    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+    from cidadao_backup_dagster.core.postgres.restore import select_backup
 
     storage, series = LocalStorage(tmp_path), "postgres/cidadao/daily"
 

@@ -20,9 +20,9 @@ import pytest
 from botocore.exceptions import ClientError
 from psycopg import sql
 
-from cidadao_backup_dagster.core.manifest import valid_manifests
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import S3Storage
+from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
+from cidadao_backup_dagster.core.artifacts.storage import S3Storage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 

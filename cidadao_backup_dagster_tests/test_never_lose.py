@@ -17,15 +17,15 @@ import boto3
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
+from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, read_manifest, valid_manifests
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, S3Storage
 from cidadao_backup_dagster.core.errors import StorageAccessDenied, StorageReadError
-from cidadao_backup_dagster.core.manifest import all_valid_manifests, read_manifest, valid_manifests
-from cidadao_backup_dagster.core.pg_backup import backup_postgres
-from cidadao_backup_dagster.core.pg_restore import restore_backup
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.retention import Policy, delete_artifact, inventory, plan_retention
-from cidadao_backup_dagster.core.storage import LocalStorage, S3Storage
-from cidadao_backup_dagster.core.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.postgres.backup import backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.restore import restore_backup
+from cidadao_backup_dagster.core.postgres.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.protection.audit import read_audit
+from cidadao_backup_dagster.core.protection.retention import Policy, delete_artifact, inventory, plan_retention
 
 from .conftest import MOTO_REGION, MotoServer, make_s3_client, unique_name
 from .iam_fixtures import create_user, enforce_iam

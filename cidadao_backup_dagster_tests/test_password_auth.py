@@ -12,12 +12,12 @@ import tempfile
 import psycopg
 import pytest
 
+from cidadao_backup_dagster.core.artifacts.manifest import list_partitions
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError
-from cidadao_backup_dagster.core.manifest import list_partitions
-from cidadao_backup_dagster.core.pg_backup import backup_postgres
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
-from cidadao_backup_dagster.core.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.postgres.backup import backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.verify import verify_pg_artifact
 
 from .conftest import free_port
 

@@ -18,9 +18,7 @@ import pytest
 import zstandard
 from botocore.exceptions import EndpointConnectionError
 
-from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
-from cidadao_backup_dagster.core.health import freshness_verdict, size_verdict
-from cidadao_backup_dagster.core.manifest import (
+from cidadao_backup_dagster.core.artifacts.manifest import (
     Manifest,
     all_valid_manifests,
     is_present,
@@ -29,11 +27,13 @@ from cidadao_backup_dagster.core.manifest import (
     valid_manifests,
     write_manifest,
 )
-from cidadao_backup_dagster.core.pg_backup import BackupSettings, backup_postgres
-from cidadao_backup_dagster.core.pg_restore import restore_backup
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, Storage
-from cidadao_backup_dagster.core.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, MiB, S3Storage, Storage
+from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
+from cidadao_backup_dagster.core.monitoring.health import freshness_verdict, size_verdict
+from cidadao_backup_dagster.core.postgres.backup import BackupSettings, backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.restore import restore_backup
+from cidadao_backup_dagster.core.postgres.verify import verify_pg_artifact
 
 from .conftest import MotoServer, make_s3_client, unique_name, url_with_dbname, url_with_password
 from .pg_schema import compare_databases, create_object_kinds, table_row_counts

@@ -6,8 +6,8 @@ import threading
 
 import zstandard
 
-from cidadao_backup_dagster.core.pipeline import stream_to_writer
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.pipeline import stream_to_writer
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 
 
 class StallingSource(io.RawIOBase):

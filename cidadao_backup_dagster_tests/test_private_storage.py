@@ -17,9 +17,9 @@ import dagster as dg
 import pytest
 from botocore.stub import Stubber
 
-from cidadao_backup_dagster.core.audit import AuditRecord, write_audit
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, MiB, S3Storage, sse_arguments
 from cidadao_backup_dagster.core.errors import ConfigurationError, PermanentError
-from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, sse_arguments
+from cidadao_backup_dagster.core.protection.audit import AuditRecord, write_audit
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.resources import build_resources
 
@@ -87,7 +87,7 @@ def test_a_folder_the_operator_made_keeps_its_mode_with_a_warning(tmp_path, capl
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o755)
-    caplog.set_level(logging.WARNING, logger="cidadao_backup_dagster.core.storage")
+    caplog.set_level(logging.WARNING, logger="cidadao_backup_dagster.core.artifacts.storage")
     storage = LocalStorage(shared)
     storage.check_writable()
     storage.check_writable()  # once per folder and process

@@ -3,9 +3,9 @@
 import dagster as dg
 import pytest
 
+from cidadao_backup_dagster.core.artifacts.storage import S3Storage
 from cidadao_backup_dagster.core.errors import BackupError
-from cidadao_backup_dagster.core.lifecycle import desired_rules
-from cidadao_backup_dagster.core.storage import S3Storage
+from cidadao_backup_dagster.core.protection.lifecycle import desired_rules
 from cidadao_backup_dagster.definitions import build_defs
 
 

@@ -13,13 +13,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
+from cidadao_backup_dagster.core.artifacts.manifest import iso
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError
-from cidadao_backup_dagster.core.manifest import iso
-from cidadao_backup_dagster.core.pg_restore import replaced_name, swap_into_place
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.scratch import STAGING_PREFIX, scratch_name
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.restore import replaced_name, swap_into_place
+from cidadao_backup_dagster.core.protection.audit import read_audit
+from cidadao_backup_dagster.core.protection.scratch import STAGING_PREFIX, scratch_name
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 

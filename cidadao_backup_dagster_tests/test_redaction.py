@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 
-from cidadao_backup_dagster.core.alerts import Channels, deliver, run_failure_alert
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest
+from cidadao_backup_dagster.core.artifacts.storage import storage_from_url
 from cidadao_backup_dagster.core.errors import ConfigurationError
-from cidadao_backup_dagster.core.manifest import Manifest
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.redis_backup import RedisEndpoint
+from cidadao_backup_dagster.core.monitoring.alerts import Channels, deliver, run_failure_alert
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.redis.backup import RedisEndpoint
 from cidadao_backup_dagster.core.secrets import (
     MASK,
     install_log_redaction,
@@ -25,7 +26,6 @@ from cidadao_backup_dagster.core.secrets import (
     registered_secrets,
     url_password_candidates,
 )
-from cidadao_backup_dagster.core.storage import storage_from_url
 
 from .test_alerts_core import Receiver
 

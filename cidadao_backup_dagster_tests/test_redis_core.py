@@ -13,17 +13,18 @@ from datetime import UTC, datetime
 import pytest
 import zstandard
 
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, read_manifest, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
-from cidadao_backup_dagster.core.manifest import Manifest, read_manifest, write_manifest
-from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
-from cidadao_backup_dagster.core.redis_health import (
+from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
+from cidadao_backup_dagster.core.redis.health import (
     Persistence,
     last_save_verdict,
     persistence_config_verdict,
     persistence_incident,
     read_persistence,
 )
-from cidadao_backup_dagster.core.redis_rdb import (
+from cidadao_backup_dagster.core.redis.rdb import (
     Crc64,
     RdbVerifier,
     check_logical_stream,
@@ -31,7 +32,7 @@ from cidadao_backup_dagster.core.redis_rdb import (
     crc64_py,
     dump_payload_ok,
 )
-from cidadao_backup_dagster.core.redis_restore import (
+from cidadao_backup_dagster.core.redis.restore import (
     _copy_into_throwaway,
     _records_from_logical,
     copy_records,
@@ -41,7 +42,6 @@ from cidadao_backup_dagster.core.redis_restore import (
     select_snapshot,
     verify_redis_artifact,
 )
-from cidadao_backup_dagster.core.storage import LocalStorage
 
 pytest.register_assert_rewrite("cidadao_backup_dagster_tests.redis_fixtures")
 

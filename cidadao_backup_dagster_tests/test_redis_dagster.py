@@ -13,10 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
-from cidadao_backup_dagster.core.manifest import Manifest, iso, read_manifest, valid_manifests, write_manifest
-from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, backup_redis
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, read_manifest, valid_manifests, write_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.protection.audit import read_audit
+from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, backup_redis
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.resources import RedisSource
 from cidadao_backup_dagster.defs.sources import REDIS_SNAPSHOT_POOL

@@ -4,8 +4,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cidadao_backup_dagster.core.manifest import Manifest, is_manifest_name, iso, valid_manifests, write_manifest
-from cidadao_backup_dagster.core.retention import Artifact, Policy, delete_artifact, inventory, plan_retention
+from cidadao_backup_dagster.core.artifacts.manifest import (
+    Manifest,
+    is_manifest_name,
+    iso,
+    valid_manifests,
+    write_manifest,
+)
+from cidadao_backup_dagster.core.protection.retention import (
+    Artifact,
+    Policy,
+    delete_artifact,
+    inventory,
+    plan_retention,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -93,8 +105,8 @@ def test_apply_retention_job_dry_run_then_real_with_floors_and_drill_protection(
 
     import dagster as dg
 
-    from cidadao_backup_dagster.core.audit import read_audit
-    from cidadao_backup_dagster.core.storage import LocalStorage, S3Storage
+    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, S3Storage
+    from cidadao_backup_dagster.core.protection.audit import read_audit
     from cidadao_backup_dagster.definitions import build_defs
 
     db = make_database("cbd_ret")

@@ -4,12 +4,12 @@ target into a series of its own and checks storage holds it; when that snapshot 
 
 import pytest
 
-from cidadao_backup_dagster.core.audit import read_audit
+from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError
-from cidadao_backup_dagster.core.manifest import valid_manifests
-from cidadao_backup_dagster.core.redis_backup import RedisEndpoint, backup_redis
-from cidadao_backup_dagster.core.redis_restore import pre_flush_series, restore_snapshot
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.protection.audit import read_audit
+from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, backup_redis
+from cidadao_backup_dagster.core.redis.restore import pre_flush_series, restore_snapshot
 
 from .test_redis_dagster import env, run  # noqa: F401 - the env fixture and the job runner
 

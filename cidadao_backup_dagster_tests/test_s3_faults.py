@@ -10,11 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from cidadao_backup_dagster.core.artifacts.storage import MiB, S3Storage
 from cidadao_backup_dagster.core.errors import BackupError
-from cidadao_backup_dagster.core.pg_backup import BackupSettings, backup_postgres
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import MiB, S3Storage
-from cidadao_backup_dagster.core.verify import verify_pg_artifact
+from cidadao_backup_dagster.core.postgres.backup import BackupSettings, backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.verify import verify_pg_artifact
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'

@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_slack import SlackResource
 
-from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.defs.resources import AlertSettings
 from cidadao_backup_dagster.demo import seed

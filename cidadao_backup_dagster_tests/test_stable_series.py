@@ -8,11 +8,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cidadao_backup_dagster.core.artifacts.manifest import MANIFEST_NAME, Series, valid_manifests
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import ConfigurationError
-from cidadao_backup_dagster.core.manifest import MANIFEST_NAME, Series, valid_manifests
-from cidadao_backup_dagster.core.pg_backup import backup_postgres
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.backup import backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
 
 from .conftest import drop_database, unique_name, url_with_dbname

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, MiB, S3Storage, Storage, storage_from_url
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
-from cidadao_backup_dagster.core.storage import LocalStorage, MiB, S3Storage, Storage, storage_from_url
 
 from .conftest import make_s3_client
 
@@ -237,7 +237,7 @@ def test_local_renames_and_deletes_are_followed_by_a_directory_fsync(tmp_path):
     root = (tmp_path / "store").resolve()
     root.mkdir()
     script = (
-        "import sys; from cidadao_backup_dagster.core.storage import LocalStorage\n"
+        "import sys; from cidadao_backup_dagster.core.artifacts.storage import LocalStorage\n"
         "s = LocalStorage(sys.argv[1]); s.put_bytes('a/b/manifest.json', b'{}'); s.delete('a/b/manifest.json')\n"
     )
     trace = tmp_path / "trace.txt"

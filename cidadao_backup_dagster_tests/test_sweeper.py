@@ -18,19 +18,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cidadao_backup_dagster.core.audit import read_audit
-from cidadao_backup_dagster.core.pg_backup import backup_postgres
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.redis_restore import ThrowawayRedis
-from cidadao_backup_dagster.core.scratch import (
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.backup import backup_postgres
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.protection.audit import read_audit
+from cidadao_backup_dagster.core.protection.scratch import (
     DRILL_PREFIX,
     RECOVER_PREFIX,
     ScratchLabel,
     create_scratch_database,
     scratch_name,
 )
-from cidadao_backup_dagster.core.storage import LocalStorage
-from cidadao_backup_dagster.core.sweeper import (
+from cidadao_backup_dagster.core.protection.sweeper import (
     Process,
     ScratchDatabase,
     Survey,
@@ -38,6 +37,7 @@ from cidadao_backup_dagster.core.sweeper import (
     plan_sweep,
     read_process,
 )
+from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 
@@ -48,10 +48,10 @@ HOST = socket.gethostname()
 DRILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from cidadao_backup_dagster.core.pg_drill import run_drill
-from cidadao_backup_dagster.core.postgres import PgConnection
-from cidadao_backup_dagster.core.redis_restore import ThrowawayRedis
-from cidadao_backup_dagster.core.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.drill import run_drill
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 
 def say(message):
     print(message, flush=True)
@@ -65,7 +65,7 @@ run_drill(LocalStorage(Path(root)), series, PgConnection.from_url(url), source="
 REDIS_SCRIPT = """
 import sys, tempfile, time
 from pathlib import Path
-from cidadao_backup_dagster.core.redis_restore import ThrowawayRedis
+from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
 
 server = ThrowawayRedis(Path(tempfile.mkdtemp(prefix="cbd-redis-drill-", dir=sys.argv[1])))
 print(server.proc.pid, flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from cidadao_backup_dagster.core.postgres import PgConnection
+from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.demo import seed
 
 from .conftest import free_port

@@ -6,9 +6,9 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from ..core.audit import AuditRecord, write_audit
+from ..core.artifacts.storage import Storage
 from ..core.errors import audit_outcome
-from ..core.storage import Storage
+from ..core.protection.audit import AuditRecord, write_audit
 
 
 def launched_by(context) -> str:

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from ..core.manifest import parse_iso, utc_now
+from ..core.artifacts.manifest import parse_iso, utc_now
 
 MAX_DRILL_AGE = timedelta(days=35)
 

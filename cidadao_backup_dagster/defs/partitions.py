@@ -11,8 +11,8 @@ from datetime import date, timedelta
 import dagster as dg
 from pydantic import Field
 
+from ..core.artifacts.lateness import Lateness, check_late
 from ..core.errors import ConfigurationError, RefusedError
-from ..core.lateness import Lateness, check_late
 from .failures import failure
 
 START_VARIABLE = "BACKUP_PARTITIONS_START"

@@ -9,13 +9,14 @@ from dagster_aws.s3 import S3Resource
 from dagster_slack import SlackResource
 from pydantic import Field
 
-from ..core.alerts import Channels, parse_level
-from ..core.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
+from ..core.artifacts.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
+from ..core.artifacts.lateness import parse_grace
+from ..core.artifacts.storage import MiB, S3Storage, Storage, sse_arguments, storage_from_url
 from ..core.errors import ConfigurationError
-from ..core.lateness import parse_grace
-from ..core.pg_backup import BackupSettings, safe_name
-from ..core.postgres import PgConnection
-from ..core.redis_backup import MODES, RedisEndpoint, RedisSnapshotSettings
+from ..core.monitoring.alerts import Channels, parse_level
+from ..core.postgres.backup import BackupSettings, safe_name
+from ..core.postgres.client import PgConnection
+from ..core.redis.backup import MODES, RedisEndpoint, RedisSnapshotSettings
 from ..core.secrets import (
     has_credentials,
     install_log_redaction,
@@ -24,7 +25,6 @@ from ..core.secrets import (
     register_secret,
 )
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
-from ..core.storage import MiB, S3Storage, Storage, sse_arguments, storage_from_url
 
 DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from ...core.artifacts.manifest import Manifest
+from ...core.artifacts.pipeline import Progress
+from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
-from ...core.exports import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
-from ...core.manifest import Manifest
-from ...core.pipeline import Progress
-from ...core.storage import MiB
+from ...core.exports.export import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
 from ..failures import failure
 from ..partitions import WEEKLY, SnapshotConfig, guard_late
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource

@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import dagster as dg
 
+from ...core.artifacts.manifest import Manifest, read_manifest, utc_now, valid_manifests
+from ...core.artifacts.storage import Storage
 from ...core.errors import BackupError, ConfigurationError
-from ...core.exports import drift_verdict, export_freshness, inspect_export, row_count_verdict
-from ...core.health import Verdict, size_verdict
-from ...core.manifest import Manifest, read_manifest, utc_now, valid_manifests
-from ...core.storage import Storage
+from ...core.exports.export import drift_verdict, export_freshness, inspect_export, row_count_verdict
+from ...core.monitoring.health import Verdict, size_verdict
 from ..resources import BackupEncryption, BackupStorage, PostgresSource
 from .assets import ExportAssetSpec, series_for
 from .resources import ExportPolicy

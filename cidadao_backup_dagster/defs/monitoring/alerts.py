@@ -7,8 +7,8 @@ import time
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus  # not re-exported
 
-from ...core.alerts import AlertDeliveryError, Evaluation, IncidentBook, deliver, run_failure_alert
 from ...core.errors import ConfigurationError
+from ...core.monitoring.alerts import AlertDeliveryError, Evaluation, IncidentBook, deliver, run_failure_alert
 from ..resources import AlertSettings
 
 HISTORY_PER_CHECK = 50  # newest executions read per check and tick (a tick normally finds one or two new)

@@ -5,9 +5,9 @@ strategy's targets (with the limits configured in the resources) and the latest 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus  # not re-exported
 
+from ...core.artifacts.manifest import utc_now
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import utc_now
-from ...core.report import (
+from ...core.monitoring.report import (
     CheckStatus,
     class_health,
     default_targets,

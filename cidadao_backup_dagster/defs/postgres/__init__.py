@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ...core.pg_drill import newest_passing_report
+from ...core.postgres.drill import newest_passing_report
 from ..protection.classes import ArtifactClass
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import DEFAULT_PG, DomainDefs, PgBinding

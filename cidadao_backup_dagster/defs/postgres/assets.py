@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ...core.artifacts.manifest import Manifest, Series, series_prefix
+from ...core.artifacts.pipeline import Progress
+from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import Manifest, Series, series_prefix
-from ...core.pg_backup import backup_postgres
-from ...core.pipeline import Progress
-from ...core.storage import MiB
+from ...core.postgres.backup import backup_postgres
 from ..audit import audited
 from ..failures import failure
 from ..partitions import DAILY, WEEKLY, SnapshotConfig, guard_late, late_metadata

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import dagster as dg
 
+from ...core.artifacts.manifest import read_manifest, utc_now, valid_manifests
 from ...core.errors import BackupError, ConfigurationError
-from ...core.health import freshness_verdict, size_verdict
-from ...core.manifest import read_manifest, utc_now, valid_manifests
-from ...core.verify import verify_pg_artifact
+from ...core.monitoring.health import freshness_verdict, size_verdict
+from ...core.postgres.verify import verify_pg_artifact
 from ..audit import audited
 from ..sources import PgBinding
 from .assets import BackupSpec, series_for

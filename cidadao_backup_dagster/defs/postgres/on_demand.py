@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
+from ...core.artifacts.manifest import Series, series_prefix
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import Series, series_prefix
-from ...core.pg_backup import backup_postgres
-from ...core.verify import verify_pg_artifact
+from ...core.postgres.backup import backup_postgres
+from ...core.postgres.verify import verify_pg_artifact
 from ..audit import audited
 from ..failures import failure
 from ..resources import PostgresSource

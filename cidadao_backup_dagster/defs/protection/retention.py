@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.retention import Policy, delete_artifact, inventory, plan_retention
+from ...core.protection.retention import Policy, delete_artifact, inventory, plan_retention
 from ..audit import audited
 from .classes import ArtifactClass
 

@@ -3,9 +3,9 @@ checks report drift (WARN) and buckets without versioning / Object Lock (WARN)."
 
 import dagster as dg
 
+from ...core.artifacts.storage import S3Storage
 from ...core.errors import ConfigurationError
-from ...core.lifecycle import apply_lifecycle, immutability, lifecycle_drift
-from ...core.storage import S3Storage
+from ...core.protection.lifecycle import apply_lifecycle, immutability, lifecycle_drift
 from ..resources import BackupStorage
 
 

@@ -12,8 +12,8 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.postgres import PgConnection
-from ...core.sweeper import DEFAULT_GRACE_HOURS, plan_sweep, remove, survey, temp_roots
+from ...core.postgres.client import PgConnection
+from ...core.protection.sweeper import DEFAULT_GRACE_HOURS, plan_sweep, remove, survey, temp_roots
 from ..audit import audit_storage, audited
 from ..sources import PgBinding
 

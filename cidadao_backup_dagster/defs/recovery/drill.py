@@ -5,7 +5,7 @@ import warnings
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.pg_drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
+from ...core.postgres.drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
 from ..failures import failure

@@ -11,8 +11,8 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.pg_recover import recover_rows as recover_rows_core
-from ...core.pg_restore import restore_backup, select_backup
+from ...core.postgres.recover import recover_rows as recover_rows_core
+from ...core.postgres.restore import restore_backup, select_backup
 from ..audit import audit_storage, audited
 from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for

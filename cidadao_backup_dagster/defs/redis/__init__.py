@@ -3,8 +3,8 @@ restore drill."""
 
 import dagster as dg
 
-from ...core.redis_backup import partition_segment
-from ...core.redis_restore import newest_passing_report
+from ...core.redis.backup import partition_segment
+from ...core.redis.restore import newest_passing_report
 from ..protection.classes import ArtifactClass
 from ..sources import DomainDefs, RedisBinding
 from .assets import build_snapshot_asset, redis_series

@@ -3,11 +3,11 @@
 
 import dagster as dg
 
+from ...core.artifacts.manifest import Manifest, series_prefix
+from ...core.artifacts.pipeline import Progress
+from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import Manifest, series_prefix
-from ...core.pipeline import Progress
-from ...core.redis_backup import backup_redis, partition_segment, safe_name
-from ...core.storage import MiB
+from ...core.redis.backup import backup_redis, partition_segment, safe_name
 from ..audit import audited
 from ..failures import failure
 from ..partitions import HOURLY, SnapshotConfig, guard_late, late_metadata

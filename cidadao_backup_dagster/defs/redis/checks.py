@@ -9,12 +9,12 @@ from datetime import timedelta
 
 import dagster as dg
 
+from ...core.artifacts.manifest import read_manifest, utc_now, valid_manifests
 from ...core.errors import BackupError, ConfigurationError
-from ...core.health import freshness_verdict, size_verdict
-from ...core.manifest import read_manifest, utc_now, valid_manifests
-from ...core.redis_backup import partition_segment
-from ...core.redis_health import last_save_verdict, persistence_config_verdict, read_persistence
-from ...core.redis_restore import verify_redis_artifact
+from ...core.monitoring.health import freshness_verdict, size_verdict
+from ...core.redis.backup import partition_segment
+from ...core.redis.health import last_save_verdict, persistence_config_verdict, read_persistence
+from ...core.redis.restore import verify_redis_artifact
 from ..audit import audited
 from ..resources import RedisSource
 from ..sources import RedisBinding

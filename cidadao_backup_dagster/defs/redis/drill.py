@@ -11,8 +11,8 @@ import warnings
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.redis_backup import safe_name
-from ...core.redis_restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
+from ...core.redis.backup import safe_name
+from ...core.redis.restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
 from ..audit import audit_storage, audited
 from ..drill_results import duration_result, recency_result
 from ..failures import failure

@@ -6,10 +6,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from ...core.artifacts.manifest import series_prefix
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import series_prefix
-from ...core.redis_backup import safe_name
-from ...core.redis_restore import confirm_flush, flush_all, restore_snapshot, select_snapshot, snapshot_before_flush
+from ...core.redis.backup import safe_name
+from ...core.redis.restore import confirm_flush, flush_all, restore_snapshot, select_snapshot, snapshot_before_flush
 from ..audit import audit_storage, audited
 from ..failures import failure
 from ..resources import RedisSource

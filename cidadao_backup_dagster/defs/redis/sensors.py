@@ -7,9 +7,9 @@ launches two runs with the same key from one sensor) and kept in the cursor to l
 
 import dagster as dg
 
+from ...core.artifacts.manifest import utc_now
 from ...core.errors import BackupError, ConfigurationError
-from ...core.manifest import utc_now
-from ...core.redis_health import persistence_incident, read_persistence
+from ...core.redis.health import persistence_incident, read_persistence
 from ..resources import RedisSource
 from ..sources import RedisBinding
 from .assets import HOURLY

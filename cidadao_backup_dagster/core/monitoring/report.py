@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from .drill_reports import is_report_name
-from .errors import BackupError
-from .manifest import iso, parse_iso, valid_manifests
-from .storage import Storage
+from ..artifacts.drill_reports import is_report_name
+from ..artifacts.manifest import iso, parse_iso, valid_manifests
+from ..artifacts.storage import Storage
+from ..errors import BackupError
 
 LEVELS = ("ok", "warning", "high", "critical")
 ICONS = {"ok": "✅", "warning": "🟡", "high": "🟠", "critical": "🔴", "skipped": "⏭️", "error": "❌"}

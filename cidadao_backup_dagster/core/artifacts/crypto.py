@@ -19,7 +19,7 @@ from typing import BinaryIO
 import pyrage
 from pyrage import x25519
 
-from .errors import BackupError, ConfigurationError
+from ..errors import BackupError, ConfigurationError
 
 
 def parse_recipients(text: str, variable: str = "BACKUP_AGE_RECIPIENTS") -> list[x25519.Recipient]:

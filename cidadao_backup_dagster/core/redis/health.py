@@ -8,8 +8,8 @@ from datetime import datetime
 
 import redis
 
-from .health import Verdict
-from .redis_backup import RedisEndpoint, explain
+from ..monitoring.health import Verdict
+from .backup import RedisEndpoint, explain
 
 MAX_LAST_SAVE_AGE_S = 3600  # strategy alert "Redis Persistence Disabled": redis_rdb_last_save_age > 3600 (high)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import BackupError, DamagedArtifact
-from .secrets import redact_data
+from ..errors import BackupError, DamagedArtifact
+from ..secrets import redact_data
 from .storage import Storage
 
 MANIFEST_NAME = "manifest.json"

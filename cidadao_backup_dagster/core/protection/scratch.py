@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
-from .postgres import PgConnection
+from ..postgres.client import PgConnection
 
 # Prefixes of every database this project creates for itself (never a user's database).
 DRILL_PREFIX = "cbd_drill_"

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .manifest import Manifest
+from ..artifacts.manifest import Manifest
 
 
 @dataclass(frozen=True)

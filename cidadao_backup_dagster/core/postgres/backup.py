@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import zstandard
 
-from .. import __version__
-from .errors import BackupError, PermanentError
-from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
-from .pipeline import EncryptionStage, Progress, stream_to_writer
-from .postgres import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
-from .storage import MiB, Storage, write_error_hint, write_error_type
+from ... import __version__
+from ..artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
+from ..artifacts.pipeline import EncryptionStage, Progress, stream_to_writer
+from ..artifacts.storage import MiB, Storage, write_error_hint, write_error_type
+from ..errors import BackupError, PermanentError
+from .client import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import ConfigurationError
-from .secrets import redact_data, redact_text
+from ..errors import ConfigurationError
+from ..secrets import redact_data, redact_text
 
 LEVELS = ("warning", "high", "critical")
 ICONS = {"warning": "🟡", "high": "🟠", "critical": "🔴"}

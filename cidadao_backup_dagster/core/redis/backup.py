@@ -23,13 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 import zstandard
 
-from .. import __version__
-from .errors import BackupError, ConfigurationError, PermanentError
-from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
-from .pipeline import EncryptionStage, Progress, stream_to_writer
-from .redis_rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
-from .secrets import parse_credentials, redact_text, register_secret, register_url
-from .storage import MiB, Storage, write_error_hint, write_error_type
+from ... import __version__
+from ..artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
+from ..artifacts.pipeline import EncryptionStage, Progress, stream_to_writer
+from ..artifacts.storage import MiB, Storage, write_error_hint, write_error_type
+from ..errors import BackupError, ConfigurationError, PermanentError
+from ..secrets import parse_credentials, redact_text, register_secret, register_url
+from .rdb import RdbVerifier, logical_header, logical_trailer, resp_command, restore_command
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]

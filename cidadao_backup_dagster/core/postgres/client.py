@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import BackupError, ConfigurationError, PermanentError, pg_error_type
-from .secrets import parse_credentials, redact_text, register_secret, register_url
+from ..errors import BackupError, ConfigurationError, PermanentError, pg_error_type
+from ..secrets import parse_credentials, redact_text, register_secret, register_url
 
 _EXAMPLE = "postgresql://user:password@host:5432/dbname"
 

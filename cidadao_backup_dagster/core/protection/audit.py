@@ -11,9 +11,9 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from .manifest import utc_now
-from .secrets import redact_text
-from .storage import Storage
+from ..artifacts.manifest import utc_now
+from ..artifacts.storage import Storage
+from ..secrets import redact_text
 
 AUDIT_PREFIX = "audit"
 

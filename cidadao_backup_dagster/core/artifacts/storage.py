@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from .errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
-from .secrets import has_credentials
+from ..errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
+from ..secrets import has_credentials
 
 MiB = 1024 * 1024
 # S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.

@@ -27,8 +27,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .errors import BackupError
-from .postgres import PgConnection
+from ..errors import BackupError
+from ..postgres.client import PgConnection
 from .scratch import SCRATCH_PREFIXES, TEMP_PREFIX, ScratchLabel
 
 # Longer than any run may live: dagster.yaml's run monitoring fails a run after 6 h (max_runtime_seconds).

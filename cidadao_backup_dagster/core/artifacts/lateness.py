@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .errors import ConfigurationError, RefusedError
+from ..errors import ConfigurationError, RefusedError
 
 # Strategy-aligned defaults: a missed daily run may be caught up the next day, a weekly one within the week.
 DEFAULT_GRACE_HOURS = {"hourly": 6.0, "daily": 48.0, "weekly": 8 * 24.0}

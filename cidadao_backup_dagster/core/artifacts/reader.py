@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import zstandard
 
+from ..errors import BackupError
 from .crypto import DecryptingReader
-from .errors import BackupError
 from .manifest import Manifest
 from .storage import MiB, Storage
 

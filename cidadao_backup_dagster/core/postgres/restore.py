@@ -24,12 +24,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .artifact_reader import is_encrypted, read_artifact
-from .errors import BackupError, RefusedError
-from .manifest import Manifest, all_valid_manifests, list_partitions, newest_valid
-from .postgres import PgConnection, pg_binary
-from .scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
-from .storage import MiB, Storage
+from ..artifacts.manifest import Manifest, all_valid_manifests, list_partitions, newest_valid
+from ..artifacts.reader import is_encrypted, read_artifact
+from ..artifacts.storage import MiB, Storage
+from ..errors import BackupError, RefusedError
+from ..protection.scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
+from .client import PgConnection, pg_binary
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]

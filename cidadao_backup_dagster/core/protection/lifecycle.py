@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from .storage import S3Storage
+from ..artifacts.storage import S3Storage
 
 HOT_DAYS, WARM_DAYS, COLD_DAYS = 30, 90, 365
 MIN_TRANSITION_BYTES = 128 * 1024

@@ -26,12 +26,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .errors import BackupError, RefusedError
-from .manifest import Manifest
-from .pg_restore import Logger, drop_database, fetch_archive, run_pg_restore
-from .postgres import PgConnection, pg_binary
-from .scratch import RECOVER_PREFIX, create_scratch_database, scratch_name
-from .storage import Storage
+from ..artifacts.manifest import Manifest
+from ..artifacts.storage import Storage
+from ..errors import BackupError, RefusedError
+from ..protection.scratch import RECOVER_PREFIX, create_scratch_database, scratch_name
+from .client import PgConnection, pg_binary
+from .restore import Logger, drop_database, fetch_archive, run_pg_restore
 
 
 @dataclass

@@ -34,10 +34,8 @@ from typing import Literal
 
 import redis
 
-from . import drill_reports
-from .artifact_reader import read_artifact
-from .errors import BackupError, PermanentError, RefusedError
-from .manifest import (
+from ..artifacts import drill_reports
+from ..artifacts.manifest import (
     Manifest,
     is_present,
     iso,
@@ -48,8 +46,12 @@ from .manifest import (
     utc_now,
     valid_manifests,
 )
-from .pipeline import EncryptionStage
-from .redis_backup import (
+from ..artifacts.pipeline import EncryptionStage
+from ..artifacts.reader import read_artifact
+from ..artifacts.storage import MiB, Storage
+from ..errors import BackupError, PermanentError, RefusedError
+from ..postgres.verify import VerifyResult
+from .backup import (
     RedisAccessError,
     RedisEndpoint,
     backup_redis,
@@ -58,9 +60,7 @@ from .redis_backup import (
     partition_segment,
     safe_name,
 )
-from .redis_rdb import RdbVerifier, check_logical_stream, iter_resp_commands
-from .storage import MiB, Storage
-from .verify import VerifyResult
+from .rdb import RdbVerifier, check_logical_stream, iter_resp_commands
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
-from .artifact_reader import read_artifact
-from .manifest import Manifest
-from .postgres import count_table_data_entries, restore_list
-from .storage import MiB, Storage
+from ..artifacts.manifest import Manifest
+from ..artifacts.reader import read_artifact
+from ..artifacts.storage import MiB, Storage
+from .client import count_table_data_entries, restore_list
 
 CHUNK_SIZE = MiB
 

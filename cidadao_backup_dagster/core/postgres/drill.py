@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from . import drill_reports
-from .errors import BackupError
-from .manifest import iso, parse_iso, utc_now
-from .pg_restore import Logger, drop_database, restore_backup, select_backup
-from .postgres import PgConnection
-from .scratch import DRILL_PREFIX, create_scratch_database, scratch_name
-from .storage import Storage
+from ..artifacts import drill_reports
+from ..artifacts.manifest import iso, parse_iso, utc_now
+from ..artifacts.storage import Storage
+from ..errors import BackupError
+from ..protection.scratch import DRILL_PREFIX, create_scratch_database, scratch_name
+from .client import PgConnection
+from .restore import Logger, drop_database, restore_backup, select_backup
 
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
 

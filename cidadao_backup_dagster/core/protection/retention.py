@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .errors import DamagedArtifact
-from .manifest import index_series, parse_manifest
-from .storage import Storage
+from ..artifacts.manifest import index_series, parse_manifest
+from ..artifacts.storage import Storage
+from ..errors import DamagedArtifact
 
 
 @dataclass(frozen=True)

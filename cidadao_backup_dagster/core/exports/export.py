@@ -39,16 +39,16 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from .. import __version__
-from .artifact_reader import HashingReader
-from .crypto import DecryptingReader
-from .errors import BackupError, ConfigurationError
-from .health import Verdict, freshness_verdict
-from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, series_prefix, utc_now
-from .pg_backup import safe_name
-from .pipeline import EncryptionStage, Progress, stream_to_writer
-from .postgres import PgConnection
-from .storage import MiB, Storage, write_error_hint, write_error_type
+from ... import __version__
+from ..artifacts.crypto import DecryptingReader
+from ..artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, series_prefix, utc_now
+from ..artifacts.pipeline import EncryptionStage, Progress, stream_to_writer
+from ..artifacts.reader import HashingReader
+from ..artifacts.storage import MiB, Storage, write_error_hint, write_error_type
+from ..errors import BackupError, ConfigurationError
+from ..monitoring.health import Verdict, freshness_verdict
+from ..postgres.backup import safe_name
+from ..postgres.client import PgConnection
 
 log = logging.getLogger(__name__)
 
