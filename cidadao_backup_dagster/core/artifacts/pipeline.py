@@ -34,8 +34,8 @@ class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
-# An encryption stage (a later issue: age/pyrage) wraps the downstream sink and returns a writable
-# whose close() flushes its final block; it slots in between compression and the stored-bytes hash.
+# An encryption stage (age, see crypto.py) wraps the downstream sink and returns a writable whose close()
+# flushes its final block; it slots in between compression and the stored-bytes hash.
 EncryptionStage = Callable[[Writable], Writable]
 
 

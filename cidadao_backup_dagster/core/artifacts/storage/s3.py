@@ -1,248 +1,15 @@
-"""Where backups live: one small interface, two real backends (an S3-compatible bucket, a local folder).
-
-Writers are explicit about success: nothing is visible under its final key until `commit()`, and
-`abort()` removes every trace (a local temp file, an S3 multipart upload).
-"""
+"""An S3-compatible bucket as storage: multipart uploads in equal parts, server-side encryption, typed errors."""
 
 from __future__ import annotations
 
-import errno
-import logging
-import os
-import re
 import threading
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlsplit
 
-from ..errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
-from ..secrets import has_credentials
-
-MiB = 1024 * 1024
-# S3 allows at most 10,000 parts; 16 MiB parts reach 160 GB, enough for this workload.
-DEFAULT_PART_SIZE = 16 * MiB
-MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
-FILE_MODE = 0o600  # local artifacts, manifests and audit records: the owner only (citizens' personal data)
-DIR_MODE = 0o700  # folders this process creates under (and including) the storage root
-SSE_MODES = ("AES256", "aws:kms", "off")  # BACKUP_S3_SSE: SSE-S3 (default), SSE-KMS, none
-
-log = logging.getLogger(__name__)
-
-
-class ObjectWriter(ABC):
-    """A streaming upload. Bytes become visible under the key only on `commit()`."""
-
-    @abstractmethod
-    def write(self, data: bytes | memoryview) -> int: ...
-
-    @abstractmethod
-    def commit(self) -> None: ...
-
-    @abstractmethod
-    def abort(self) -> None: ...
-
-
-class Storage(ABC):
-    """Keys are `/`-separated paths relative to the storage root (the URL's prefix)."""
-
-    url: str
-
-    def uri(self, key: str) -> str:
-        return f"{self.url.rstrip('/')}/{key}"
-
-    @abstractmethod
-    def check_writable(self) -> None:
-        """Fail fast, before any dump starts, when the storage cannot be reached or written."""
-
-    @abstractmethod
-    def open_write(self, key: str) -> ObjectWriter: ...
-
-    @abstractmethod
-    def open_read(self, key: str) -> BinaryIO: ...
-
-    @abstractmethod
-    def size(self, key: str) -> int | None:
-        """Size in bytes, or None when the object does not exist."""
-
-    @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
-
-    @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        writer = self.open_write(key)
-        try:
-            writer.write(data)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit()
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open_read(key) as f:
-            return f.read()
-
-
-# --------------------------------------------------------------------------------------------- local
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, an unlink, a new subdirectory) survive a power loss: fsync of the
-    file alone does not persist its name (pgBackRest and Barman do the same)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # a filesystem that cannot sync directories (as PostgreSQL tolerates)
-            raise
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(folder: Path, root: Path) -> None:
-    """Create `folder` and its missing parents, outermost first, each followed by an fsync of its parent.
-    Those at or under `root` are made 0700 whatever the umask (chmod after mkdir: the umask only narrows,
-    and an odd one could even take the owner's own bits away); those above it are the operator's ground
-    and get the default mode, as `mkdir -p` would. A folder that already exists is never changed."""
-    missing = [d for d in (folder, *folder.parents) if not d.exists()]
-    for new_dir in reversed(missing):
-        private = new_dir == root or root in new_dir.parents
-        try:
-            new_dir.mkdir(mode=DIR_MODE if private else 0o777)
-        except FileExistsError:  # a concurrent writer made it first (with the same mode if it is ours)
-            continue
-        if private:
-            os.chmod(new_dir, DIR_MODE)
-        _fsync_dir(new_dir.parent)  # each new directory's entry lives in its parent
-
-
-def _create_private(path: Path) -> BinaryIO:
-    """A new file open for writing, 0600 from its first instant (never readable by others, whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)  # exact, even under a umask that would narrow it below 0600
-        return os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-
-
-class _LocalWriter(ObjectWriter):
-    def __init__(self, final: Path, root: Path):
-        self._final = final
-        _make_dirs(final.parent, root)
-        # Same directory as the final file, so the commit is an atomic rename (which keeps the 0600 mode).
-        self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-        self._f = _create_private(self._tmp)
-
-    def write(self, data: bytes | memoryview) -> int:
-        return self._f.write(data)
-
-    def commit(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self._final)
-        _fsync_dir(self._final.parent)  # the rename itself is durable only once its directory is synced
-
-    def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        self._tmp.unlink(missing_ok=True)
-
-
-class LocalStorage(Storage):
-    """A local folder. Files are 0600 and the folders this process creates (the root too, when it makes it)
-    0700; a root the operator made keeps its mode, with a warning when others can read it."""
-
-    _warned: set[Path] = set()  # roots already warned about in this process
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
-        self.url = f"file://{self.root}"
-
-    def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents and path != self.root:
-            raise BackupError(f"Key {key!r} escapes the storage root {self.root}")
-        return path
-
-    def check_writable(self) -> None:
-        try:
-            _make_dirs(self.root, self.root)
-            probe = self.root / f".write-probe-{uuid.uuid4().hex[:8]}"
-            _create_private(probe).close()
-            probe.unlink()
-        except OSError as exc:
-            raise PermanentError(
-                f"Local backup folder {self.root} is not writable ({exc.strerror}). "
-                "Fix: create it with write permission for this user, or point BACKUP_STORAGE_URL elsewhere."
-            ) from exc
-        self._warn_if_shared()
-
-    def _warn_if_shared(self) -> None:
-        """A root the operator made is left as it is; say so once when group or others can enter it."""
-        mode = self.root.stat().st_mode & 0o777
-        if mode & 0o077 and self.root not in LocalStorage._warned:
-            LocalStorage._warned.add(self.root)
-            log.warning(
-                "Local backup folder %s is mode %o: group or others can reach the backups in it. Folders and "
-                "files this worker creates are 0700/0600, but it does not change a folder it did not make. "
-                "Fix: chmod 700 %s",
-                self.root,
-                mode,
-                self.root,
-            )
-
-    def open_write(self, key: str) -> ObjectWriter:
-        return _LocalWriter(self._path(key), self.root)
-
-    def open_read(self, key: str) -> BinaryIO:
-        try:
-            return open(self._path(key), "rb")
-        except FileNotFoundError as exc:
-            raise BackupError(f"{self.uri(key)} does not exist") from exc
-        except OSError as exc:  # permission, I/O error: unsure, never "absent"
-            raise _local_read_error(self.uri(key), exc) from None
-
-    def size(self, key: str) -> int | None:
-        try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _local_read_error(self.uri(key), exc) from None
-
-    def list_keys(self, prefix: str) -> list[str]:
-        base = self._path(prefix) if prefix else self.root
-        try:
-            if not base.exists():
-                return []
-            return sorted(
-                p.relative_to(self.root).as_posix()
-                for p in base.rglob("*")
-                if p.is_file() and ".partial-" not in p.name and not p.name.startswith(".write-probe")
-            )
-        except OSError as exc:
-            raise _local_read_error(self.uri(prefix), exc) from None
-
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        _fsync_dir(path.parent)  # so a deletion cannot reappear after a power loss
-
-
-# ------------------------------------------------------------------------------------------------ s3
+from ...errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
+from .base import DEFAULT_PART_SIZE, MIN_PART_SIZE, SSE_MODES, MiB, ObjectWriter, Storage
 
 
 class _S3MultipartWriter(ObjectWriter):
@@ -268,7 +35,6 @@ class _S3MultipartWriter(ObjectWriter):
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._max_in_flight = max_in_flight
-        self._closed = False
 
     def write(self, data: bytes | memoryview) -> int:
         self._buf += data
@@ -300,7 +66,6 @@ class _S3MultipartWriter(ObjectWriter):
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
     def commit(self) -> None:
-        self._closed = True
         if self._upload_id is None:  # small object: one PUT
             with self._encryption_errors():
                 self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buf), **self._encryption)
@@ -341,7 +106,6 @@ class _S3MultipartWriter(ObjectWriter):
             ) from None
 
     def abort(self) -> None:
-        self._closed = True
         self._buf.clear()
         if self._upload_id is None:
             return
@@ -498,12 +262,6 @@ class S3Storage(Storage):
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
-def _local_read_error(uri: str, exc: OSError) -> StorageReadError:
-    error = StorageAccessDenied if isinstance(exc, PermissionError) else StorageReadError
-    return error(f"{uri} cannot be read ({exc.strerror or type(exc).__name__}). Fix: check the folder's permissions "
-                 "and the disk; nothing was treated as missing")  # fmt: skip
-
-
 _DENIED = ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "KMS.AccessDenied")
 
 
@@ -529,64 +287,3 @@ def _s3_read_error(uri: str, exc: Exception) -> StorageReadError:
             "credentials"
         )
     return StorageReadError(f"{uri} cannot be read ({code or type(exc).__name__}); storage may be unavailable")
-
-
-# --------------------------------------------------------------------------------------------- URLs
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def storage_from_url(
-    url: str,
-    *,
-    variable: str,
-    s3_client_factory: Callable[[], Any] | None = None,
-    part_size: int = DEFAULT_PART_SIZE,
-) -> Storage:
-    """Build a Storage from `s3://bucket/prefix` or `file:///path`; errors name `variable` and never repeat
-    credentials (a storage URL takes none)."""
-    url = (url or "").strip()
-    if not url:
-        raise ConfigurationError(variable, "is empty", "set it to s3://bucket/prefix or file:///absolute/path")
-    if has_credentials(url):
-        raise ConfigurationError(
-            variable,
-            "carries credentials (user:password@)",
-            "remove them: storage URLs hold none. S3 reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an "
-            "S3-compatible service also AWS_ENDPOINT_URL, without credentials); file:// needs none",
-        )
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ConfigurationError(
-            variable, "cannot be parsed", "use s3://bucket/prefix or file:///absolute/path"
-        ) from None
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigurationError(
-                variable, f"the file URL names host {parts.netloc!r}", "use three slashes: file:///absolute/path"
-            )
-        if not parts.path.startswith("/"):
-            raise ConfigurationError(variable, f"{parts.path!r} is not an absolute path", "use file:///absolute/path")
-        return LocalStorage(unquote(parts.path))
-    if parts.scheme == "s3":
-        bucket = parts.netloc
-        if not _BUCKET.match(bucket):
-            raise ConfigurationError(
-                variable,
-                f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dots or hyphens)",
-                "use s3://bucket-name/optional/prefix",
-            )
-        if s3_client_factory is None:
-            raise ConfigurationError(variable, "an s3:// URL needs an S3 client", "configure the S3 resource")
-        return S3Storage(s3_client_factory(), bucket, unquote(parts.path), part_size=part_size)
-    raise ConfigurationError(
-        variable,
-        f"unsupported scheme {parts.scheme or '(none)'!r}",
-        "use s3://bucket/prefix (AWS S3, Supabase Storage, MinIO, R2) or file:///absolute/path",
-    )
-
-
-def iter_chunks(f: BinaryIO, size: int = MiB) -> Iterator[bytes]:
-    while chunk := f.read(size):
-        yield chunk
