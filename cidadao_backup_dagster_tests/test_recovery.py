@@ -469,10 +469,10 @@ def test_drill_schedule_runs_monthly_for_the_month_that_ended(env):
 
 
 def runbook_block(title: str) -> str:
-    """The fenced bash block right after the README heading `title`: the test runs it verbatim."""
-    readme = (REPO / "README.md").read_text()
+    """The fenced bash block right after the heading `title` of docs/recovery.md: the test runs it verbatim."""
+    readme = (REPO / "docs" / "recovery.md").read_text()
     match = re.search(re.escape(title) + r".*?```bash\n(.*?)```", readme, re.S)
-    assert match, f"README has no bash block under {title!r}"
+    assert match, f"docs/recovery.md has no bash block under {title!r}"
     return match.group(1)
 
 

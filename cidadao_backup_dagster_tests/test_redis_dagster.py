@@ -339,9 +339,9 @@ def test_drill_without_snapshots_fails_clearly(env):
 
 
 def redis_runbook_block() -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "recovery.md").read_text()
     match = re.search(re.escape("### Restore a Redis snapshot by hand") + r".*?```bash\n(.*?)```", readme, re.S)
-    assert match, "README has no Redis runbook block"
+    assert match, "docs/recovery.md has no Redis runbook block"
     return match.group(1)
 
 
