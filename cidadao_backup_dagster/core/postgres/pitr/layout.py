@@ -1,0 +1,218 @@
+"""Where PITR artifacts live, LSN and segment-name arithmetic, and the archive's continuity (pure where it can be).
+
+    postgres/<source>/wal/<timeline>/<segment>/<segment>_<run token>.zst[.age]             a completed segment
+    postgres/<source>/wal/<timeline>/<segment>.partial/<segment>.partial_<token>.zst[.age]  the unfinished one
+    postgres/<source>/wal/<timeline>/<timeline>.history/...                               a timeline history file
+    postgres/<source>/base/<partition>/<source>_<partition>_<token>.tar.zst[.age]          a base backup (tar)
+
+Every WAL file is its own partition of the series `postgres/<source>/wal/<timeline>`, with the usual per-run
+manifest written last: a listing alone tells which segments are archived (no manifest, no segment), and names
+sort by WAL position (`<segment>` < `<segment>.partial` < the next segment). Nothing is overwritten: each run
+writes a new partial object, and the partial with the furthest end wins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from ...artifacts.manifest import Manifest, index_series, iso, parse_iso, series_prefix
+from ...artifacts.storage import Storage
+from ...errors import BackupError
+
+SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+PARTIAL_SUFFIX = ".partial"
+HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
+
+
+# ------------------------------------------------------------------------------------------ LSN / names
+
+
+def parse_lsn(text: str) -> int:
+    hi, lo = text.strip().split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def segments_per_id(segment_size: int) -> int:
+    return 0x100000000 // segment_size
+
+
+def segment_name(timeline: int, segno: int, segment_size: int) -> str:
+    per = segments_per_id(segment_size)
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def parse_segment(name: str, segment_size: int) -> tuple[int, int]:
+    """`000000010000000000000003` -> (timeline 1, segment number 3)."""
+    found = SEGMENT.match(name)
+    if not found:
+        raise ValueError(f"{name!r} is not a WAL segment name")
+    tli, hi, lo = (int(g, 16) for g in found.groups())
+    return tli, hi * segments_per_id(segment_size) + lo
+
+
+def segno_of(lsn: int, segment_size: int) -> int:
+    return lsn // segment_size
+
+
+def timeline_dir(timeline: int) -> str:
+    return f"{timeline:08X}"
+
+
+def iso_us(ts: datetime) -> str:
+    """Like manifest.iso, to the microsecond: commit times decide where a recovery stops."""
+    return iso(ts).replace("Z", "") + f".{ts.microsecond:06d}Z" if ts.microsecond else iso(ts)
+
+
+# ------------------------------------------------------------------------------------------ series
+
+
+def wal_root(source: str) -> str:
+    return series_prefix("postgres", source, "wal")
+
+
+def wal_series(source: str, timeline: int) -> str:
+    return f"{wal_root(source)}/{timeline_dir(timeline)}"
+
+
+def base_series(source: str) -> str:
+    return series_prefix("postgres", source, "base")
+
+
+def wal_object_key(series: str, partition: str, token: str, suffix: str) -> str:
+    return f"{series}/{partition}/{partition}_{token}{suffix}"
+
+
+# ------------------------------------------------------------------------------------------ archive view
+
+
+@dataclass(frozen=True)
+class WalFile:
+    """One archived WAL file as its manifest describes it."""
+
+    manifest: Manifest
+
+    @property
+    def info(self) -> dict:
+        return self.manifest.data["wal"]
+
+    @property
+    def segno(self) -> int:
+        return int(self.info["segno"])
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.info.get("partial"))
+
+    @property
+    def end_lsn(self) -> int:
+        return parse_lsn(self.info["end_lsn"])
+
+    @property
+    def last_xact_at(self) -> datetime | None:
+        text = self.info.get("last_xact_at")
+        return parse_iso(text) if text else None
+
+    @property
+    def recoverable_until(self) -> datetime:
+        """Every transaction that committed before this instant is in the WAL up to this file's end."""
+        return parse_iso(self.manifest.data["timings"]["snapshot_at"])
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    """One listing of a timeline's WAL: which completed segments and partials have a manifest (no reads)."""
+
+    series: str
+    segment_size: int
+    complete: dict[int, list[str]]  # segno -> manifest keys, oldest written first
+    partials: dict[int, list[str]]
+    history: list[str]
+
+    @property
+    def newest_complete(self) -> int | None:
+        return max(self.complete) if self.complete else None
+
+    @property
+    def newest_partial(self) -> int | None:
+        """The segment of the newest partial, when it is beyond every completed segment (else it is stale)."""
+        newest = self.newest_complete
+        ahead = [s for s in self.partials if newest is None or s > newest]
+        return max(ahead) if ahead else None
+
+
+def list_archive(storage: Storage, source: str, timeline: int, segment_size: int) -> ArchiveListing:
+    series = wal_series(source, timeline)
+    index = index_series(storage, series)
+    complete: dict[int, list[str]] = {}
+    partials: dict[int, list[str]] = {}
+    history: list[str] = []
+    for partition, keys in index.manifests.items():
+        name, partial = (
+            (partition[: -len(PARTIAL_SUFFIX)], True)
+            if partition.endswith(PARTIAL_SUFFIX)
+            else (
+                partition,
+                False,
+            )
+        )
+        if HISTORY.match(partition):
+            history.extend(keys)
+            continue
+        try:
+            tli, segno = parse_segment(name, segment_size)
+        except ValueError:
+            continue  # not ours: never read as a segment
+        if tli != timeline:
+            continue
+        (partials if partial else complete)[segno] = keys
+    return ArchiveListing(series, segment_size, complete, partials, history)
+
+
+@dataclass(frozen=True)
+class Gap:
+    first: str
+    last: str
+    count: int
+
+    def __str__(self) -> str:
+        return self.first if self.count == 1 else f"{self.first} .. {self.last} ({self.count} segments)"
+
+
+def find_gaps(
+    complete: set[int], partial: int | None, timeline: int, segment_size: int, from_segno: int, to_segno: int
+) -> list[Gap]:
+    """Segments in [from_segno, to_segno] missing from `complete`; the last one may be the partial."""
+    gaps: list[Gap] = []
+    run: list[int] = []
+    for segno in range(from_segno, to_segno + 1):
+        if segno in complete or (segno == to_segno and segno == partial):
+            if run:
+                gaps.append(_gap(run, timeline, segment_size))
+                run = []
+            continue
+        run.append(segno)
+    if run:
+        gaps.append(_gap(run, timeline, segment_size))
+    return gaps
+
+
+def _gap(segnos: list[int], timeline: int, size: int) -> Gap:
+    return Gap(segment_name(timeline, segnos[0], size), segment_name(timeline, segnos[-1], size), len(segnos))
+
+
+class WalGap(BackupError):
+    """The archive lacks WAL a recovery needs: refused before anything is touched."""
+
+    def __init__(self, gaps: list[Gap], where: str):
+        self.gaps = gaps
+        super().__init__(
+            f"WAL archive {where} has a gap: missing {'; '.join(str(g) for g in gaps)}. Recovery past it is "
+            "impossible; take a new base backup after the gap (the WAL archive keeps running), or restore the "
+            "missing objects from a bucket copy"
+        )

@@ -1,0 +1,408 @@
+"""Recover a cluster as of an instant: base backup + archived WAL replayed in a throwaway PostgreSQL.
+
+Every refusal (no base before the instant, the archive not reaching it, a gap, another cluster's WAL, no server
+binaries of the base's major version) happens in `plan_recovery`, before anything is fetched or written. Then:
+fetch and verify the base (SHA-256s, then `pg_verifybackup` against its backup_manifest) and the WAL it needs,
+extract into a private data directory, replay with `restore_command` + `recovery_target_time` on a private
+socket, check that recovery stopped at the instant, and hand back a connection. The caller copies the data out
+(pg_dump | pg_restore) or keeps the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from ...artifacts.manifest import Manifest, _newest_valid_of, all_valid_manifests, iso
+from ...artifacts.reader import is_encrypted, read_artifact
+from ...artifacts.storage import MiB, Storage
+from ...errors import BackupError, RefusedError
+from ..client import PgConnection, binary_version, major
+from .layout import WalFile, WalGap, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
+from .server import DEBIAN_BIN
+from .wal import newest_partial
+
+Logger = Callable[[str], None]
+SERVER_USER = "postgres"  # initdb/postgres refuse to run as root: a root worker runs the copy as this user
+
+
+@dataclass
+class RecoveryPlan:
+    source: str
+    target_time: datetime
+    base: Manifest
+    wal: list[WalFile]  # oldest first; the last may be a partial
+    bin_dir: str
+    stop_at_target: bool  # False: no commit after the instant is archived, so replaying everything is the instant
+    recoverable_until: datetime
+
+    @property
+    def timeline(self) -> int:
+        return int(self.base.data["base"]["timeline"])
+
+    @property
+    def server_major(self) -> int:
+        return int(self.base.data["source"]["server_major"])
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.base.raw_bytes + sum(w.manifest.raw_bytes for w in self.wal)
+
+
+def parse_instant(text: str | datetime) -> datetime:
+    if isinstance(text, datetime):
+        instant = text
+    else:
+        try:
+            instant = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise RefusedError(f"{text!r} is not an instant: write 2026-11-24T18:00:00Z (ISO 8601, UTC)") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def server_binaries(server_major: int, bin_dir: str | None = None) -> str:
+    """The server binaries of exactly `server_major` (a data directory only starts under its own major)."""
+    where = bin_dir or DEBIAN_BIN.format(major=server_major)
+    postgres = Path(where, "postgres")
+    if not os.access(postgres, os.X_OK):
+        raise RefusedError(
+            f"No PostgreSQL {server_major} server binaries at {where}: a base backup of a PostgreSQL {server_major} "
+            f"server only starts under that major. Fix: install postgresql-{server_major} (PGDG apt repository) or "
+            "point the server bin dir at its bin folder. Nothing was fetched or written"
+        )
+    found = major(binary_version(str(postgres)))
+    if found != server_major:
+        raise RefusedError(
+            f"{postgres} is PostgreSQL {found}, the base backup is PostgreSQL {server_major}: refusing before anything "
+            f"is touched. Fix: use the PostgreSQL {server_major} server binaries"
+        )
+    return where
+
+
+def plan_recovery(
+    storage: Storage, *, source: str, target_time: str | datetime, bin_dir: str | None = None
+) -> RecoveryPlan:
+    """Choose the base and the WAL for `target_time`, or refuse (nothing is fetched or written here)."""
+    target = parse_instant(target_time)
+    bases = [
+        m for m in all_valid_manifests(storage, base_series(source)) if m.data.get("kind") == "postgres-base-backup"
+    ]
+    before = [m for m in bases if m.taken_at <= target]
+    if not before:
+        earliest = f"; the earliest is consistent from {iso(bases[0].taken_at)}" if bases else "; there are none"
+        raise RefusedError(
+            f"No base backup of {source} is consistent before {iso(target)}{earliest}. Pick a later instant or a "
+            "logical dump"
+        )
+    base = before[-1]
+    b = base.data["base"]
+    bin_dir = server_binaries(int(base.data["source"]["server_major"]), bin_dir)
+    timeline, size = int(b["timeline"]), int(b["segment_size"])
+    start, end = segno_of(parse_lsn(b["start_lsn"]), size), segno_of(parse_lsn(b["end_lsn"]), size)
+    listing = list_archive(storage, source, timeline, size)
+    files: dict[int, WalFile] = {}
+    for segno, keys in listing.complete.items():
+        if segno >= start and (found := _newest_valid_of(storage, keys)) is not None:
+            files[segno] = WalFile(found)
+    partial_segno = listing.newest_partial
+    partial = newest_partial(storage, listing.partials[partial_segno]) if partial_segno is not None else None
+    newest = max([*files, *([partial_segno] if partial else [])], default=None)
+    where = storage.uri(listing.series)
+    if newest is None:
+        raise RefusedError(
+            f"The WAL archive {where} holds nothing from {b['start_segment']} on, which base {base.partition} needs. "
+            "Run the WAL archive first"
+        )
+    gaps = find_gaps(set(files), partial_segno if partial else None, timeline, size, start, newest)
+    if gaps:
+        raise WalGap(gaps, where)
+    if newest < end:
+        raise RefusedError(
+            f"The WAL archive {where} reaches {segment_name(timeline, newest, size)}; base {base.partition} needs "
+            f"{b['start_segment']} .. {b['end_segment']}. Run the WAL archive first"
+        )
+    wal = [files[s] for s in range(start, newest + 1) if s in files]
+    if partial is not None and partial_segno == newest:
+        wal.append(partial)
+    sysid = base.data["source"]["system_identifier"]
+    strangers = [w.info["file"] for w in wal if w.manifest.data["source"]["system_identifier"] != sysid]
+    if strangers:
+        raise RefusedError(
+            f"WAL {strangers[0]} in {where} comes from another cluster (system identifier differs from base "
+            f"{base.partition}'s {sysid}): refusing to replay it"
+        )
+    until = max(w.recoverable_until for w in wal)
+    if target > until:
+        raise RefusedError(
+            f"The WAL archive of {source} is recoverable until {iso(until)}; {iso(target)} is later. Run the WAL "
+            "archive (postgres_wal_archive) and try again"
+        )
+    # recovery_target_time stops before the first commit after the instant; with none archived, PostgreSQL would
+    # end recovery "before the target was reached" (an error), while replaying all of it is exactly the instant.
+    stop = any(w.last_xact_at is not None and w.last_xact_at > target for w in wal) or any(
+        w.info.get("xact_count") is None for w in wal
+    )
+    return RecoveryPlan(source, target, base, wal, bin_dir, stop, until)
+
+
+# ------------------------------------------------------------------------------------------ the copy
+
+
+@dataclass
+class RecoveredServer:
+    """A throwaway PostgreSQL holding the cluster as of `plan.target_time`, on a private socket."""
+
+    plan: RecoveryPlan
+    work: Path
+    port: int
+    superuser: str
+    proc: subprocess.Popen | None = None
+    recovered_to: datetime | None = None  # the last transaction replayed
+    stop_record: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.work / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.work
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "postgres.log"
+
+    def conn(self, dbname: str = "postgres") -> PgConnection:
+        return PgConnection(
+            {"host": str(self.socket_dir), "port": str(self.port), "dbname": dbname, "user": self.superuser}
+        )
+
+    def databases(self) -> list[str]:
+        with self.conn("template1").connect(autocommit=True) as c:
+            return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate")]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # fast shutdown: a clean checkpoint, so a kept data dir starts cleanly
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self, keep_data_dir: bool = False) -> None:
+        self.stop()
+        if keep_data_dir:
+            os.sync()  # the copy ran with fsync off
+            shutil.rmtree(self.work / "wal", ignore_errors=True)
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> RecoveredServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def restore_to_instant(
+    storage: Storage,
+    *,
+    source: str,
+    target_time: str | datetime,
+    identities: list | None = None,
+    bin_dir: str | None = None,
+    tmp_dir: str | None = None,
+    timeout: float = 3600,
+    say: Logger = lambda _msg: None,
+) -> RecoveredServer:
+    """Recover `source` as of `target_time` into a running throwaway server (stop it with `cleanup()`)."""
+    plan = plan_recovery(storage, source=source, target_time=target_time, bin_dir=bin_dir)
+    encrypted = [m for m in [plan.base, *(w.manifest for w in plan.wal)] if is_encrypted(m)]
+    if encrypted and not identities:
+        raise RefusedError(
+            f"{storage.uri(encrypted[0].artifact_key)} is encrypted: set BACKUP_AGE_IDENTITY_FILE to recover it"
+        )
+    root = Path(tmp_dir or tempfile.gettempdir())
+    free = shutil.disk_usage(root).free
+    if free < plan.raw_bytes * 1.2:
+        raise RefusedError(
+            f"Not enough space in {root} for the base backup and WAL ({plan.raw_bytes / MiB:,.0f} MiB, "
+            f"{free / MiB:,.0f} MiB free). Fix: point RESTORE_TMPDIR at a bigger volume"
+        )
+    say(
+        f"Recovering {source} as of {iso(plan.target_time)} from base {plan.base.partition} "
+        f"({plan.base.data['base']['start_lsn']}) and {len(plan.wal)} WAL file(s)"
+    )
+    work = Path(tempfile.mkdtemp(prefix="cbd-pitr-restore-", dir=root))
+    server = RecoveredServer(plan, work, _free_port(), plan.base.data["source"].get("superuser") or "postgres")
+    try:
+        _extract_base(storage, plan, server.data_dir, identities)
+        _fetch_wal(storage, plan, work / "wal", identities)
+        _configure(server)
+        _start(server, timeout, say)
+        _check_reached(server)
+    except BaseException:
+        server.cleanup()
+        raise
+    reached = iso(server.recovered_to) if server.recovered_to else "the base"
+    say(f"Recovered to {reached} ({server.stop_record or 'end of archive'})")
+    return server
+
+
+def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities) -> None:
+    data.mkdir(mode=0o700)
+    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(data)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        outcome = read_artifact(storage, plan.base, tar.stdin.write, identities=identities)  # type: ignore[union-attr]
+    finally:
+        tar.stdin.close()  # type: ignore[union-attr]
+        err = tar.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+        rc = tar.wait()
+    problems = outcome.problems(plan.base)
+    if problems:
+        raise BackupError(f"{storage.uri(plan.base.artifact_key)}: {'; '.join(problems)}. Refusing to recover from it")
+    if rc != 0:
+        raise BackupError(f"tar could not extract base {plan.base.partition}: {err.strip()[-500:]}")
+    verify = subprocess.run(
+        [str(Path(plan.bin_dir, "pg_verifybackup")), "--no-parse-wal", "--quiet", str(data)],
+        capture_output=True,
+        text=True,
+    )
+    if verify.returncode != 0:
+        raise BackupError(
+            f"pg_verifybackup rejects base {plan.base.partition} (checksums against its backup_manifest): "
+            f"{verify.stderr.strip()[-800:]}"
+        )
+
+
+def _fetch_wal(storage: Storage, plan: RecoveryPlan, wal_dir: Path, identities) -> None:
+    wal_dir.mkdir(mode=0o700)
+    for wal in plan.wal:
+        target = wal_dir / wal.info["file"]  # a partial under its segment's name: recovery reads up to its zeros
+        with open(target, "wb") as out:
+            outcome = read_artifact(storage, wal.manifest, out.write, identities=identities)
+        problems = outcome.problems(wal.manifest)
+        if problems:
+            raise BackupError(f"{storage.uri(wal.manifest.artifact_key)}: {'; '.join(problems)}. Refusing to replay it")
+
+
+def _configure(server: RecoveredServer) -> None:
+    data, plan = server.data_dir, server.plan
+    auto = data / "postgresql.auto.conf"
+    if auto.exists():  # the source's ALTER SYSTEM settings (preload libraries, paths) need not exist here
+        auto.rename(data / "postgresql.auto.conf.source")
+    auto.write_text("")
+    (data / "standby.signal").unlink(missing_ok=True)
+    (data / "recovery.signal").write_text("")
+    (data / "pg_hba.conf").write_text("local all all trust\n")  # the socket's folder is private to this process
+    target = (
+        f"recovery_target_time = '{plan.target_time.astimezone(UTC).isoformat(sep=' ')}'\n"
+        if plan.stop_at_target
+        else ""
+    )
+    (data / "postgresql.conf").write_text(
+        "# Throwaway recovery copy written by cidadao-backup-dagster (the source's settings are not carried over)\n"
+        "listen_addresses = ''\n"
+        f"port = {server.port}\n"
+        f"unix_socket_directories = '{server.socket_dir}'\n"
+        f'restore_command = \'cp "{server.work / "wal"}/%f" "%p"\'\n'
+        f"{target}"
+        "recovery_target_action = 'promote'\n"
+        "hot_standby = off\n"  # no connections until recovery ends, and no primary-settings check
+        "archive_mode = off\n"
+        "fsync = off\n"
+        "lc_messages = 'C'\n"
+        "log_timezone = 'UTC'\n"
+        "timezone = 'UTC'\n"
+        "shared_preload_libraries = ''\n"
+    )
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(SERVER_USER)
+        for folder, dirs, files in os.walk(server.work):
+            os.chown(folder, user.pw_uid, user.pw_gid)
+            for name in files + dirs:
+                os.lchown(os.path.join(folder, name), user.pw_uid, user.pw_gid)
+    os.chmod(data, 0o700)
+
+
+def _start(server: RecoveredServer, timeout: float, say: Logger) -> None:
+    kwargs = {}
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(SERVER_USER)
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    log = open(server.log_path, "ab")
+    try:
+        server.proc = subprocess.Popen(
+            [str(Path(server.plan.bin_dir, "postgres")), "-D", str(server.data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=server.data_dir,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC", "LC_ALL": "C"},
+            start_new_session=True,
+            **kwargs,
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    conninfo = server.conn("template1")
+    while True:
+        if server.proc.poll() is not None:
+            raise BackupError(f"The recovery server exited (code {server.proc.returncode}): {_log_tail(server)}")
+        try:
+            with psycopg.connect(conninfo.conninfo(), connect_timeout=5, autocommit=True) as c:
+                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+        except psycopg.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise BackupError(f"Recovery did not finish within {timeout:.0f} s: {_log_tail(server)}")
+        time.sleep(0.3)
+
+
+_STOP = re.compile(r"recovery stopping before (commit|abort) of transaction \d+, time (\S+ \S+)")
+
+
+def _check_reached(server: RecoveredServer) -> None:
+    """Recovery must have stopped at the instant: before the first commit after it (or at the archive's end
+    when none was archived), with every replayed transaction at or before it."""
+    plan = server.plan
+    text = server.log_path.read_text(errors="replace")
+    with psycopg.connect(server.conn("template1").conninfo(), autocommit=True) as c:
+        (replayed,) = c.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()
+    server.recovered_to = replayed.astimezone(UTC) if replayed else None
+    found = _STOP.search(text)
+    server.stop_record = found.group(0) if found else None
+    if plan.stop_at_target and not found:
+        raise BackupError(f"Recovery ended without reaching {iso(plan.target_time)}: {_log_tail(server)}")
+    if server.recovered_to is not None and server.recovered_to > plan.target_time:
+        raise BackupError(
+            f"Recovery replayed a transaction of {server.recovered_to.isoformat()}, after {iso(plan.target_time)}"
+        )
+
+
+def _log_tail(server: RecoveredServer, lines: int = 15) -> str:
+    try:
+        return " | ".join(server.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "no server log"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,380 @@
+"""One WAL archive run: stream from the physical slot up to the server's current position, publish each file, exit.
+
+No daemon: `pg_receivewal --slot S --endpos <LSN> --no-loop` into a fresh temporary directory, seeded with where
+the archive stands in storage (the newest partial, or the newest completed segment), so a run on any machine
+resumes where the previous one stopped. Each file goes through the one publish path (zstd, age when recipients
+are configured, SHA-256, manifest written last), under a name of its own: nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ...artifacts.manifest import Manifest, iso, parse_manifest, publish, run_token, utc_now
+from ...artifacts.pipeline import EncryptionStage, stream_to_writer
+from ...artifacts.reader import is_encrypted, read_artifact
+from ...artifacts.storage import Storage, write_error_hint, write_error_type
+from ...errors import BackupError, DamagedArtifact, PermanentError, pg_error_type
+from ..backup import BackupSettings
+from ..client import PgConnection, pg_binary
+from .entries import artifact_entry, tools_entry
+from .layout import (
+    HISTORY,
+    PARTIAL_SUFFIX,
+    SEGMENT,
+    WalFile,
+    format_lsn,
+    iso_us,
+    list_archive,
+    parse_segment,
+    segment_name,
+    wal_object_key,
+    wal_series,
+)
+from .server import (
+    ServerInfo,
+    SlotState,
+    XactSummary,
+    bin_dir_for,
+    check_client,
+    current_position,
+    ensure_slot,
+    replication_preflight,
+    slot_name_for,
+    slot_state,
+    xact_times,
+)
+
+Logger = Callable[[str], None]
+
+
+@dataclass
+class WalRunResult:
+    source: str
+    timeline: int
+    start_lsn: int | None  # where streaming started (the seeded segment's start); None for a first run
+    end_lsn: int  # the archive now holds every byte of WAL below this position
+    recoverable_until: datetime  # every transaction committed before this instant is archived
+    last_xact_at: datetime | None  # the newest commit/abort record archived by this run, if any
+    slot: SlotState | None
+    resumed_from: str | None
+    segments: list[str] = field(default_factory=list)
+    partial: str | None = None
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    manifests: list[Manifest] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def metadata(self) -> dict:
+        return {
+            "timeline": self.timeline,
+            "start_lsn": format_lsn(self.start_lsn) if self.start_lsn is not None else None,
+            "end_lsn": format_lsn(self.end_lsn),
+            "segments": len(self.segments),
+            "segment_names": self.segments,
+            "partial": self.partial,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "recoverable_until": iso(self.recoverable_until),
+            "last_xact_at": iso(self.last_xact_at) if self.last_xact_at else None,
+            "resumed_from": self.resumed_from,
+            "slot": self.slot.name if self.slot else None,
+            "slot_retained_bytes": self.slot.retained_bytes if self.slot else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def archive_wal(
+    conn: PgConnection,
+    storage: Storage,
+    *,
+    source: str,
+    slot: str | None = None,
+    settings: BackupSettings | None = None,
+    encryption: EncryptionStage | None = None,
+    encryption_info: dict | None = None,
+    identities: list | None = None,
+    tmp_dir: str | None = None,
+    timeout: float = 3600,
+    variable: str = "DATABASE_URL",
+    extra: dict | None = None,
+    say: Logger = lambda _msg: None,
+) -> WalRunResult:
+    """Archive the server's WAL up to its current position into `postgres/<source>/wal/<timeline>/`."""
+    t0 = time.monotonic()
+    started_at = utc_now()
+    settings = settings or BackupSettings()
+    storage.check_writable()
+    info = replication_preflight(conn, bin_dir=settings.pg_bin_dir, variable=variable)
+    receivewal = check_client("pg_receivewal", info.major, settings.pg_bin_dir)
+    waldump = _optional_binary("pg_waldump", bin_dir_for(info.major, settings.pg_bin_dir))
+    slot = slot or slot_name_for(source)
+    ensure_slot(conn, slot)
+    listing = list_archive(storage, source, info.timeline, info.segment_size)
+
+    work = Path(tempfile.mkdtemp(prefix="cbd-pitr-wal-", dir=tmp_dir))
+    try:
+        resumed_from, start_lsn, placeholders = _seed(storage, listing, info, work, identities, say)
+        end_lsn, recoverable_until = current_position(conn)
+        say(
+            f"Streaming WAL from {format_lsn(start_lsn) if start_lsn is not None else 'the slot'} to "
+            f"{format_lsn(end_lsn)} (slot {slot})"
+        )
+        _receive(conn, receivewal, slot, end_lsn, work, timeout)
+        result = WalRunResult(source, info.timeline, start_lsn, end_lsn, recoverable_until, None, None, resumed_from)
+        common = _Common(
+            storage, source, info, conn, settings, encryption, encryption_info, started_at, recoverable_until, extra
+        )
+        for path in sorted(work.iterdir()):
+            name = path.name
+            if name in placeholders or path.is_dir():
+                continue
+            if SEGMENT.match(name):
+                tli, segno = parse_segment(name, info.segment_size)
+                if tli == info.timeline and segno in listing.complete:
+                    continue  # a concurrent run archived it already (same bytes: WAL is immutable)
+                xacts = _xacts(path, name, waldump, work)
+                end = (segno + 1) * info.segment_size
+                manifest = _publish_file(common, path, name, name, tli, segno, False, end, xacts)
+                result.segments.append(name)
+            elif name.endswith(PARTIAL_SUFFIX) and SEGMENT.match(name[: -len(PARTIAL_SUFFIX)]):
+                seg = name[: -len(PARTIAL_SUFFIX)]
+                tli, segno = parse_segment(seg, info.segment_size)
+                xacts = _xacts(path, seg, waldump, work)
+                end = min(end_lsn, (segno + 1) * info.segment_size)
+                manifest = _publish_file(common, path, name, seg, tli, segno, True, end, xacts)
+                result.partial = name
+            elif HISTORY.match(name):
+                manifest = _publish_file(common, path, name, name, int(name[:8], 16), None, False, None, None)
+            else:
+                continue
+            result.manifests.append(manifest)
+            result.raw_bytes += manifest.raw_bytes
+            result.stored_bytes += manifest.stored_bytes
+            last = WalFile(manifest).last_xact_at if manifest.data["wal"].get("segno") is not None else None
+            if last and (result.last_xact_at is None or last > result.last_xact_at):
+                result.last_xact_at = last
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.slot = slot_state(conn, slot)
+    result.seconds = time.monotonic() - t0
+    say(
+        f"Archived {len(result.segments)} segment(s) and {result.partial or 'no partial'}; recoverable until "
+        f"{iso(recoverable_until)}"
+    )
+    return result
+
+
+def _optional_binary(name: str, bin_dir: str | None) -> str | None:
+    try:
+        return pg_binary(name, bin_dir)
+    except PermanentError:
+        return None  # commit times are then not recorded; restores still work (they replay to the end)
+
+
+def _xacts(path: Path, segment: str, waldump: str | None, work: Path) -> XactSummary | None:
+    if waldump is None:
+        return None
+    # pg_waldump reads the WAL position from the file name: show it the partial under its segment's name.
+    view = work / "waldump"
+    view.mkdir(exist_ok=True)
+    link = view / segment
+    link.unlink(missing_ok=True)
+    link.symlink_to(path)
+    try:
+        return xact_times(link, waldump)
+    finally:
+        link.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ seed + stream
+
+
+def newest_partial(storage: Storage, keys: list[str]) -> WalFile | None:
+    """Of a segment's partial manifests, the one that reaches furthest (a slow concurrent run may publish a
+    shorter one later); damaged manifests are skipped."""
+    best = None
+    for key in keys:
+        try:
+            wal = WalFile(parse_manifest(storage, key))
+        except DamagedArtifact:
+            continue
+        if storage.size(wal.manifest.artifact_key) != wal.manifest.stored_bytes:
+            continue
+        if best is None or wal.end_lsn >= best.end_lsn:
+            best = wal
+    return best
+
+
+def _seed(storage, listing, info: ServerInfo, work: Path, identities, say) -> tuple[str | None, int | None, set[str]]:
+    """Put into `work` what tells pg_receivewal where the archive stands. pg_receivewal restarts an unfinished
+    segment from its first byte (and a completed one's successor), so the position is what matters; the stored
+    partial is downloaded and verified when it can be read here, else a same-sized placeholder stands in (a
+    worker holding only age public keys cannot decrypt it, and needs not)."""
+    size = info.segment_size
+    segno = listing.newest_partial
+    if segno is not None:
+        partial = newest_partial(storage, listing.partials[segno])
+        if partial is not None:
+            name = segment_name(info.timeline, segno, size) + PARTIAL_SUFFIX
+            target = work / name
+            if not is_encrypted(partial.manifest) or identities:
+                _download(storage, partial.manifest, target, identities)
+                say(f"Resuming from {name} ({storage.uri(partial.manifest.artifact_key)})")
+            else:
+                _placeholder(target, size)
+                say(f"Resuming from {name} (encrypted in storage: streamed again from its first byte)")
+            return name, segno * size, set()
+    segno = listing.newest_complete
+    if segno is not None:
+        name = segment_name(info.timeline, segno, size)
+        _placeholder(work / name, size)
+        return name, (segno + 1) * size, {name}
+    return None, None, set()
+
+
+def _placeholder(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)  # sparse: pg_receivewal checks the size of a completed segment, never its bytes
+
+
+def _download(storage: Storage, manifest: Manifest, target: Path, identities) -> None:
+    with open(target, "wb") as out:
+        outcome = read_artifact(storage, manifest, out.write, identities=identities)
+    problems = outcome.problems(manifest)
+    if problems:
+        target.unlink(missing_ok=True)
+        raise BackupError(f"{storage.uri(manifest.artifact_key)}: {'; '.join(problems)}")
+
+
+def _receive(conn: PgConnection, receivewal: str, slot: str, end_lsn: int, work: Path, timeout: float) -> None:
+    # pg_receivewal stops once it has received WAL strictly beyond --endpos: asking for end-1 makes it stop as
+    # soon as it holds everything below `end_lsn`, instead of waiting for the server's next record.
+    args = [
+        receivewal,
+        "--no-password",
+        "-d",
+        conn.conninfo(),
+        "--slot",
+        slot,
+        "--endpos",
+        format_lsn(max(end_lsn - 1, 0)),
+        "--no-loop",
+        "-D",
+        str(work),
+    ]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=conn.env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BackupError(
+            f"pg_receivewal did not reach {format_lsn(end_lsn)} within {timeout:.0f} s; nothing was published"
+        ) from None
+    if proc.returncode != 0:
+        err = conn.redact(proc.stderr).strip()[-1500:]
+        if "has already been removed" in err:
+            raise PermanentError(
+                f"The server no longer has the WAL the archive needs next ({err}). The archive has a gap: take a "
+                "new base backup; keep the slot (and consider wal_keep_size) so runs never fall this far behind"
+            )
+        raise pg_error_type(err)(f"pg_receivewal failed (exit code {proc.returncode}): {err or 'no error text'}")
+
+
+# ------------------------------------------------------------------------------------------ publish
+
+
+@dataclass(frozen=True)
+class _Common:
+    storage: Storage
+    source: str
+    info: ServerInfo
+    conn: PgConnection
+    settings: BackupSettings
+    encryption: EncryptionStage | None
+    encryption_info: dict | None
+    started_at: datetime
+    recoverable_until: datetime
+    extra: dict | None
+
+
+def _publish_file(
+    c: _Common,
+    path: Path,
+    partition: str,
+    file_name: str,
+    timeline: int,
+    segno: int | None,
+    partial: bool,
+    end_lsn: int | None,
+    xacts: XactSummary | None,
+) -> Manifest:
+    series = wal_series(c.source, timeline)
+    suffix = ".zst.age" if c.encryption else ".zst"
+    key = wal_object_key(series, partition, run_token(), suffix)
+    writer = c.storage.open_write(key)
+    try:
+        with open(path, "rb") as f:
+            stats = stream_to_writer(
+                f, writer, level=c.settings.zstd_level, threads=c.settings.zstd_threads, encryption=c.encryption
+            )
+        writer.commit()
+    except BaseException as exc:
+        writer.abort()
+        if isinstance(exc, Exception) and not isinstance(exc, BackupError):
+            raise write_error_type(exc)(
+                f"Writing {c.storage.uri(key)} failed ({type(exc).__name__}: {exc}); the partial upload was removed "
+                "and the archive is as it was" + write_error_hint(exc)
+            ) from exc
+        raise
+    size = c.info.segment_size
+    decrypt = "age -d -i key.txt <file> | zstd -d -o" if c.encryption else "zstd -d <file> -o"
+    manifest = Manifest(
+        {
+            "format_version": 1,
+            "kind": "postgres-wal",
+            "partition": partition,
+            "series": series,
+            "artifact": artifact_entry(
+                c.storage,
+                key,
+                "PostgreSQL WAL file, zstd-compressed",
+                f"{decrypt} <restore dir>/{file_name}; restore_command = 'cp <restore dir>/%f %p'",
+                c.settings,
+                c.encryption_info if c.encryption else None,
+                stats,
+            ),
+            "source": {
+                "url": c.conn.display(),
+                "system_identifier": c.info.system_identifier,
+                "server_version": c.info.server_version,
+                "server_version_num": c.info.server_version_num,
+            },
+            "wal": {
+                "file": file_name,
+                "timeline": timeline,
+                "segno": segno,
+                "partial": partial,
+                "segment_size": size,
+                "start_lsn": format_lsn(segno * size) if segno is not None else None,
+                "end_lsn": format_lsn(end_lsn) if end_lsn is not None else None,
+                "xact_count": xacts.count if xacts else None,
+                "first_xact_at": iso_us(xacts.first_at) if xacts and xacts.first_at else None,
+                "last_xact_at": iso_us(xacts.last_at) if xacts and xacts.last_at else None,
+            },
+            "tools": tools_entry(),
+            "timings": {
+                "started_at": iso(c.started_at),
+                # What the archive holds up to this file is recoverable to this instant.
+                "snapshot_at": iso_us(c.recoverable_until),
+                "finished_at": iso(utc_now()),
+            },
+            **({"run": c.extra} if c.extra else {}),
+        }
+    )
+    return publish(c.storage, series, manifest)

@@ -1,0 +1,273 @@
+"""Point-in-time recovery against a private PostgreSQL 15 cluster started here (own port and directory,
+wal_level=replica, replication allowed): base backup, scheduled-style WAL runs, recovery to an instant in a
+throwaway server. The machine's shared server is never touched (its slots, its pg_hba)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cidadao_backup_dagster.core.artifacts.manifest import index_series, parse_manifest
+from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.errors import ConfigurationError, RefusedError
+from cidadao_backup_dagster.core.postgres.backup import BackupSettings
+from cidadao_backup_dagster.core.postgres.client import PgConnection
+from cidadao_backup_dagster.core.postgres.pitr import (
+    WalGap,
+    archive_wal,
+    base_backup,
+    drop_slot,
+    plan_recovery,
+    replication_preflight,
+    restore_to_instant,
+    slot_name_for,
+    wal_series,
+)
+
+from .conftest import free_port, unique_name
+
+PG15 = Path("/usr/lib/postgresql/15/bin")
+SETTINGS = BackupSettings(pg_bin_dir=str(PG15))
+
+pytestmark = pytest.mark.skipif(not (PG15 / "initdb").exists(), reason="needs the PostgreSQL 15 server binaries")
+
+
+def as_postgres(args: list) -> list[str]:
+    """initdb and postgres refuse to run as root."""
+    args = [str(a) for a in args]
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@dataclass
+class Cluster:
+    root: Path
+    port: int
+
+    def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def conn(self, dbname: str = "postgres", user: str = "postgres") -> PgConnection:
+        return PgConnection.from_url(self.url(dbname, user))
+
+    def sql(self, query: str, dbname: str = "postgres", params=None):
+        with psycopg.connect(self.url(dbname), autocommit=True) as c:
+            cur = c.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="pitr-test-pg-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+    data = root / "data"
+    subprocess.run(
+        as_postgres([PG15 / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-N"]),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(
+            f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+            "wal_level = replica\nmax_wal_senders = 8\nmax_replication_slots = 16\nfsync = off\n"
+        )
+    # Replication only for `postgres`: the refusal test needs a REPLICATION role pg_hba does not let in.
+    (data / "pg_hba.conf").write_text(
+        "local all all trust\nhost replication postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n"
+    )
+    subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-l", root / "log", "-w", "start"]), check=True)
+    try:
+        yield Cluster(root, port)
+    finally:
+        subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def source(cluster):
+    """A database with a table, and a source name of its own (own slot, own series); the slot is dropped after."""
+    name = unique_name("pitr")
+    cluster.sql(f"CREATE DATABASE {name}")
+    cluster.sql("CREATE TABLE items (id int PRIMARY KEY, note text)", name)
+    try:
+        yield name
+    finally:
+        drop_slot(cluster.conn(), slot_name_for(name))
+        cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def insert(cluster: Cluster, db: str, first: int, last: int) -> None:
+    cluster.sql(f"INSERT INTO items SELECT g, 'row ' || g FROM generate_series({first}, {last}) g", db)
+
+
+def ids(conn: PgConnection) -> list[int]:
+    with conn.connect(autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT id FROM items ORDER BY id")]
+
+
+def server_now(cluster: Cluster):
+    (now,) = cluster.sql("SELECT clock_timestamp()")[0]
+    time.sleep(0.01)  # the next commit is strictly later
+    return now
+
+
+def restore_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("cbd-pitr-restore-*")}
+
+
+# ------------------------------------------------------------------------------------------ the scenario
+
+
+def test_restore_to_instant_with_the_tail_only_in_the_partial(cluster, source, storage):
+    """rows, base, more rows, T, DELETE (no WAL switch: its commit is only in the partial), one WAL run, restore
+    to T -> exactly the rows of T. On a local folder and on S3."""
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 100)
+    base = base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    assert base.data["kind"] == "postgres-base-backup"
+    assert base.data["base"]["start_lsn"] and base.data["base"]["end_lsn"]
+    assert base.data["source"]["server_major"] == 15
+    insert(cluster, source, 101, 150)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items", source)
+
+    run = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    (lsn,) = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
+    assert run.partial == f"{lsn}.partial"  # the DELETE's commit is in the unfinished segment only
+    assert run.recoverable_until > instant
+    assert run.last_xact_at is not None and run.last_xact_at > instant  # the DELETE
+    assert run.raw_bytes > 0 and run.stored_bytes > 0
+    assert run.metadata()["end_lsn"] == run.metadata()["end_lsn"].upper()
+
+    before = restore_dirs()
+    with restore_to_instant(storage, source=source, target_time=instant) as server:
+        assert ids(server.conn(source)) == list(range(1, 151))
+        assert server.plan.stop_at_target and "before commit" in (server.stop_record or "")
+        assert server.recovered_to is not None and server.recovered_to <= instant
+    assert restore_dirs() == before  # the throwaway server and its files are gone
+
+
+def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path):
+    """The partial travels through storage: a run in a fresh directory resumes from it, completes its segment
+    and publishes a new partial beside the old one (nothing overwritten); recovery replays to the end."""
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 10)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 11, 20)
+    (tmp_path / "one").mkdir()
+    first = archive_wal(conn, storage, source=source, settings=SETTINGS, tmp_dir=str(tmp_path / "one"))
+    assert first.partial
+
+    insert(cluster, source, 21, 30)
+    cluster.sql("SELECT pg_switch_wal()")
+    insert(cluster, source, 31, 40)
+    fresh = tmp_path / "another-machine"
+    fresh.mkdir()
+    second = archive_wal(conn, storage, source=source, settings=SETTINGS, tmp_dir=str(fresh))
+    assert second.resumed_from == first.partial
+    assert first.partial.removesuffix(".partial") in second.segments  # completed by the second run
+    assert second.partial and second.partial != first.partial
+    assert second.start_lsn is not None and second.start_lsn < second.end_lsn
+    assert list(fresh.iterdir()) == []  # its temporary directory is gone
+
+    # Both partials of the first segment stay (each run wrote its own object and manifest).
+    index = index_series(storage, wal_series(source, second.timeline))
+    assert len(index.manifests[first.partial]) == 1
+    assert first.partial.removesuffix(".partial") in index.manifests
+
+    # A third run with nothing new resumes from the newest partial and changes nothing it relies on.
+    third = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert third.resumed_from == second.partial and third.segments == []
+
+    instant = third.recoverable_until  # no commit archived after it: recovery replays everything
+    with restore_to_instant(storage, source=source, target_time=instant) as server:
+        assert not server.plan.stop_at_target
+        assert ids(server.conn(source)) == list(range(1, 41))
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, source, tmp_path):
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 10)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    for first in (11, 21, 31):
+        insert(cluster, source, first, first + 9)
+        cluster.sql("SELECT pg_switch_wal()")
+    instant = server_now(cluster)
+    run = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert len(run.segments) >= 3
+    victim = run.segments[1]
+    manifest = parse_manifest(storage, index_series(storage, wal_series(source, run.timeline)).manifests[victim][-1])
+    storage.delete(manifest.artifact_key)
+
+    with pytest.raises(WalGap, match=victim) as refused:
+        plan_recovery(storage, source=source, target_time=instant)
+    assert [str(g) for g in refused.value.gaps] == [victim]
+    before = restore_dirs()
+    with pytest.raises(WalGap, match=victim):
+        restore_to_instant(storage, source=source, target_time=instant)
+    assert restore_dirs() == before  # refused before anything was fetched or written
+
+
+def test_a_wrong_server_major_is_refused_before_anything_is_touched(cluster, source, tmp_path):
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    fake = tmp_path / "pg16-bin"
+    fake.mkdir()
+    (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.4'\n")
+    (fake / "postgres").chmod(0o755)
+    before = restore_dirs()
+    with pytest.raises(RefusedError, match="PostgreSQL 16, the base backup is PostgreSQL 15"):
+        restore_to_instant(storage, source=source, target_time="2099-01-01T00:00:00Z", bin_dir=str(fake))
+    with pytest.raises(RefusedError, match="No PostgreSQL 15 server binaries"):
+        restore_to_instant(storage, source=source, target_time="2099-01-01T00:00:00Z", bin_dir=str(tmp_path))
+    assert restore_dirs() == before
+
+
+def test_an_instant_beyond_the_archive_or_before_any_base_is_refused(cluster, source, tmp_path):
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    early = server_now(cluster)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    run = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    with pytest.raises(RefusedError, match="No base backup"):
+        plan_recovery(storage, source=source, target_time=early)
+    with pytest.raises(RefusedError, match="recoverable until"):
+        plan_recovery(storage, source=source, target_time="2099-01-01T00:00:00Z")
+    plan = plan_recovery(storage, source=source, target_time=run.recoverable_until)
+    assert plan.base.partition == "2026-11-30"
+    assert max(w.end_lsn for w in plan.wal) >= run.end_lsn  # the archive reaches the run's end
+
+
+def test_replication_refusals_name_each_fix(cluster, source):
+    norep, nohba = unique_name("norep"), unique_name("nohba")
+    cluster.sql(f"CREATE ROLE {norep} LOGIN")
+    cluster.sql(f"CREATE ROLE {nohba} LOGIN REPLICATION")
+    try:
+        with pytest.raises(ConfigurationError, match=f"ALTER ROLE {norep} REPLICATION") as refused:
+            replication_preflight(cluster.conn(source, norep), bin_dir=str(PG15), variable="DATABASE_URL")
+        assert "logical dumps are not affected" in str(refused.value)
+        with pytest.raises(ConfigurationError, match=f"host replication {nohba}"):
+            replication_preflight(cluster.conn(source, nohba), bin_dir=str(PG15))
+        with pytest.raises(ConfigurationError):
+            archive_wal(cluster.conn(source, norep), LocalStorage(cluster.root / "unused"), source=source)
+    finally:
+        cluster.sql(f"DROP ROLE {norep}")
+        cluster.sql(f"DROP ROLE {nohba}")
