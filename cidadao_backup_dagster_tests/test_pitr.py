@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -271,3 +273,59 @@ def test_replication_refusals_name_each_fix(cluster, source):
     finally:
         cluster.sql(f"DROP ROLE {norep}")
         cluster.sql(f"DROP ROLE {nohba}")
+
+
+# ------------------------------------------------------------------------------------------ runbook
+
+
+def runbook_block() -> str:
+    """The bash block under the stock-tools runbook heading of docs/pitr.md: run verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pitr.md").read_text()
+    found = re.search(r"## Runbook: restore to an instant.*?```bash\n(.*?)```", text, re.S)
+    assert found, "docs/pitr.md has no runbook block"
+    return found.group(1)
+
+
+def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_path):
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 20)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 21, 30)
+    # The runbook takes whole seconds: the next second boundary, with every insert before and the DELETE after.
+    instant = server_now(cluster).replace(microsecond=0) + timedelta(seconds=1)
+    while server_now(cluster) <= instant:
+        time.sleep(0.05)
+    cluster.sql("DELETE FROM items", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+
+    # Run as the OS user that owns the copy (PostgreSQL refuses root), on a copy of the storage folder.
+    root = Path(tempfile.mkdtemp(prefix="pitr-test-runbook-"))
+    work, port = root / "work", free_port()
+    try:
+        shutil.copytree(storage.root, root / "backups")
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "postgres:", str(root)], check=True)
+        variables = {
+            "BACKUP_DIR": str(root / "backups"),
+            "SOURCE": source,
+            "TARGET_TIME": instant.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "PGBIN": str(PG15),
+            "WORK": str(work),
+            "PORT": str(port),
+            "PATH": os.environ["PATH"],
+        }
+        env_args = ["env", "-i", *(f"{k}={v}" for k, v in variables.items())]
+        out = subprocess.run(
+            as_postgres([*env_args, "bash", "-euo", "pipefail", "-c", runbook_block()]), capture_output=True, text=True
+        )
+        log = (work / "postgres.log").read_text()[-2000:] if (work / "postgres.log").exists() else ""
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:] + log
+        assert "recovery stopping before commit" in out.stdout
+        assert "in recovery: false" in out.stdout
+        recovered = PgConnection({"host": str(work), "port": str(port), "dbname": source, "user": "postgres"})
+        assert ids(recovered) == list(range(1, 31))
+    finally:
+        if (work / "data" / "postmaster.pid").exists():
+            subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", work / "data", "-m", "immediate", "stop"]))
+        shutil.rmtree(root, ignore_errors=True)
