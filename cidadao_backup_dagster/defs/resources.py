@@ -15,7 +15,7 @@ from ..core.artifacts.storage import MiB, S3Storage, Storage, sse_arguments, sto
 from ..core.errors import ConfigurationError
 from ..core.monitoring.alerts import Channels, parse_level
 from ..core.postgres.backup import BackupSettings, safe_name
-from ..core.postgres.client import PgConnection
+from ..core.postgres.client import ClientDirs, PgConnection
 from ..core.redis.backup import MODES, RedisEndpoint, RedisSnapshotSettings
 from ..core.secrets import (
     has_credentials,
@@ -40,7 +40,14 @@ class PostgresSource(dg.ConfigurableResource):
     """The database to back up (`DATABASE_URL`)."""
 
     database_url: str = Field(default="", description="postgresql://user:password@host:5432/dbname (DATABASE_URL)")
-    pg_bin_dir: str = Field(default="", description="Folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = PATH")
+    pg_bin_dir: str = Field(
+        default="", description="The one folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = search PG_BIN_DIRS"
+    )
+    pg_bin_dirs: str = Field(
+        default="",
+        description="Folders searched for a pg_dump/pg_restore of at least the server's version (PG_BIN_DIRS, "
+        "colon-separated), before /usr/lib/postgresql/*/bin and PATH",
+    )
     url_variable: str = Field(default="DATABASE_URL", description="Environment variable holding the URL (in errors)")
     name: str = Field(
         default="cidadao",
@@ -59,8 +66,8 @@ class PostgresSource(dg.ConfigurableResource):
         return safe_name(self.connection().dbname)
 
     @property
-    def bin_dir(self) -> str | None:
-        return self.pg_bin_dir or None
+    def bin_dir(self) -> str | ClientDirs:
+        return self.pg_bin_dir or ClientDirs.parse(self.pg_bin_dirs)
 
 
 class BackupStorage(dg.ConfigurableResource):
@@ -206,13 +213,16 @@ class RecoverySettings(dg.ConfigurableResource):
 
     def server(self, url: str, source: PgConnection, variable: str) -> PgConnection:
         """A server to restore onto: `url` (its database part is only used to connect), else the source's.
-        The source's password is reused on the source's own host and port."""
+        The source's password and TLS settings (sslmode, sslrootcert) are reused on the source's own host and port."""
         register_secret(self.target_password)
         if not url:
             return source.with_dbname("postgres")
-        if "/" not in url.split("://", 1)[-1]:
-            url = f"{url}/postgres"
+        base, query = (url.split("?", 1) + [""])[:2]
+        if "/" not in base.split("://", 1)[-1]:  # only the server given (its ?sslmode=... kept after the path)
+            url = f"{base}/postgres" + (f"?{query}" if query else "")
         conn = PgConnection.from_url(url, variable)
+        if (conn.host, conn.port) == (source.host, source.port):
+            conn = conn.with_tls_of(source)
         if conn.password and variable != "DRILL_DATABASE_URL":
             raise ConfigurationError(
                 variable,
@@ -401,6 +411,7 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
         return PostgresSource(
             database_url=env_or(spec.url_env, ""),
             pg_bin_dir=env_or("PG_BIN_DIR", ""),
+            pg_bin_dirs=env_or("PG_BIN_DIRS", ""),
             url_variable=spec.url_env,
             name=spec.name or env_or("POSTGRES_SOURCE_NAME", "cidadao"),
         )

@@ -15,8 +15,8 @@ from ... import __version__
 from ..artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from ..artifacts.pipeline import EncryptionStage, Progress, stream_to_writer
 from ..artifacts.storage import MiB, Storage, write_error_hint, write_error_type
-from ..errors import BackupError, PermanentError
-from .client import ExportedSnapshot, PgConnection, PgDumpProcess, binary_version, major, pg_binary
+from ..errors import BackupError
+from .client import BinDir, ExportedSnapshot, PgConnection, PgDumpProcess, choose_client, find_clients
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class BackupSettings:
     zstd_level: int = 3
     zstd_threads: int = -1
-    pg_bin_dir: str | None = None
+    pg_bin_dir: BinDir = None  # PG_BIN_DIR (one folder) or ClientDirs (PG_BIN_DIRS, searched)
     progress_every: float = 10.0
 
 
@@ -53,16 +53,17 @@ def backup_postgres(
     started_at = utc_now()
     t0 = time.monotonic()
     storage.check_writable()
-    pg_dump = pg_binary("pg_dump", settings.pg_bin_dir)
-    pg_dump_version = binary_version(pg_dump)
+    installed = find_clients("pg_dump", settings.pg_bin_dir)  # none at all: fail before connecting
 
     snapshot = ExportedSnapshot(conn)
     try:
-        if major(pg_dump_version) < snapshot.server_version_num // 10000:
-            raise PermanentError(
-                f"pg_dump {pg_dump_version} is older than the server ({snapshot.server_version}); pg_dump must be "
-                "at least the server's major version. Fix: install the matching postgresql-client and set PG_BIN_DIR."
-            )
+        pg_dump = choose_client(  # refused here, before anything is written
+            installed,
+            snapshot.server_version_num // 10000,
+            f"The server is PostgreSQL {snapshot.server_version}, and pg_dump must be at least its major version",
+            settings.pg_bin_dir,
+        )
+        log.info("Using %s for a PostgreSQL %s server", pg_dump.describe(), snapshot.server_version)
         # A name of this run's own: a re-run or a concurrent run of the partition never replaces this object.
         suffix = ".dump.zst.age" if encryption else ".dump.zst"
         key = f"{partition_prefix(series, partition)}/{data_object_name(safe_name(conn.dbname), partition, suffix)}"
@@ -70,7 +71,7 @@ def backup_postgres(
         writer = storage.open_write(key)
         dump: PgDumpProcess | None = None
         try:
-            dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=settings.pg_bin_dir)
+            dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=pg_dump.bin_dir)
             stats = stream_to_writer(
                 dump.stdout,  # type: ignore[arg-type]
                 writer,
@@ -135,7 +136,8 @@ def backup_postgres(
                 "rows_total": sum(counts.values()),
             },
             "tools": {
-                "pg_dump": pg_dump_version,
+                "pg_dump": pg_dump.version,
+                "pg_dump_path": pg_dump.path,
                 "cidadao_backup_dagster": __version__,
                 "zstandard": zstandard.__version__,
                 "python": platform.python_version(),

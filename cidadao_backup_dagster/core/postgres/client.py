@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
 import re
 import shutil
@@ -89,6 +91,13 @@ class PgConnection:
     def with_dbname(self, dbname: str) -> PgConnection:
         return replace(self, params={**self.params, "dbname": dbname})
 
+    def with_tls_of(self, other: PgConnection) -> PgConnection:
+        """`other`'s TLS settings (sslmode, sslrootcert, ...) when this one names none: the same server reached
+        through a URL written without them must still be verified the same way."""
+        if any(k.startswith("ssl") for k in self.params):
+            return self
+        return replace(self, params={**self.params, **{k: v for k, v in other.params.items() if k.startswith("ssl")}})
+
     def display(self) -> str:
         """`postgresql://user@host:port/db` from the parsed parts (never from the URL as written): safe for logs,
         metadata and manifests."""
@@ -119,32 +128,98 @@ class PgConnection:
             return psycopg.connect(self.conninfo(), password=self.password, connect_timeout=15, **kwargs)
         except psycopg.OperationalError as exc:
             # A wrong password or a missing database is permanent; a refused or dropped connection may pass.
-            raise pg_error_type(str(exc))(
-                f"Cannot connect to {self.display()}: {self.redact(str(exc)).strip()}. "
-                "Fix: check DATABASE_URL (host, port, user, password, database) and that the server accepts "
+            fix = tls_fix(str(exc)) or (
+                "check DATABASE_URL (host, port, user, password, database) and that the server accepts "
                 "connections from this machine."
+            )
+            raise pg_error_type(str(exc))(
+                f"Cannot connect to {self.display()}: {self.redact(str(exc)).strip()}. Fix: {fix}"
             ) from None
 
     def redact(self, text: str) -> str:
         return redact_text(text, [self.password] if self.password else [])
 
 
+def tls_fix(error: str) -> str | None:
+    """What to change in the URL when libpq's error is about TLS (managed servers accept only `hostssl`)."""
+    text = error.lower()
+    if "no pg_hba.conf entry" in text and "no encryption" in text:
+        return (
+            "the server accepts only TLS connections: add sslmode to the URL, e.g. "
+            "?sslmode=verify-full&sslrootcert=/path/to/server-ca.pem (or at least ?sslmode=require)."
+        )
+    if "server does not support ssl" in text:
+        return "the server does not offer TLS: check host and port, or use a weaker sslmode (prefer) in the URL."
+    if "certificate" in text and any(w in text for w in ("verify failed", "does not match", "does not exist")):
+        return (
+            "TLS verification failed: sslrootcert must name the CA file that signed the server's certificate, "
+            "and the URL's host must be a name (or IP) the certificate was issued for."
+        )
+    return None
+
+
 # ----------------------------------------------------------------------------------------- binaries
 
 
-def pg_binary(name: str, bin_dir: str | None = None) -> str:
-    path = str(Path(bin_dir) / name) if bin_dir else shutil.which(name)
-    if not path or not os.access(path, os.X_OK):
-        where = f"in PG_BIN_DIR={bin_dir}" if bin_dir else "on PATH"
-        raise PermanentError(
-            f"{name} not found {where}. Fix: install the PostgreSQL client matching the server "
-            "(Debian: apt-get install postgresql-client) or set PG_BIN_DIR to its bin folder."
-        )
-    return path
+STANDARD_BIN_DIRS = "/usr/lib/postgresql/*/bin"  # Debian/Ubuntu and PGDG packages: one folder per major
+
+
+@dataclass(frozen=True)
+class ClientDirs:
+    """Where to look for PostgreSQL client programs: `dirs` (PG_BIN_DIRS) first, then /usr/lib/postgresql/*/bin,
+    then PATH. A plain folder string (PG_BIN_DIR) instead means that folder only."""
+
+    dirs: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> ClientDirs:
+        """`/opt/pg17/bin:/usr/lib/postgresql/18/bin` (colon-separated, like PATH)."""
+        return cls(tuple(d.strip() for d in (text or "").split(os.pathsep) if d.strip()))
+
+
+# A folder (PG_BIN_DIR: only that one), a search (PG_BIN_DIRS and the standard places) or None (standard places).
+BinDir = str | ClientDirs | None
+
+
+@dataclass(frozen=True)
+class PgClient:
+    """One installed client program and the version it reports."""
+
+    path: str
+    version: str
+
+    @property
+    def major(self) -> int:
+        return major(self.version)
+
+    @property
+    def bin_dir(self) -> str:
+        return os.path.dirname(self.path)
+
+    def describe(self) -> str:
+        return f"{Path(self.path).name} {self.version} at {self.bin_dir}"
+
+
+def pg_binary(name: str, bin_dir: BinDir = None) -> str:
+    """The program `name`: in the folder `bin_dir`, else (a search) the newest one found."""
+    if isinstance(bin_dir, str) and bin_dir:
+        path = str(Path(bin_dir) / name)
+        if not os.access(path, os.X_OK):
+            raise PermanentError(
+                f"{name} not found in PG_BIN_DIR={bin_dir}. Fix: install the PostgreSQL client matching the server "
+                "(Debian: apt-get install postgresql-client) or set PG_BIN_DIR to its bin folder."
+            )
+        return path
+    return max(find_clients(name, bin_dir), key=lambda c: c.major).path
 
 
 def binary_version(path: str) -> str:
     """`pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)` -> `15.20`."""
+    return _version(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _version(path: str, _mtime: int) -> str:  # keyed by mtime: an upgraded package is asked again
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     found = re.search(r"\)\s+(\d+(?:\.\d+)*)", out)
     return found.group(1) if found else out
@@ -152,6 +227,76 @@ def binary_version(path: str) -> str:
 
 def major(version: str) -> int:
     return int(re.match(r"\d+", version).group())  # type: ignore[union-attr]
+
+
+def _searched(bin_dir: BinDir) -> str:
+    dirs = bin_dir.dirs if isinstance(bin_dir, ClientDirs) else ()
+    return (f"PG_BIN_DIRS={os.pathsep.join(dirs)}, " if dirs else "") + f"{STANDARD_BIN_DIRS} and PATH"
+
+
+def find_clients(name: str, bin_dir: BinDir = None) -> list[PgClient]:
+    """Every installed `name` in search order (PG_BIN_DIR alone when set), each once; raises when there is none."""
+    if isinstance(bin_dir, str) and bin_dir:
+        path = pg_binary(name, bin_dir)
+        return [PgClient(path, binary_version(path))]
+    folders = [
+        *(bin_dir.dirs if isinstance(bin_dir, ClientDirs) else ()),
+        *sorted(glob.glob(STANDARD_BIN_DIRS), key=lambda d: [int(x) if x.isdigit() else 0 for x in d.split("/")]),
+    ]
+    paths = [str(Path(folder) / name) for folder in folders]
+    on_path = shutil.which(name)
+    # Debian's /usr/bin/pg_dump is pg_wrapper, which picks a version per call: the folders above are what it runs.
+    if on_path and Path(on_path).resolve().name != "pg_wrapper":
+        paths.append(on_path)
+    found, seen = [], set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen and os.path.isfile(path) and os.access(path, os.X_OK):
+            seen.add(real)
+            found.append(PgClient(path, binary_version(path)))
+    if not found:
+        raise PermanentError(
+            f"{name} not found in {_searched(bin_dir)}. Fix: install the PostgreSQL client of the server's version "
+            "(Debian: apt-get install postgresql-client-<major>, from the PGDG apt repository for versions the "
+            "distribution lacks) or set PG_BIN_DIRS to the bin folder of one."
+        )
+    return found
+
+
+def choose_client(found: list[PgClient], need: int, reason: str, bin_dir: BinDir = None) -> PgClient:
+    """The closest client of at least major `need` (the one made for that server; on a tie the first in search
+    order), or a PermanentError saying why `need` and what to install. `reason` is a sentence such as
+    'The server is PostgreSQL 17.2, and pg_dump must be at least its major version'."""
+    fitting = [c for c in found if c.major >= need]
+    if fitting:
+        return min(fitting, key=lambda c: c.major)
+    newest = max(found, key=lambda c: c.major)
+    name = Path(newest.path).name
+    if isinstance(bin_dir, str) and bin_dir:
+        raise PermanentError(
+            f"{reason}; {name} in PG_BIN_DIR={bin_dir} is {newest.version}. Fix: point PG_BIN_DIR at the bin folder "
+            f"of a PostgreSQL {need}+ client, or unset it so that PG_BIN_DIRS and {STANDARD_BIN_DIRS} are searched."
+        )
+    raise PermanentError(
+        f"{reason}; the newest {name} found is {newest.version} at {newest.bin_dir} (searched {_searched(bin_dir)}). "
+        f"Fix: install postgresql-client-{need} (PGDG apt repository) or set PG_BIN_DIRS to the bin folder of a "
+        f"PostgreSQL {need}+ client."
+    )
+
+
+def client_for_archive(name: str, dump_version: str | None, bin_dir: BinDir = None) -> PgClient:
+    """pg_restore (or psql) able to read an archive written by pg_dump `dump_version` (the manifest's
+    tools.pg_dump): a custom archive needs a pg_restore at least that major version."""
+    found = find_clients(name, bin_dir)
+    if not dump_version:
+        return max(found, key=lambda c: c.major)
+    reason = f"The backup was written by pg_dump {dump_version}, and {name} must be at least its major version"
+    return choose_client(found, major(dump_version), reason, bin_dir)
+
+
+def restore_client(manifest: Any, bin_dir: BinDir = None) -> PgClient:
+    """The pg_restore for a manifest's archive, chosen before anything is fetched or created."""
+    return client_for_archive("pg_restore", (manifest.data.get("tools") or {}).get("pg_dump"), bin_dir)
 
 
 # ----------------------------------------------------------------------------------------- snapshot
@@ -235,7 +380,7 @@ class PgDumpProcess:
     """`pg_dump --format=custom -Z0` on an exported snapshot; stdout is the stream, stderr is kept aside
     (in a small temp file, so a chatty pg_dump can never block on a full pipe)."""
 
-    def __init__(self, conn: PgConnection, snapshot_id: str | None, *, bin_dir: str | None = None, extra_args=()):
+    def __init__(self, conn: PgConnection, snapshot_id: str | None, *, bin_dir: BinDir = None, extra_args=()):
         self._conn = conn
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
         args = [
@@ -258,7 +403,10 @@ class PgDumpProcess:
         err = self._conn.redact(self._stderr.read().decode(errors="replace")).strip()
         self._stderr.close()
         if rc != 0:
-            raise pg_error_type(err)(f"pg_dump failed (exit code {rc}): {err or 'no error text'}")
+            fix = tls_fix(err)
+            raise pg_error_type(err)(
+                f"pg_dump failed (exit code {rc}): {err or 'no error text'}" + (f". Fix: {fix}" if fix else "")
+            )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -268,7 +416,7 @@ class PgDumpProcess:
             self._stderr.close()
 
 
-def restore_list(archive: str | None, *, stdout: IO[bytes], stderr: IO[bytes], bin_dir: str | None = None):
+def restore_list(archive: str | None, *, stdout: IO[bytes], stderr: IO[bytes], bin_dir: BinDir = None):
     """`pg_restore --list` on an archive file, or on stdin when `archive` is None. Give `stdout` a file
     when feeding stdin, so a long TOC cannot fill a pipe while we are still writing."""
     args = [pg_binary("pg_restore", bin_dir), "--list", *([archive] if archive else [])]

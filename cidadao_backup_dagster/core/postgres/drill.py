@@ -11,7 +11,7 @@ from ..artifacts.manifest import iso, parse_iso, utc_now
 from ..artifacts.storage import Storage
 from ..errors import BackupError
 from ..protection.scratch import DRILL_PREFIX, create_scratch_database, scratch_name
-from .client import PgConnection
+from .client import BinDir, PgConnection, restore_client
 from .restore import Logger, drop_database, restore_backup, select_backup
 
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
@@ -30,13 +30,14 @@ def run_drill(
     partition: str,
     jobs: int = 2,
     tmp_dir: str | None = None,
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
     identities: list | None = None,
     say: Logger = print,
 ) -> dict:
     """Run one drill and store its report (also on failure, when a backup was found to prove)."""
     started = utc_now()
     manifest = select_backup(storage, series, "latest")  # raises when there is nothing to drill
+    bin_dir = restore_client(manifest, bin_dir).bin_dir  # refused before the scratch database exists
     scratch = scratch_name(DRILL_PREFIX, source)
     report: dict = {
         "kind": "postgres-restore-drill",

@@ -30,7 +30,7 @@ from ..artifacts.manifest import Manifest
 from ..artifacts.storage import Storage
 from ..errors import BackupError, RefusedError
 from ..protection.scratch import RECOVER_PREFIX, create_scratch_database, scratch_name
-from .client import PgConnection, pg_binary
+from .client import BinDir, PgConnection, pg_binary, restore_client
 from .restore import Logger, drop_database, fetch_archive, run_pg_restore
 
 
@@ -53,7 +53,7 @@ def split_table(name: str) -> tuple[str, str]:
     return (schema or "public"), table
 
 
-def _restore_one_table(archive: Path, temp: PgConnection, schema: str, table: str, bin_dir: str | None) -> None:
+def _restore_one_table(archive: Path, temp: PgConnection, schema: str, table: str, bin_dir: BinDir) -> None:
     """Pre-data for everything (types, domains, functions the table may need) plus this table's data only."""
     toc = subprocess.run(
         [pg_binary("pg_restore", bin_dir), "--list", str(archive)], capture_output=True, text=True, check=True
@@ -212,7 +212,7 @@ def recover_rows(
     on_conflict: str = "nothing",
     sample_rows: int = 5,
     tmp_dir: str | None = None,
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
     identities: list | None = None,
     say: Logger = print,
 ) -> RecoverResult:
@@ -236,6 +236,7 @@ def recover_rows(
         )
 
     server = scratch_server or live
+    bin_dir = restore_client(manifest, bin_dir).bin_dir  # refused before anything is fetched or created
     temp_db = scratch_name(RECOVER_PREFIX, name)
     archive = fetch_archive(storage, manifest, tmp_dir, identities)
     try:

@@ -29,7 +29,7 @@ from ..artifacts.reader import is_encrypted, read_artifact
 from ..artifacts.storage import MiB, Storage
 from ..errors import BackupError, RefusedError
 from ..protection.scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
-from .client import PgConnection, pg_binary
+from .client import BinDir, PgConnection, pg_binary, restore_client
 
 log = logging.getLogger(__name__)
 Logger = Callable[[str], None]
@@ -239,7 +239,7 @@ def run_pg_restore(
     jobs: int = 2,
     no_owner: bool = False,
     extra_args: tuple[str, ...] = (),
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
 ) -> None:
     args = [
         pg_binary("pg_restore", bin_dir),
@@ -322,7 +322,7 @@ def restore_backup(
     jobs: int = 2,
     no_owner: bool = False,
     tmp_dir: str | None = None,
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
     post_restore_env: Sequence[str] = (),
@@ -337,6 +337,8 @@ def restore_backup(
     exactly as it was."""
     t0 = time.monotonic()
     check_hook_variables(post_restore_env)  # a bad name is refused before anything is fetched or changed
+    pg_restore = restore_client(manifest, bin_dir)  # no client able to read the archive: refused here too
+    bin_dir = pg_restore.bin_dir
     state = check_target(server, dbname, replace=replace, confirm=confirm)  # refuses before anything changes
     target = server.with_dbname(dbname)
     say(f"Fetching {storage.uri(manifest.artifact_key)} ({manifest.stored_bytes / MiB:,.1f} MiB) and checking SHA-256")
@@ -354,7 +356,8 @@ def restore_backup(
             if state == "absent" or not direct:
                 create_scratch_database(server, staging, run_id)  # labelled: swept if this run is killed
             say(
-                f"Restoring into {'scratch' if direct else 'staging'} database {staging} with pg_restore --jobs {jobs}"
+                f"Restoring into {'scratch' if direct else 'staging'} database {staging} with {pg_restore.describe()}"
+                f" --jobs {jobs}"
                 + ("" if direct else f"; {target.display()} is not touched until the copy is verified")
             )
             run_pg_restore(archive, server.with_dbname(staging), jobs=jobs, no_owner=no_owner, bin_dir=bin_dir)

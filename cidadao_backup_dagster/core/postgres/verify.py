@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..artifacts.manifest import Manifest
 from ..artifacts.reader import read_artifact
 from ..artifacts.storage import MiB, Storage
-from .client import count_table_data_entries, restore_list
+from .client import BinDir, count_table_data_entries, restore_client, restore_list
 
 CHUNK_SIZE = MiB
 
@@ -24,7 +24,7 @@ class VerifyResult:
 
 
 def verify_pg_artifact(
-    storage: Storage, manifest: Manifest, *, pg_bin_dir: str | None = None, identities: list | None = None
+    storage: Storage, manifest: Manifest, *, pg_bin_dir: BinDir = None, identities: list | None = None
 ) -> VerifyResult:
     """Object exists; size and SHA-256 match; (decrypted with `identities` when encrypted) the zstd frame
     decodes to its end with a valid checksum; the decoded bytes match the raw SHA-256; `pg_restore --list`
@@ -39,7 +39,8 @@ def verify_pg_artifact(
         result.problems.append(f"object holds {size} bytes, the manifest says {manifest.stored_bytes}")
 
     toc_out, toc_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    lister = restore_list(None, stdout=toc_out, stderr=toc_err, bin_dir=pg_bin_dir)
+    pg_restore = restore_client(manifest, pg_bin_dir)  # an older one would call a sound archive unreadable
+    lister = restore_list(None, stdout=toc_out, stderr=toc_err, bin_dir=pg_restore.bin_dir)
     feeding = True
 
     def feed(raw: bytes) -> None:

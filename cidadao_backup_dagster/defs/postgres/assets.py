@@ -83,6 +83,11 @@ def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
         "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
         "server_version": dg.MetadataValue.text(manifest.data["source"]["server_version"]),
         "pg_dump_version": dg.MetadataValue.text(manifest.data["tools"]["pg_dump"]),
+        **(
+            {"pg_dump_path": dg.MetadataValue.path(manifest.data["tools"]["pg_dump_path"])}
+            if "pg_dump_path" in manifest.data["tools"]
+            else {}
+        ),
     }
 
 
