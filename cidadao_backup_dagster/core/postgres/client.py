@@ -171,6 +171,9 @@ class ClientDirs:
 
     dirs: tuple[str, ...] = ()
 
+    def __bool__(self) -> bool:  # `bin_dir or default` keeps meaning "a folder was configured"
+        return bool(self.dirs)
+
     @classmethod
     def parse(cls, text: str | None) -> ClientDirs:
         """`/opt/pg17/bin:/usr/lib/postgresql/18/bin` (colon-separated, like PATH)."""
