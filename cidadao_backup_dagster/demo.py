@@ -127,3 +127,18 @@ def seed(target: PgConnection, investigations: int = 20_000) -> dict[str, int]:
             table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
             for table in ("investigations", "agent_instances")
         }
+
+
+def seed_redis(client, keys: int = 50) -> int:
+    """A few cache-like demo keys (`cidadao:demo:*`: strings, a hash, a list, a set) so the first Redis snapshot
+    is not empty; keys already there are left alone. Returns how many were added."""
+    added = 0
+    for i in range(keys):
+        added += bool(client.set(f"cidadao:demo:investigation:{i}", f'{{"id": {i}, "status": "completed"}}', nx=True))
+    if not client.exists("cidadao:demo:agents"):
+        added += bool(client.hset("cidadao:demo:agents", mapping={name: kind for name, kind in AGENTS}))
+    if not client.exists("cidadao:demo:queue"):
+        added += bool(client.rpush("cidadao:demo:queue", *(f"task-{i}" for i in range(10))))
+    if not client.exists("cidadao:demo:sources"):
+        added += bool(client.sadd("cidadao:demo:sources", "portal_transparencia", "tce", "siafi"))
+    return added

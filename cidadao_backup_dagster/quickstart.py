@@ -1,26 +1,106 @@
-"""Quick start on embedded defaults: create the demo database if absent, back it up into the default
-local storage with every check, and print what was made.
+"""Quick start on embedded defaults: create the demo database if absent, then, in the local Dagster instance,
+back up every class of the default sources once with all their checks (PostgreSQL daily backup, Redis
+snapshot, investigations JSON export, agent_instances CSV export), run both restore drills and the health
+report, and print what was made. Exit code 0 means every run succeeded, every check passed and every
+configured class of the health report is green.
 
-    python -m cidadao_backup_dagster.quickstart [--database-url URL] [--partition YYYY-MM-DD]
+    python -m cidadao_backup_dagster.quickstart [--database-url URL] [--redis-url URL] [--partition YYYY-MM-DD]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 DEMO_URL = "postgresql://postgres@127.0.0.1:5432/cidadao_demo"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_INSTANCE = Path(__file__).resolve().parents[1] / "deploy" / "local"
+# The strategy's redis.conf; the embedded-default local Redis is set to it when it is not (CONFIG SET only).
+STRATEGY_PERSISTENCE = {"appendonly": "yes", "appendfsync": "everysec", "save": "900 1 300 10 60 10000"}
+
+# (job, partition): None = the job's newest complete partition (hour, week, month), "day" = --partition.
+STEPS = [
+    ("postgres_daily_backup_job", "day"),
+    ("redis_snapshot_job", None),
+    ("investigations_json_export_job", "day"),
+    ("agent_instances_csv_export_job", None),
+    ("postgres_restore_drill_job", None),
+    ("redis_restore_drill_job", None),
+    ("backup_health_report_job", None),
+]
+SHOWN_METADATA = (
+    "storage_uri", "stored_bytes", "rows", "keys", "records", "source_rows", "duration_s", "proved_backup",
+)  # fmt: skip
+
+
+def prepare_local_redis(url: str) -> list[str]:
+    """Make the local Redis persist as the strategy says (its persistence checks judge the live server) and
+    give it a few demo keys. Returns what was changed, to print."""
+    from .core.redis.backup import RedisEndpoint
+    from .core.redis.health import last_save_verdict, persistence_config_verdict, read_persistence
+    from .demo import seed_redis
+
+    endpoint = RedisEndpoint.from_url(url, "--redis-url")
+    changed = []
+    client = endpoint.client()
+    try:
+        if not persistence_config_verdict(read_persistence(endpoint)).passed:
+            for name, value in STRATEGY_PERSISTENCE.items():
+                client.config_set(name, value)
+            changed.append(
+                "set the strategy's persistence with CONFIG SET (not written to redis.conf): "
+                + ", ".join(f"{k} {v}" for k, v in STRATEGY_PERSISTENCE.items())
+            )
+        if added := seed_redis(client):
+            changed.append(f"added {added} demo keys")
+        if not last_save_verdict(read_persistence(endpoint).info, datetime.now(UTC)).passed:
+            before = int(client.lastsave().timestamp())
+            client.bgsave()
+            deadline = datetime.now(UTC) + timedelta(seconds=60)
+            while int(client.lastsave().timestamp()) == before and datetime.now(UTC) < deadline:
+                time.sleep(0.2)  # BGSAVE runs in a fork; LASTSAVE moves when it is done
+            changed.append("ran BGSAVE (unsaved changes on a server that had never saved)")
+    finally:
+        client.close()
+    return changed
+
+
+def redis_display(url: str) -> str:
+    from .core.redis.backup import RedisEndpoint
+
+    return RedisEndpoint.from_url(url, "--redis-url").display()
+
+
+def _summary(result) -> list[str]:
+    lines = []
+    for event in result.get_asset_materialization_events():
+        meta = event.step_materialization_data.materialization.metadata
+        shown = [
+            f"{key}={meta[key].value:,}" if isinstance(meta[key].value, int) else f"{key}={meta[key].value}"
+            for key in SHOWN_METADATA
+            if key in meta
+        ]
+        partition = event.step_materialization_data.materialization.partition
+        lines.append(
+            f"  {event.asset_key.to_user_string()}{f' [{partition}]' if partition else ''}: {', '.join(shown)}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=DEMO_URL, help=f"demo database to create/back up ({DEMO_URL})")
-    parser.add_argument("--partition", help="daily partition to back up (default: yesterday, UTC)")
+    parser.add_argument(
+        "--redis-url",
+        default=os.getenv("REDIS_URL") or LOCAL_REDIS_URL,
+        help=f"Redis to snapshot (REDIS_URL, else {LOCAL_REDIS_URL}: that one is set to the strategy's persistence "
+        "and given demo keys; another is only read)",
+    )
+    parser.add_argument("--partition", help="daily partition to back up and export (default: yesterday, UTC)")
     args = parser.parse_args(argv)
 
     from .core.errors import BackupError, ConfigurationError
@@ -31,57 +111,73 @@ def main(argv: list[str] | None = None) -> int:
         target = PgConnection.from_url(args.database_url, "--database-url")
         created = ensure_database(target.with_dbname("postgres"), target.dbname)
         counts = seed(target)
+        print(f"Demo database {target.display()} {'created' if created else 'already there'}: {counts}")
+        if args.redis_url == LOCAL_REDIS_URL:
+            for change in prepare_local_redis(args.redis_url):
+                print(f"Local Redis {LOCAL_REDIS_URL}: {change}")
     except (BackupError, ConfigurationError) as exc:
         print(f"quickstart: {exc}", file=sys.stderr)
         return 2
-    print(f"Demo database {target.display()} {'created' if created else 'already there'}: {counts}")
+    except Exception as exc:  # noqa: BLE001 - e.g. Redis not running: say which and how to fix, no traceback
+        print(f"quickstart: {type(exc).__name__}: {exc} (is Redis running? ./setup.sh starts it)", file=sys.stderr)
+        return 2
 
-    # Embedded defaults: the demo source, the default local folder (unless BACKUP_STORAGE_URL is set), and no
+    # Embedded defaults: the demo sources, the default local folder (unless BACKUP_STORAGE_URL is set), and no
     # expected-size range (the strategy's 500 MB-2 GB would flag a small demo database).
     os.environ["DATABASE_URL"] = args.database_url
+    os.environ["REDIS_URL"] = args.redis_url
     os.environ.setdefault("BACKUP_EXPECTED_SIZE_MB", "off")
     if not os.getenv("DAGSTER_HOME") and LOCAL_INSTANCE.is_dir():
-        os.environ["DAGSTER_HOME"] = str(LOCAL_INSTANCE)  # so `dagster dev` shows this run later
+        os.environ["DAGSTER_HOME"] = str(LOCAL_INSTANCE)  # so `dagster dev` shows these runs later
 
     import dagster as dg
 
     from .definitions import build_defs
 
-    partition = args.partition or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+    day = args.partition or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+    defs = build_defs()
+    green = True
+    report = None
     instance = dg.DagsterInstance.get() if os.getenv("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
-        result = (
-            build_defs()
-            .resolve_job_def("postgres_daily_backup_job")
-            .execute_in_process(
+        for name, partition in STEPS:
+            job = defs.resolve_job_def(name)
+            if partition == "day":
+                partition = day
+            elif job.partitions_def is not None:
+                partition = job.partitions_def.get_last_partition_key()
+            result = job.execute_in_process(
                 partition_key=partition,
                 instance=instance,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
-        )
-    print(f"\nDagster run {result.run_id} ({'succeeded' if result.success else 'FAILED'}), partition {partition}")
-    for event in result.get_asset_materialization_events():
-        meta = event.step_materialization_data.materialization.metadata
-        print(f"  backup:   {meta['storage_uri'].value}")
-        print(
-            f"            {meta['stored_bytes'].value:,} bytes stored, {meta['raw_bytes'].value:,} raw, "
-            f"{meta['tables'].value} tables, {meta['rows'].value:,} rows, {meta['duration_s'].value:.2f} s"
-        )
-        manifest_uri = meta["storage_uri"].value.rsplit("/", 1)[0] + "/manifest.json"
-        print(f"  manifest: {manifest_uri}")
-        print(f"  rows:     {json.dumps(meta['row_counts'].value)}")
-    failed_error = False
-    for evaluation in result.get_asset_check_evaluations():
-        state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
-        failed_error |= not evaluation.passed and evaluation.severity.value == "ERROR"
-        print(f"  check {evaluation.check_name:<15} {state}: {evaluation.description}")
-    for event in result.all_events:
-        if event.is_step_failure:
-            print(f"  step failed: {event.step_key}: {event.event_specific_data.error.message.strip()}")
+            print(f"\n{name}{f' [{partition}]' if partition else ''}: run {result.run_id} "
+                  f"{'succeeded' if result.success else 'FAILED'}")  # fmt: skip
+            green &= result.success
+            print("\n".join(_summary(result)))
+            for evaluation in result.get_asset_check_evaluations():
+                state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+                green &= evaluation.passed
+                print(f"    check {evaluation.check_name:<25} {state}: {evaluation.description}")
+            for event in result.all_events:
+                if event.is_step_failure:
+                    print(f"    step failed: {event.step_key}: {event.event_specific_data.error.message.strip()}")
+            if name == "backup_health_report_job" and result.success:
+                (report,) = result.get_asset_materialization_events()
+    if report is not None:
+        meta = report.step_materialization_data.materialization.metadata
+        print("\n" + meta["report"].value)
+        green &= meta["classes_with_findings"].value == 0
+    else:
+        green = False
+    print(f"\n{'Everything is green.' if green else 'NOT GREEN: see the failures above.'}")
     if os.getenv("DAGSTER_HOME"):
-        print(f"\nBrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml")
-    return 0 if result.success and not failed_error else 1
+        print(
+            f"Browse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DATABASE_URL={target.display()} "
+            f"REDIS_URL={redis_display(args.redis_url)} .venv/bin/dagster dev -w workspace.yaml"
+        )
+    return 0 if green else 1
 
 
 if __name__ == "__main__":
