@@ -37,6 +37,8 @@ for entry in "${tools[@]}"; do
   read -r cmd pkg <<<"$entry"
   command -v "$cmd" >/dev/null || missing+=("$pkg")
 done
+# test_pitr.py runs private PostgreSQL 15 clusters (initdb, pg_ctl, pg_receivewal) from Debian's paths.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   missing+=(python3-venv)
 fi
