@@ -124,14 +124,25 @@ def server_now(cluster: Cluster):
     return now
 
 
-def restore_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("cbd-pitr-restore-*")}
+@pytest.fixture
+def restore_tmp():
+    """The restores' temp dir (RESTORE_TMPDIR), of this test alone; the server user must reach into it."""
+    root = Path(tempfile.mkdtemp(prefix="pitr-test-tmp-"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def restore_dirs(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
 
 
 # ------------------------------------------------------------------------------------------ the scenario
 
 
-def test_restore_to_instant_with_the_tail_only_in_the_partial(cluster, source, storage):
+def test_restore_to_instant_with_the_tail_only_in_the_partial(cluster, source, storage, restore_tmp):
     """rows, base, more rows, T, DELETE (no WAL switch: its commit is only in the partial), one WAL run, restore
     to T -> exactly the rows of T. On a local folder and on S3."""
     conn = cluster.conn(source)
@@ -152,15 +163,14 @@ def test_restore_to_instant_with_the_tail_only_in_the_partial(cluster, source, s
     assert run.raw_bytes > 0 and run.stored_bytes > 0
     assert run.metadata()["end_lsn"] == run.metadata()["end_lsn"].upper()
 
-    before = restore_dirs()
-    with restore_to_instant(storage, source=source, target_time=instant) as server:
+    with restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp)) as server:
         assert ids(server.conn(source)) == list(range(1, 151))
         assert server.plan.stop_at_target and "before commit" in (server.stop_record or "")
         assert server.recovered_to is not None and server.recovered_to <= instant
-    assert restore_dirs() == before  # the throwaway server and its files are gone
+    assert restore_dirs(restore_tmp) == []  # the throwaway server and its files are gone
 
 
-def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path):
+def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path, restore_tmp):
     """The partial travels through storage: a run in a fresh directory resumes from it, completes its segment
     and publishes a new partial beside the old one (nothing overwritten); recovery replays to the end."""
     storage = LocalStorage(tmp_path / "backups")
@@ -194,7 +204,7 @@ def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path)
     assert third.resumed_from == second.partial and third.segments == []
 
     instant = third.recoverable_until  # no commit archived after it: recovery replays everything
-    with restore_to_instant(storage, source=source, target_time=instant) as server:
+    with restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp)) as server:
         assert not server.plan.stop_at_target
         assert ids(server.conn(source)) == list(range(1, 41))
 
@@ -202,7 +212,7 @@ def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path)
 # ------------------------------------------------------------------------------------------ faults
 
 
-def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, source, tmp_path):
+def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, source, tmp_path, restore_tmp):
     storage = LocalStorage(tmp_path / "backups")
     conn = cluster.conn(source)
     insert(cluster, source, 1, 10)
@@ -220,13 +230,12 @@ def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, so
     with pytest.raises(WalGap, match=victim) as refused:
         plan_recovery(storage, source=source, target_time=instant)
     assert [str(g) for g in refused.value.gaps] == [victim]
-    before = restore_dirs()
     with pytest.raises(WalGap, match=victim):
-        restore_to_instant(storage, source=source, target_time=instant)
-    assert restore_dirs() == before  # refused before anything was fetched or written
+        restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp))
+    assert restore_dirs(restore_tmp) == []  # refused before anything was fetched or written
 
 
-def test_a_wrong_server_major_is_refused_before_anything_is_touched(cluster, source, tmp_path):
+def test_a_wrong_server_major_is_refused_before_anything_is_touched(cluster, source, tmp_path, restore_tmp):
     storage = LocalStorage(tmp_path / "backups")
     conn = cluster.conn(source)
     base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
@@ -235,12 +244,12 @@ def test_a_wrong_server_major_is_refused_before_anything_is_touched(cluster, sou
     fake.mkdir()
     (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.4'\n")
     (fake / "postgres").chmod(0o755)
-    before = restore_dirs()
+    later = "2099-01-01T00:00:00Z"
     with pytest.raises(RefusedError, match="PostgreSQL 16, the base backup is PostgreSQL 15"):
-        restore_to_instant(storage, source=source, target_time="2099-01-01T00:00:00Z", bin_dir=str(fake))
+        restore_to_instant(storage, source=source, target_time=later, bin_dir=str(fake), tmp_dir=str(restore_tmp))
     with pytest.raises(RefusedError, match="No PostgreSQL 15 server binaries"):
-        restore_to_instant(storage, source=source, target_time="2099-01-01T00:00:00Z", bin_dir=str(tmp_path))
-    assert restore_dirs() == before
+        restore_to_instant(storage, source=source, target_time=later, bin_dir=str(tmp_path), tmp_dir=str(restore_tmp))
+    assert restore_dirs(restore_tmp) == []
 
 
 def test_an_instant_beyond_the_archive_or_before_any_base_is_refused(cluster, source, tmp_path):
