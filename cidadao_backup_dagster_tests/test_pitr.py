@@ -187,7 +187,8 @@ def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path,
     insert(cluster, source, 31, 40)
     fresh = tmp_path / "another-machine"
     fresh.mkdir()
-    second = archive_wal(conn, storage, source=source, settings=SETTINGS, tmp_dir=str(fresh))
+    # ... configured differently too: the client tools are searched for (PG_BIN_DIRS and the standard places)
+    second = archive_wal(conn, storage, source=source, tmp_dir=str(fresh))
     assert second.resumed_from == first.partial
     assert first.partial.removesuffix(".partial") in second.segments  # completed by the second run
     assert second.partial and second.partial != first.partial

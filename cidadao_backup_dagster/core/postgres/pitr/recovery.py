@@ -32,10 +32,10 @@ from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError
 from ..client import PgConnection, binary_version, major
 from .layout import WalFile, WalGap, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
-from .server import DEBIAN_BIN
 from .wal import newest_partial
 
 Logger = Callable[[str], None]
+DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"  # server binaries (postgres, pg_verifybackup) of one major
 SERVER_USER = "postgres"  # initdb/postgres refuse to run as root: a root worker runs the copy as this user
 
 

@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ...errors import BackupError, ConfigurationError, PermanentError
-from ..client import PgConnection, binary_version, major, pg_binary
+from ..client import BinDir, PgConnection, choose_client, find_clients
 from .layout import parse_lsn
-
-DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"
 
 
 @dataclass(frozen=True)
@@ -32,30 +30,22 @@ class ServerInfo:
         return self.server_version_num // 10000
 
 
-def bin_dir_for(server_major: int, bin_dir: str | None = None) -> str | None:
-    """The configured bin dir, else Debian's folder for this major when present, else PATH (None)."""
-    if bin_dir:
-        return bin_dir
-    candidate = DEBIAN_BIN.format(major=server_major)
-    return candidate if Path(candidate, "pg_basebackup").exists() else None
+def check_client(name: str, server_major: int, bin_dir: BinDir = None) -> str:
+    """The closest `name` of at least the server's major (PG_BIN_DIR, else PG_BIN_DIRS and the standard places)."""
+    reason = f"The server is PostgreSQL {server_major}, and {name} must be at least its major version"
+    return choose_client(find_clients(name, bin_dir), server_major, reason, bin_dir).path
 
 
-def check_client(name: str, server_major: int, bin_dir: str | None) -> str:
-    """A client tool of at least the server's major (pg_receivewal/pg_basebackup refuse older servers' newer
-    protocols anyway, but this names the fix)."""
-    path = pg_binary(name, bin_dir_for(server_major, bin_dir))
-    version = binary_version(path)
-    if major(version) < server_major:
-        raise PermanentError(
-            f"{name} {version} is older than the server ({server_major}). Fix: install the PostgreSQL {server_major} "
-            "client (Debian: postgresql-client-<major> from PGDG) or set PG_BIN_DIR to its bin folder."
-        )
-    return path
+def exact_client(name: str, server_major: int, bin_dir: BinDir = None) -> str | None:
+    """`name` of exactly the server's major (pg_waldump reads only its own major's WAL), or None."""
+    try:
+        found = find_clients(name, bin_dir)
+    except PermanentError:
+        return None
+    return next((c.path for c in found if c.major == server_major), None)
 
 
-def replication_preflight(
-    conn: PgConnection, *, bin_dir: str | None = None, variable: str = "DATABASE_URL"
-) -> ServerInfo:
+def replication_preflight(conn: PgConnection, *, bin_dir: BinDir = None, variable: str = "DATABASE_URL") -> ServerInfo:
     """Check that `conn` may stream WAL, and gather what the archive records. Every reason for a refusal is
     listed at once with its fix (a ConfigurationError: retrying cannot help)."""
     with conn.connect(autocommit=True) as c:
@@ -101,9 +91,9 @@ def replication_preflight(
     return ServerInfo(sysid, tli, parse_lsn(xlogpos), version, version_num, int(seg_size), superuser)
 
 
-def _identify_system(conn: PgConnection, server_major: int, bin_dir: str | None) -> tuple[tuple | None, str]:
+def _identify_system(conn: PgConnection, server_major: int, bin_dir: BinDir) -> tuple[tuple | None, str]:
     """IDENTIFY_SYSTEM over a replication connection: proves pg_hba and the role allow streaming."""
-    psql = pg_binary("psql", bin_dir_for(server_major, bin_dir))
+    psql = check_client("psql", server_major, bin_dir)
     proc = subprocess.run(
         [psql, "-XAt", "--no-password", "-d", f"{conn.conninfo()} replication=true", "-c", "IDENTIFY_SYSTEM"],
         capture_output=True,

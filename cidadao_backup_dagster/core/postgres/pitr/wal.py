@@ -23,7 +23,7 @@ from ...artifacts.reader import is_encrypted, read_artifact
 from ...artifacts.storage import Storage, write_error_hint, write_error_type
 from ...errors import BackupError, DamagedArtifact, PermanentError, pg_error_type
 from ..backup import BackupSettings
-from ..client import PgConnection, pg_binary
+from ..client import PgConnection
 from .entries import artifact_entry, tools_entry
 from .layout import (
     HISTORY,
@@ -42,10 +42,10 @@ from .server import (
     ServerInfo,
     SlotState,
     XactSummary,
-    bin_dir_for,
     check_client,
     current_position,
     ensure_slot,
+    exact_client,
     replication_preflight,
     slot_name_for,
     slot_state,
@@ -114,7 +114,7 @@ def archive_wal(
     storage.check_writable()
     info = replication_preflight(conn, bin_dir=settings.pg_bin_dir, variable=variable)
     receivewal = check_client("pg_receivewal", info.major, settings.pg_bin_dir)
-    waldump = _optional_binary("pg_waldump", bin_dir_for(info.major, settings.pg_bin_dir))
+    waldump = exact_client("pg_waldump", info.major, settings.pg_bin_dir)  # without it no commit times are kept
     slot = slot or slot_name_for(source)
     ensure_slot(conn, slot)
     listing = list_archive(storage, source, info.timeline, info.segment_size)
@@ -170,13 +170,6 @@ def archive_wal(
         f"{iso(recoverable_until)}"
     )
     return result
-
-
-def _optional_binary(name: str, bin_dir: str | None) -> str | None:
-    try:
-        return pg_binary(name, bin_dir)
-    except PermanentError:
-        return None  # commit times are then not recorded; restores still work (they replay to the end)
 
 
 def _xacts(path: Path, segment: str, waldump: str | None, work: Path) -> XactSummary | None:
