@@ -34,6 +34,7 @@ from cidadao_backup_dagster.core.postgres.pitr import (
     slot_name_for,
     wal_series,
 )
+from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
 from .conftest import free_port, unique_name
 
@@ -339,3 +340,40 @@ def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_pat
         if (work / "data" / "postmaster.pid").exists():
             subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", work / "data", "-m", "immediate", "stop"]))
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ into a target server
+
+
+def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, source, restore_tmp):
+    """Through the usual verified restore (staging, row counts against a dump of the recovered copy, swap)."""
+    storage = LocalStorage(restore_tmp / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 40)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 41, 60)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items WHERE id > 5", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    target = f"{source}_asof"
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    try:
+        # The same refusal as a plain restore, before the (long) recovery starts.
+        with pytest.raises(RefusedError):
+            restore_database_as_of(
+                storage, source=source, database=source, target_time=instant, server=cluster.conn(),
+                dbname=source, tmp_dir=str(work), bin_dir=str(PG15),
+            )  # fmt: skip
+        assert restore_dirs(work) == []
+        result = restore_database_as_of(
+            storage, source=source, database=source, target_time=instant, server=cluster.conn(), dbname=target,
+            tmp_dir=str(work), bin_dir=str(PG15),
+        )  # fmt: skip
+        assert result.restore.rows == 60 and result.plan.stop_at_target
+        assert ids(cluster.conn(target)) == list(range(1, 61))
+        assert ids(conn) == [1, 2, 3, 4, 5]  # the source is untouched
+        assert restore_dirs(work) == []  # the throwaway server, its dump and the fetched archive are gone
+    finally:
+        cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
