@@ -10,11 +10,86 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .manifest import run_token
 from .storage import Storage
 
 REPORT_NAME = "report.json"  # the one report per month of the layout before per-run reports
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (value or {}).items()}
+
+
+@dataclass(frozen=True)
+class DrillReport:
+    """One drill report as code reads it. Writers store a plain dict (its keys are the storage layout);
+    `raw` is that dict. Fields a drill that failed early never reached default."""
+
+    raw: dict[str, Any]
+    kind: str  # postgres-restore-drill, redis-restore-drill
+    partition: str  # the drill's month
+    finished_at: str
+    passed: bool
+    problems: tuple[str, ...]
+    duration_seconds: float
+    backup_partition: str  # the artifact proved (redis: the Dagster hour key)
+    backup_uri: str
+    backup_sha256: str
+    backup_snapshot_at: str | None = None
+    started_at: str | None = None
+    rto_seconds: float | None = None
+    fetch_seconds: float | None = None
+    # postgres: tables restored and their rows
+    tables: int | None = None
+    rows: int | None = None
+    scratch_database: str | None = None
+    # redis: the snapshot's format and its keys per database, expected (manifest) and restored
+    format: str | None = None
+    keys: int | None = None
+    keys_expected: dict[str, int] = field(default_factory=dict)
+    keys_restored: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> DrillReport:
+        """KeyError/TypeError/ValueError when a field every report has is missing or malformed."""
+        rto = data.get("rto_seconds")
+        return cls(
+            raw=data,
+            kind=data.get("kind", ""),
+            partition=data.get("partition", ""),
+            finished_at=data["finished_at"],
+            passed=bool(data.get("passed")),
+            problems=tuple(str(p) for p in data.get("problems", ())),
+            duration_seconds=float(data.get("duration_seconds", 0.0)),
+            backup_partition=data.get("backup_partition", ""),
+            backup_uri=data.get("backup_uri", ""),
+            backup_sha256=data.get("backup_sha256", ""),
+            backup_snapshot_at=data.get("backup_snapshot_at"),
+            started_at=data.get("started_at"),
+            rto_seconds=None if rto is None else float(rto),
+            fetch_seconds=data.get("fetch_seconds"),
+            tables=_opt_int(data.get("tables")),
+            rows=_opt_int(data.get("rows")),
+            scratch_database=data.get("scratch_database"),
+            format=data.get("format"),
+            keys=_opt_int(data.get("keys")),
+            keys_expected=_counts(data.get("keys_expected")),
+            keys_restored=_counts(data.get("keys_restored")),
+        )
+
+    @classmethod
+    def of(cls, data: dict[str, Any] | None) -> DrillReport | None:
+        return None if data is None else cls.parse(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.raw
 
 
 def is_report_name(name: str) -> bool:

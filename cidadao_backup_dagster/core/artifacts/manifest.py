@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from ..errors import BackupError, DamagedArtifact
@@ -24,7 +25,7 @@ from ..secrets import redact_data
 from .storage import Storage
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the "format_version" every writer puts in a manifest
 
 
 def utc_now() -> datetime:
@@ -39,16 +40,310 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+# ------------------------------------------------------------------------------------------ typed sections
+# Each section is parsed from the stored JSON when first read. Fields every manifest has are read strictly
+# (a manifest without them is damaged); the rest default, so older layouts and partial documents still read.
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Encryption:
+    format: str
+    recipients: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, data: dict | None) -> Encryption | None:
+        if not data:
+            return None
+        return cls(str(data.get("format", "")), tuple(data.get("recipients", ())))
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """`artifact`: the data object, its sizes and hashes, and how it is encoded."""
+
+    key: str
+    uri: str
+    stored_bytes: int
+    stored_sha256: str
+    raw_bytes: int | None = None
+    raw_sha256: str | None = None
+    format: str = ""
+    encryption: Encryption | None = None
+    lines: int | None = None  # exports: lines in the uncompressed file
+
+    @classmethod
+    def parse(cls, data: dict) -> ArtifactInfo:
+        return cls(
+            key=data["key"],
+            uri=data.get("uri", data["key"]),
+            stored_bytes=int(data["stored_bytes"]),
+            stored_sha256=data["stored_sha256"],
+            raw_bytes=_opt_int(data.get("raw_bytes")),
+            raw_sha256=data.get("raw_sha256"),
+            format=data.get("format", ""),
+            encryption=Encryption.parse(data.get("encryption")),
+            lines=_opt_int(data.get("lines")),
+        )
+
+    @property
+    def compression_ratio(self) -> float:
+        return round((self.raw_bytes or 0) / max(self.stored_bytes, 1), 3)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """`timings`, as stored (ISO 8601 UTC text); `snapshot_at` is when the source was read."""
+
+    snapshot_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    payload_started_at: str | None = None  # redis: when the RDB payload began
+    total_seconds: float | None = None
+    work_seconds: float | None = None  # dump (postgres), fetch (redis) or export (exports) seconds
+    raw_mb_per_s: float | None = None
+
+    @classmethod
+    def parse(cls, data: dict) -> Timings:
+        work = next((data[k] for k in ("dump_seconds", "fetch_seconds", "export_seconds") if k in data), None)
+        return cls(
+            snapshot_at=data["snapshot_at"],
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            payload_started_at=data.get("payload_started_at"),
+            total_seconds=_opt_float(data.get("total_seconds")),
+            work_seconds=_opt_float(work),
+            raw_mb_per_s=_opt_float(data.get("raw_mb_per_s")),
+        )
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """`source`: what was read (credentials are never stored; `url` is the display form)."""
+
+    url: str = ""
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    database: str | None = None  # postgres, exports
+    server_version: str | None = None  # postgres, exports
+    table: str | None = None  # exports
+    name: str | None = None  # redis: the source's name
+    redis_version: str | None = None  # redis
+
+    @classmethod
+    def parse(cls, data: dict) -> SourceInfo:
+        return cls(
+            url=data.get("url", ""),
+            host=data.get("host"),
+            port=_opt_int(data.get("port")),
+            user=data.get("user"),
+            database=data.get("database"),
+            server_version=data.get("server_version"),
+            table=data.get("table"),
+            name=data.get("name"),
+            redis_version=data.get("redis_version"),
+        )
+
+
+@dataclass(frozen=True)
+class ToolVersions:
+    """`tools`: what wrote it. Each domain records its own (pg_dump, redis-py, psycopg/zlib, zstandard)."""
+
+    cidadao_backup_dagster: str | None = None
+    python: str | None = None
+    host: str | None = None
+    pg_dump: str | None = None
+    pg_dump_path: str | None = None  # which pg_dump binary (chosen per server major)
+    redis_py: str | None = None
+    psycopg: str | None = None
+    zstandard: str | None = None
+    zlib: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict | None) -> ToolVersions:
+        data = data or {}
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """`run`: who wrote it (Dagster run, asset), and whether the partition was written after its window."""
+
+    dagster_run_id: str | None = None
+    asset: str | None = None
+    late: bool = False
+    on_demand: bool = False
+    reason: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict | None) -> RunInfo:
+        data = data or {}
+        return cls(
+            dagster_run_id=data.get("dagster_run_id"),
+            asset=data.get("asset"),
+            late=bool(data.get("late")),
+            on_demand=bool(data.get("on_demand")),
+            reason=data.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class PostgresContents:
+    """A pg_dump's `contents`: the exact row count of every table in the snapshot."""
+
+    tables: dict[str, int] = field(default_factory=dict)
+    table_count: int = 0
+    rows_total: int = 0
+
+    @classmethod
+    def parse(cls, data: dict) -> PostgresContents:
+        tables = {str(t): int(n) for t, n in data.get("tables", {}).items()}
+        return cls(tables, int(data.get("table_count", len(tables))), int(data.get("rows_total", sum(tables.values()))))
+
+
+@dataclass(frozen=True)
+class RedisContents:
+    """A Redis snapshot's `contents`: keys per database, and for an RDB what its header and trailer said."""
+
+    format: str = ""  # "rdb" or "logical"
+    keys_per_db: dict[str, int] = field(default_factory=dict)
+    expires_per_db: dict[str, int] = field(default_factory=dict)
+    keys_total: int = 0
+    rdb_version: int | None = None
+    rdb_bytes: int | None = None
+    crc64: str | None = None
+    crc64_verified: bool | None = None
+    redis_version_in_rdb: str | None = None
+    diskless_transfer: bool | None = None
+    keys_vanished_during_scan: int | None = None
+    fallback_reason: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict) -> RedisContents:
+        keys = {str(db): int(n) for db, n in data.get("keys_per_db", {}).items()}
+        return cls(
+            format=data.get("format", ""),
+            keys_per_db=keys,
+            expires_per_db={str(db): int(n) for db, n in data.get("expires_per_db", {}).items()},
+            keys_total=int(data.get("keys_total", sum(keys.values()))),
+            rdb_version=_opt_int(data.get("rdb_version")),
+            rdb_bytes=_opt_int(data.get("rdb_bytes")),
+            crc64=data.get("crc64"),
+            crc64_verified=data.get("crc64_verified"),
+            redis_version_in_rdb=data.get("redis_version_in_rdb"),
+            diskless_transfer=data.get("diskless_transfer"),
+            keys_vanished_during_scan=_opt_int(data.get("keys_vanished_during_scan")),
+            fallback_reason=data.get("fallback_reason"),
+        )
+
+
+@dataclass(frozen=True)
+class ExportWindow:
+    column: str
+    start: str
+    end: str
+
+
+@dataclass(frozen=True)
+class ExportColumn:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class ExportContents:
+    """A table export's `contents`: its table, columns (name and type), records sent and rows counted."""
+
+    table: str = ""
+    columns: tuple[ExportColumn, ...] = ()
+    records: int = 0  # rows COPY sent
+    source_rows: int | None = None  # count(*) of the same rows in the same snapshot
+    window: ExportWindow | None = None
+
+    @classmethod
+    def parse(cls, data: dict) -> ExportContents:
+        window = data.get("window")
+        return cls(
+            table=data.get("table", ""),
+            columns=tuple(ExportColumn(c["name"], c["type"]) for c in data.get("columns", [])),
+            records=int(data.get("records", 0)),
+            source_rows=_opt_int(data.get("source_rows")),
+            window=ExportWindow(window["column"], window["start"], window["end"]) if window else None,
+        )
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """A thin typed view over the manifest's JSON (kept as a dict so new fields never break readers)."""
+    """One manifest. `data` is the stored JSON exactly as read or written (new fields never break readers,
+    and what is written keeps its keys); the typed sections below are what code reads."""
 
     data: dict[str, Any]
     key: str = ""  # where this manifest is stored (not part of its JSON)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The raw document, for code that needs a field no section types."""
+        return self.data
+
+    @property
+    def format_version(self) -> int:
+        return int(self.data.get("format_version", FORMAT_VERSION))
+
+    @property
+    def kind(self) -> str:
+        return self.data.get("kind", "")
+
     @property
     def partition(self) -> str:
         return self.data["partition"]
+
+    @property
+    def dagster_partition(self) -> str:
+        """The Dagster partition key (redis stores an hour's segment as `partition`, the key beside it)."""
+        return self.data.get("dagster_partition", self.partition)
+
+    @cached_property
+    def artifact(self) -> ArtifactInfo:
+        return ArtifactInfo.parse(self.data["artifact"])
+
+    @cached_property
+    def timings(self) -> Timings:
+        return Timings.parse(self.data["timings"])
+
+    @cached_property
+    def source(self) -> SourceInfo:
+        return SourceInfo.parse(self.data.get("source", {}))
+
+    @cached_property
+    def run(self) -> RunInfo:
+        return RunInfo.parse(self.data.get("run"))
+
+    @property
+    def late(self) -> bool:
+        return self.run.late
+
+    @cached_property
+    def tools(self) -> ToolVersions:
+        return ToolVersions.parse(self.data.get("tools"))
+
+    @cached_property
+    def postgres(self) -> PostgresContents:
+        return PostgresContents.parse(self.data.get("contents", {}))
+
+    @cached_property
+    def redis(self) -> RedisContents:
+        return RedisContents.parse(self.data.get("contents", {}))
+
+    @cached_property
+    def export(self) -> ExportContents:
+        return ExportContents.parse(self.data.get("contents", {}))
 
     @property
     def artifact_key(self) -> str:
@@ -69,6 +364,10 @@ class Manifest:
     @property
     def raw_sha256(self) -> str:
         return self.data["artifact"]["raw_sha256"]
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.data.get("artifact", {}).get("encryption"))
 
     @property
     def taken_at(self) -> datetime:

@@ -90,27 +90,27 @@ def windows_for(spec: ExportAssetSpec, keys: list[str]) -> list[Window]:
 
 
 def export_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
-    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
-    schema = dg.TableSchema(columns=[dg.TableColumn(c["name"], c["type"]) for c in contents["columns"]])
+    art, contents, timings = manifest.artifact, manifest.export, manifest.timings
+    schema = dg.TableSchema(columns=[dg.TableColumn(c.name, c.type) for c in contents.columns])
     meta: dict[str, dg.MetadataValue] = {
-        "storage_uri": dg.MetadataValue.text(art["uri"]),
-        "dagster/row_count": dg.MetadataValue.int(contents["records"]),
+        "storage_uri": dg.MetadataValue.text(art.uri),
+        "dagster/row_count": dg.MetadataValue.int(contents.records),
         "dagster/column_schema": dg.MetadataValue.table_schema(schema),
-        "source_rows": dg.MetadataValue.int(contents["source_rows"]),
-        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
-        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
-        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
-        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
-        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
-        "duration_s": dg.MetadataValue.float(timings["export_seconds"]),
-        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
-        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
-        "table": dg.MetadataValue.text(contents["table"]),
-        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
+        "source_rows": dg.MetadataValue.int(contents.source_rows or 0),
+        "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
+        "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
+        "compression_ratio": dg.MetadataValue.float(art.compression_ratio),
+        "sha256": dg.MetadataValue.text(art.stored_sha256),
+        "encrypted": dg.MetadataValue.bool(art.encryption is not None),
+        "duration_s": dg.MetadataValue.float(timings.work_seconds or 0.0),
+        "mb_per_s": dg.MetadataValue.float(timings.raw_mb_per_s or 0.0),
+        "snapshot_at": dg.MetadataValue.text(timings.snapshot_at),
+        "table": dg.MetadataValue.text(contents.table),
+        "source": dg.MetadataValue.text(manifest.source.url),
     }
-    if contents.get("window"):
-        window = contents["window"]
-        meta["window"] = dg.MetadataValue.text(f"{window['column']} in [{window['start']}, {window['end']})")
+    if contents.window:
+        window = contents.window
+        meta["window"] = dg.MetadataValue.text(f"{window.column} in [{window.start}, {window.end})")
     return meta
 
 
@@ -174,10 +174,9 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
             )
 
         def done(manifest: Manifest) -> None:
-            contents = manifest.data["contents"]
             context.log.info(
-                f"{manifest.partition}: {contents['records']:,} rows, {manifest.stored_bytes:,} bytes -> "
-                f"{manifest.data['artifact']['uri']}"
+                f"{manifest.partition}: {manifest.export.records:,} rows, {manifest.stored_bytes:,} bytes -> "
+                f"{manifest.artifact.uri}"
             )
             if len(keys) > 1:
                 context.add_asset_metadata(export_metadata(manifest), partition_key=manifest.partition)
@@ -217,7 +216,7 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "partitions_in_run": dg.MetadataValue.int(len(manifests)),
-                "rows_in_run": dg.MetadataValue.int(sum(m.data["contents"]["records"] for m in manifests)),
+                "rows_in_run": dg.MetadataValue.int(sum(m.export.records for m in manifests)),
                 "stored_bytes_in_run": dg.MetadataValue.int(sum(m.stored_bytes for m in manifests)),
             }
         )

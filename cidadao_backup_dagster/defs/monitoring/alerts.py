@@ -5,14 +5,15 @@ instance and deliver."""
 import time
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus  # not re-exported
 
 from ...core.errors import ConfigurationError
 from ...core.monitoring.alerts import AlertDeliveryError, Evaluation, IncidentBook, deliver, run_failure_alert
 from ..resources import AlertSettings
 
 HISTORY_PER_CHECK = 50  # newest executions read per check and tick (a tick normally finds one or two new)
-COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+# Execution record statuses of a check that ran to a result (the other one, PLANNED, has no result yet).
+# Compared by value: Dagster does not export the enum.
+COMPLETED = frozenset({"SUCCEEDED", "FAILED"})
 
 
 def _logger(context, level: str):
@@ -103,8 +104,8 @@ def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertSetting
     storage = context.instance.event_log_storage
     evaluations = []
     for key in sorted(context.repository_def.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()):
-        for record in storage.get_asset_check_execution_history(key, limit=HISTORY_PER_CHECK, status=COMPLETED):
-            if record.event is None or record.event.timestamp <= book.since:
+        for record in storage.get_asset_check_execution_history(key, limit=HISTORY_PER_CHECK):
+            if record.status.value not in COMPLETED or record.event is None or record.event.timestamp <= book.since:
                 continue
             data = record.event.dagster_event.event_specific_data
             evaluations.append(

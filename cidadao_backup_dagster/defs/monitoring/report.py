@@ -3,7 +3,6 @@ daily and after every backup. The rows are computed by core/report.py; this asse
 strategy's targets (with the limits configured in the resources) and the latest check results."""
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus  # not re-exported
 
 from ...core.artifacts.manifest import utc_now
 from ...core.errors import BackupError, ConfigurationError
@@ -21,22 +20,20 @@ from ...core.secrets import redact_text
 from ..protection.classes import ArtifactClass
 
 REPORT_ASSET = "backup_health_report"
-COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
 def _latest_checks(context: dg.AssetExecutionContext, check_keys: set[dg.AssetCheckKey]):
     """asset name -> latest completed evaluation of each of its checks, read from the instance."""
-    storage = context.instance.event_log_storage
+    summaries = context.instance.event_log_storage.get_asset_check_summary_records(list(check_keys))
     by_asset: dict[str, list[CheckStatus]] = {}
     for key in check_keys:
-        records = storage.get_asset_check_execution_history(key, limit=1, status=COMPLETED)
-        if not records or records[0].event is None:
+        summary = summaries.get(key)
+        record = summary.last_completed_check_execution_record if summary else None  # succeeded or failed
+        if record is None or record.event is None:
             continue
-        data = records[0].event.dagster_event.event_specific_data
+        data = record.event.dagster_event.event_specific_data
         by_asset.setdefault("/".join(key.asset_key.path), []).append(
-            CheckStatus(
-                key.name, bool(data.passed), data.severity.value, records[0].partition, records[0].event.timestamp
-            )
+            CheckStatus(key.name, bool(data.passed), data.severity.value, record.partition, record.event.timestamp)
         )
     return lambda asset: by_asset.get(asset, [])
 

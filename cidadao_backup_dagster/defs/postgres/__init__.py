@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ...core.artifacts.drill_reports import DrillReport
 from ...core.postgres.drill import newest_passing_report
 from ..protection.classes import ArtifactClass
 from ..schedules import latest_partition_schedule, source_asset_job
@@ -36,8 +37,8 @@ def build(binding: PgBinding) -> DomainDefs:
         """The daily backup the latest passing restore drill proved: retention never deletes it."""
         source = binding.source(resources)
         names = (source.series_name(), source.legacy_series_name())  # reports from before the series were renamed
-        report = newest_passing_report(binding.storage(resources).open(), names, warn)
-        return {report["backup_partition"]} if report else set()
+        report = DrillReport.of(newest_passing_report(binding.storage(resources).open(), names, warn))
+        return {report.backup_partition} if report else set()
 
     source_keys = (binding.source_key,)
     # Strategy: daily backups kept 7 days, the weekly external copy 30 days (per source in the sources file).

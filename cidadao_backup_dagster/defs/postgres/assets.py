@@ -66,28 +66,24 @@ def series_for(spec: BackupSpec, source: PostgresSource) -> Series:
 
 
 def backup_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
-    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
+    art, contents, timings = manifest.artifact, manifest.postgres, manifest.timings
     return {
-        "storage_uri": dg.MetadataValue.text(art["uri"]),
-        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
-        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
-        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
-        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
-        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
-        "duration_s": dg.MetadataValue.float(timings["total_seconds"]),
-        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
-        "tables": dg.MetadataValue.int(contents["table_count"]),
-        "rows": dg.MetadataValue.int(contents["rows_total"]),
-        "row_counts": dg.MetadataValue.json(contents["tables"]),
-        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
-        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
-        "server_version": dg.MetadataValue.text(manifest.data["source"]["server_version"]),
-        "pg_dump_version": dg.MetadataValue.text(manifest.data["tools"]["pg_dump"]),
-        **(
-            {"pg_dump_path": dg.MetadataValue.path(manifest.data["tools"]["pg_dump_path"])}
-            if "pg_dump_path" in manifest.data["tools"]
-            else {}
-        ),
+        "storage_uri": dg.MetadataValue.text(art.uri),
+        "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
+        "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
+        "compression_ratio": dg.MetadataValue.float(art.compression_ratio),
+        "sha256": dg.MetadataValue.text(art.stored_sha256),
+        "encrypted": dg.MetadataValue.bool(art.encryption is not None),
+        "duration_s": dg.MetadataValue.float(timings.total_seconds or 0.0),
+        "mb_per_s": dg.MetadataValue.float(timings.raw_mb_per_s or 0.0),
+        "tables": dg.MetadataValue.int(contents.table_count),
+        "rows": dg.MetadataValue.int(contents.rows_total),
+        "row_counts": dg.MetadataValue.json(contents.tables),
+        "snapshot_at": dg.MetadataValue.text(timings.snapshot_at),
+        "source": dg.MetadataValue.text(manifest.source.url),
+        "server_version": dg.MetadataValue.text(manifest.source.server_version or ""),
+        "pg_dump_version": dg.MetadataValue.text(manifest.tools.pg_dump or ""),
+        **({"pg_dump_path": dg.MetadataValue.path(manifest.tools.pg_dump_path)} if manifest.tools.pg_dump_path else {}),
     }
 
 
@@ -146,8 +142,8 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
                 )
             except BackupError as exc:
                 raise failure(exc) from None
-            audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
-        context.log.info(f"Backup complete: {manifest.data['artifact']['uri']}")
+            audit.update(artifact=manifest.artifact.uri, stored_sha256=manifest.stored_sha256)
+        context.log.info(f"Backup complete: {manifest.artifact.uri}")
         return dg.MaterializeResult(
             metadata={**backup_metadata(manifest), **late_metadata(lateness)},
             data_version=dg.DataVersion(manifest.stored_sha256),

@@ -63,8 +63,8 @@ def build_on_demand_job(binding: PgBinding) -> dg.JobDefinition:
             verified = verify_pg_artifact(storage, manifest, pg_bin_dir=source.bin_dir, identities=identities)
             if not verified.ok:
                 raise dg.Failure(f"The on-demand backup did not verify: {'; '.join(verified.problems)}")
-            audit.update(artifact=manifest.data["artifact"]["uri"], reason=config.reason)
-        context.log.info(f"On-demand backup verified: {manifest.data['artifact']['uri']} ({label})")
+            audit.update(artifact=manifest.artifact.uri, reason=config.reason)
+        context.log.info(f"On-demand backup verified: {manifest.artifact.uri} ({label})")
         return dg.Output(None, metadata={**backup_metadata(manifest), "label": dg.MetadataValue.text(label)})
 
     @dg.job(

@@ -1,20 +1,17 @@
 """The monthly restore drill: proves the newest daily backup restores, and how long it takes (the RTO)."""
 
-import warnings
-
 import dagster as dg
 
+from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
+from ..artifact_checks import DrillSeries, build_drill_checks
 from ..audit import audit_storage, audited
-from ..drill_results import duration_result, recency_result
 from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import PostgresSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import PgBinding
-
-warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
 
@@ -29,14 +26,14 @@ def drill_names(source: PostgresSource) -> tuple[str, str]:
     return source.series_name(), source.legacy_series_name()
 
 
-def _drill(context, binding: PgBinding) -> dict:
+def _drill(context, binding: PgBinding) -> DrillReport:
     postgres_source: PostgresSource = binding.source(context.resources)
     recovery, encryption = context.resources.recovery, context.resources.encryption
     try:
         source = postgres_source.connection()
         server = recovery.server(recovery.drill_server_url, source, "DRILL_DATABASE_URL")
         storage = binding.storage(context.resources).open()
-        return run_drill(
+        report = run_drill(
             storage,
             series_for(DAILY_SPEC, postgres_source),
             server,
@@ -50,14 +47,37 @@ def _drill(context, binding: PgBinding) -> dict:
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
+    return DrillReport.parse(report)
 
 
-def _report(binding: PgBinding, resources, partition: str):
-    """(report, None), or (None, a failed check result) when this month has no drill report."""
-    report = read_report(binding.storage(resources).open(), _source_name(binding.source(resources)), partition)
-    if report is None:
-        return None, dg.AssetCheckResult(passed=False, description=f"No drill report for {partition}")
-    return report, None
+def drill_series(binding: PgBinding) -> DrillSeries:
+    """How the drill checks read one source's drill reports."""
+
+    def read(resources, partition: str) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(read_report(storage, _source_name(binding.source(resources)), partition))
+
+    def newest_passing(resources) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(newest_passing_report(storage, drill_names(binding.source(resources))))
+
+    return DrillSeries(
+        noun="backup",
+        report_name="drill report",
+        partitions_def=MONTHLY,
+        needs=frozenset({binding.source_key, binding.storage_key}),
+        rto_s=RTO_DATABASE_CORRUPTION_S,
+        read_report=read,
+        newest_passing=newest_passing,
+        descriptions={
+            "drill_passed": "ERROR unless the drill restored the backup and every table's row count matched its "
+            "manifest.",
+            "drill_duration_within_rto": "Restore time against the RTO for database corruption (30 min): WARN above "
+            "15 min, ERROR above 30.",
+            "recent_passing_drill": "ERROR when no drill has passed in the last 35 days: an untested backup is a "
+            "hope, not a backup.",
+        },
+    )
 
 
 def build_drill(binding: PgBinding):
@@ -79,72 +99,27 @@ def build_drill(binding: PgBinding):
         with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
             report = _drill(context, binding)
             audit.update(
-                artifact=report["backup_uri"],
-                result="ok" if report["passed"] else "failed",
-                duration_seconds=report["duration_seconds"],
-                problems=report["problems"],
+                artifact=report.backup_uri,
+                result="ok" if report.passed else "failed",
+                duration_seconds=report.duration_seconds,
+                problems=list(report.problems),
             )
-        verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
-        context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
+        verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.problems)
+        context.log.info(f"Drill {verdict} in {report.duration_seconds:.1f} s, proving {report.backup_uri}")
         return dg.MaterializeResult(
             metadata={
-                "passed": dg.MetadataValue.bool(report["passed"]),
-                "proved_backup": dg.MetadataValue.text(report["backup_partition"]),
-                "backup_uri": dg.MetadataValue.text(report["backup_uri"]),
-                "backup_sha256": dg.MetadataValue.text(report["backup_sha256"]),
-                "duration_s": dg.MetadataValue.float(report["duration_seconds"]),
+                "passed": dg.MetadataValue.bool(report.passed),
+                "proved_backup": dg.MetadataValue.text(report.backup_partition),
+                "backup_uri": dg.MetadataValue.text(report.backup_uri),
+                "backup_sha256": dg.MetadataValue.text(report.backup_sha256),
+                "duration_s": dg.MetadataValue.float(report.duration_seconds),
                 "rto_s": dg.MetadataValue.int(RTO_DATABASE_CORRUPTION_S),
-                "tables": dg.MetadataValue.int(report.get("tables", 0)),
-                "rows": dg.MetadataValue.int(report.get("rows", 0)),
+                "tables": dg.MetadataValue.int(report.tables or 0),
+                "rows": dg.MetadataValue.int(report.rows or 0),
             }
         )
 
-    @dg.asset_check(
-        asset=postgres_restore_drill,
-        name="drill_passed",
-        required_resource_keys=needs,
-        blocking=True,
-        partitions_def=MONTHLY,
-        description="ERROR unless the drill restored the backup and every table's row count matched its manifest.",
-    )
-    def drill_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        report, missing = _report(binding, context.resources, context.partition_key)
-        if missing:
-            return missing
-        return dg.AssetCheckResult(
-            passed=bool(report["passed"]),
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=(
-                "Restored and verified " if report["passed"] else "Drill failed: " + "; ".join(report["problems"])
-            )
-            + f" (backup {report['backup_partition']})",
-            metadata={"proved_backup": report["backup_partition"], "backup_uri": report["backup_uri"]},
-        )
-
-    @dg.asset_check(
-        asset=postgres_restore_drill,
-        name="drill_duration_within_rto",
-        required_resource_keys=needs,
-        partitions_def=MONTHLY,
-        description="Restore time against the RTO for database corruption (30 min): WARN above 15 min, ERROR above 30.",
-    )
-    def drill_duration_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        report, missing = _report(binding, context.resources, context.partition_key)
-        if missing:
-            return missing
-        return duration_result(report, RTO_DATABASE_CORRUPTION_S)
-
-    @dg.asset_check(
-        asset=postgres_restore_drill,
-        name="recent_passing_drill",
-        required_resource_keys=needs,
-        description="ERROR when no drill has passed in the last 35 days: an untested backup is a hope, not a backup.",
-    )
-    def recent_passing_drill(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        resources = context.resources
-        report = newest_passing_report(binding.storage(resources).open(), drill_names(binding.source(resources)))
-        return recency_result(report, "backup")
-
+    checks = build_drill_checks(postgres_restore_drill, drill_series(binding))
     job = source_asset_job(
         binding, "postgres_restore_drill_job", postgres_restore_drill, "Monthly restore drill with its checks."
     )
@@ -152,4 +127,4 @@ def build_drill(binding: PgBinding):
     schedule = latest_partition_schedule(
         binding.named("postgres_restore_drill_schedule"), job, MONTHLY, "0 5 1 * *", "Monthly restore drill."
     )
-    return postgres_restore_drill, [drill_passed, drill_duration_within_rto, recent_passing_drill], job, schedule
+    return postgres_restore_drill, checks, job, schedule

@@ -105,8 +105,8 @@ def _chosen_backup(config: BackupChoice, binding: PgBinding, resources):
 
 def picked(manifest) -> str:
     """What a restore or recovery picked, by what it holds: the label can be late, the snapshot time cannot."""
-    late = " (labelled late)" if manifest.data.get("run", {}).get("late") else ""
-    return f"backup {manifest.partition}{late}, snapshot taken {manifest.data['timings']['snapshot_at']}"
+    late = " (labelled late)" if manifest.late else ""
+    return f"backup {manifest.partition}{late}, snapshot taken {manifest.timings.snapshot_at}"
 
 
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
@@ -178,7 +178,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
         metadata={
             "target": dg.MetadataValue.text(result.target),
             "backup_partition": dg.MetadataValue.text(result.partition),
-            "backup_snapshot_at": dg.MetadataValue.text(manifest.data["timings"]["snapshot_at"]),
+            "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
             "backup_uri": dg.MetadataValue.text(result.backup_uri),
             "duration_s": dg.MetadataValue.float(result.total_seconds),
             "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
@@ -260,7 +260,7 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
         metadata={
             "table": dg.MetadataValue.text(result.table),
             "backup_partition": dg.MetadataValue.text(result.partition),
-            "backup_snapshot_at": dg.MetadataValue.text(manifest.data["timings"]["snapshot_at"]),
+            "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
             "dry_run": dg.MetadataValue.bool(result.dry_run),
             "matched_in_backup": dg.MetadataValue.int(result.matched_in_backup),
             "would_insert": dg.MetadataValue.int(result.would_insert),

@@ -3,6 +3,7 @@ restore drill."""
 
 import dagster as dg
 
+from ...core.artifacts.drill_reports import DrillReport
 from ...core.redis.backup import partition_segment
 from ...core.redis.restore import newest_passing_report
 from ..protection.classes import ArtifactClass
@@ -23,8 +24,9 @@ def build(binding: RedisBinding) -> DomainDefs:
 
     def drill_proven(resources, warn) -> set[str]:
         """The snapshot the latest passing Redis drill proved: retention never deletes it."""
-        report = newest_passing_report(binding.storage(resources).open(), _source(binding.source(resources)), warn)
-        return {partition_segment(report["backup_partition"])} if report else set()
+        found = newest_passing_report(binding.storage(resources).open(), _source(binding.source(resources)), warn)
+        report = DrillReport.of(found)
+        return {partition_segment(report.backup_partition)} if report else set()
 
     # Hourly snapshots kept 7 days by default (168; the strategy sets no Redis retention, so the daily backups').
     artifact_class = ArtifactClass(

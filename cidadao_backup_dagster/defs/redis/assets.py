@@ -25,27 +25,27 @@ def redis_series(source: RedisSource) -> str:
 
 
 def snapshot_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
-    art, contents, timings = manifest.data["artifact"], manifest.data["contents"], manifest.data["timings"]
+    art, contents, timings = manifest.artifact, manifest.redis, manifest.timings
     meta = {
-        "storage_uri": dg.MetadataValue.text(art["uri"]),
-        "format": dg.MetadataValue.text(contents["format"]),
-        "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
-        "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
-        "compression_ratio": dg.MetadataValue.float(round(art["raw_bytes"] / max(art["stored_bytes"], 1), 3)),
-        "sha256": dg.MetadataValue.text(art["stored_sha256"]),
-        "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
-        "keys": dg.MetadataValue.int(contents["keys_total"]),
-        "keys_per_db": dg.MetadataValue.json(contents["keys_per_db"]),
-        "duration_s": dg.MetadataValue.float(timings["total_seconds"]),
-        "mb_per_s": dg.MetadataValue.float(timings["raw_mb_per_s"]),
-        "snapshot_at": dg.MetadataValue.text(timings["snapshot_at"]),
-        "source": dg.MetadataValue.text(manifest.data["source"]["url"]),
-        "redis_version": dg.MetadataValue.text(manifest.data["source"]["redis_version"]),
+        "storage_uri": dg.MetadataValue.text(art.uri),
+        "format": dg.MetadataValue.text(contents.format),
+        "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
+        "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
+        "compression_ratio": dg.MetadataValue.float(art.compression_ratio),
+        "sha256": dg.MetadataValue.text(art.stored_sha256),
+        "encrypted": dg.MetadataValue.bool(art.encryption is not None),
+        "keys": dg.MetadataValue.int(contents.keys_total),
+        "keys_per_db": dg.MetadataValue.json(contents.keys_per_db),
+        "duration_s": dg.MetadataValue.float(timings.total_seconds or 0.0),
+        "mb_per_s": dg.MetadataValue.float(timings.raw_mb_per_s or 0.0),
+        "snapshot_at": dg.MetadataValue.text(timings.snapshot_at),
+        "source": dg.MetadataValue.text(manifest.source.url),
+        "redis_version": dg.MetadataValue.text(manifest.source.redis_version or ""),
     }
-    if contents["format"] == "rdb":
-        meta["rdb_version"] = dg.MetadataValue.int(contents["rdb_version"])
-        meta["crc64"] = dg.MetadataValue.text(contents["crc64"] or "")
-        meta["diskless_transfer"] = dg.MetadataValue.bool(contents["diskless_transfer"])
+    if contents.format == "rdb":
+        meta["rdb_version"] = dg.MetadataValue.int(contents.rdb_version or 0)
+        meta["crc64"] = dg.MetadataValue.text(contents.crc64 or "")
+        meta["diskless_transfer"] = dg.MetadataValue.bool(bool(contents.diskless_transfer))
     return meta
 
 
@@ -121,13 +121,11 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
         except BackupError as exc:  # credentials/permissions, a missing bucket: a retry would fail the same way
             raise failure(exc) from None
         audit.update(
-            artifact=manifest.data["artifact"]["uri"],
+            artifact=manifest.artifact.uri,
             stored_sha256=manifest.stored_sha256,
-            format=manifest.data["contents"]["format"],
+            format=manifest.redis.format,
         )
-    context.log.info(
-        f"Snapshot complete: {manifest.data['contents']['keys_total']:,} keys, {manifest.data['artifact']['uri']}"
-    )
+    context.log.info(f"Snapshot complete: {manifest.redis.keys_total:,} keys, {manifest.artifact.uri}")
     return dg.MaterializeResult(
         metadata={**snapshot_metadata(manifest), **late_metadata(lateness)},
         data_version=dg.DataVersion(manifest.stored_sha256),

@@ -6,22 +6,19 @@ flush old cache"); its recovery scenario 2, "Redis instance loss", is that same 
 RDB. So the restore must fit inside those 5 minutes: WARN above half (2.5 min, little room left for
 provisioning), ERROR above 5 min."""
 
-import warnings
-
 import dagster as dg
 
+from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
 from ...core.redis.restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
+from ..artifact_checks import DrillSeries, build_drill_checks
 from ..audit import audit_storage, audited
-from ..drill_results import duration_result, recency_result
 from ..failures import failure
-from ..resources import BackupStorage, RedisSource
+from ..resources import RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
 from .assets import redis_series
-
-warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
 MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
 
@@ -48,7 +45,7 @@ def _redis_restore_drill(context, binding: RedisBinding) -> dg.MaterializeResult
 def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.MaterializeResult:
     try:
         storage = backup_storage.open()
-        report = run_redis_drill(
+        found = run_redis_drill(
             storage,
             redis_series(redis_source),
             source=_source(redis_source),
@@ -60,58 +57,50 @@ def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.Ma
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
-    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["problems"])
-    context.log.info(f"Drill {verdict} in {report['duration_seconds']:.1f} s, proving {report['backup_uri']}")
+    report = DrillReport.parse(found)
+    verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.problems)
+    context.log.info(f"Drill {verdict} in {report.duration_seconds:.1f} s, proving {report.backup_uri}")
     return dg.MaterializeResult(
         metadata={
-            "passed": dg.MetadataValue.bool(report["passed"]),
-            "proved_backup": dg.MetadataValue.text(report["backup_partition"]),
-            "backup_uri": dg.MetadataValue.text(report["backup_uri"]),
-            "format": dg.MetadataValue.text(report["format"]),
-            "duration_s": dg.MetadataValue.float(report["duration_seconds"]),
+            "passed": dg.MetadataValue.bool(report.passed),
+            "proved_backup": dg.MetadataValue.text(report.backup_partition),
+            "backup_uri": dg.MetadataValue.text(report.backup_uri),
+            "format": dg.MetadataValue.text(report.format or ""),
+            "duration_s": dg.MetadataValue.float(report.duration_seconds),
             "rto_s": dg.MetadataValue.int(RTO_REDIS_S),
-            "keys": dg.MetadataValue.int(report.get("keys", 0)),
-            "keys_per_db": dg.MetadataValue.json(report.get("keys_restored", {})),
+            "keys": dg.MetadataValue.int(report.keys or 0),
+            "keys_per_db": dg.MetadataValue.json(report.keys_restored),
         }
     )
 
 
-def _report(redis_source: RedisSource, backup_storage: BackupStorage, partition: str):
-    report = read_report(backup_storage.open(), _source(redis_source), partition)
-    if report is None:
-        return None, dg.AssetCheckResult(passed=False, description=f"No Redis drill report for {partition}")
-    return report, None
+def drill_series(binding: RedisBinding) -> DrillSeries:
+    """How the drill checks read one Redis source's drill reports."""
 
+    def read(resources, partition: str) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(read_report(storage, _source(binding.source(resources)), partition))
 
-def _redis_drill_passed(context, binding: RedisBinding) -> dg.AssetCheckResult:
-    redis_source = binding.source(context.resources)
-    backup_storage = binding.storage(context.resources)
-    report, missing = _report(redis_source, backup_storage, context.partition_key)
-    if missing:
-        return missing
-    return dg.AssetCheckResult(
-        passed=bool(report["passed"]),
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=("Restored and verified" if report["passed"] else "Drill failed: " + "; ".join(report["problems"]))
-        + f" (snapshot {report['backup_partition']})",
-        metadata={"proved_backup": report["backup_partition"], "backup_uri": report["backup_uri"]},
+    def newest_passing(resources) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(newest_passing_report(storage, _source(binding.source(resources))))
+
+    return DrillSeries(
+        noun="snapshot",
+        report_name="Redis drill report",
+        partitions_def=MONTHLY,
+        needs=frozenset({binding.source_key, binding.storage_key}),
+        rto_s=RTO_REDIS_S,
+        read_report=read,
+        newest_passing=newest_passing,
+        descriptions={
+            "drill_passed": "ERROR unless the snapshot loaded and every database's key count matched the manifest "
+            "(within the keys that carry a TTL, which may have expired since).",
+            "drill_duration_within_rto": "Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN "
+            "above 2.5 min, ERROR above 5.",
+            "recent_passing_drill": "ERROR when no Redis drill has passed in the last 35 days.",
+        },
     )
-
-
-def _redis_drill_duration_within_rto(context, binding: RedisBinding) -> dg.AssetCheckResult:
-    redis_source = binding.source(context.resources)
-    backup_storage = binding.storage(context.resources)
-    report, missing = _report(redis_source, backup_storage, context.partition_key)
-    if missing:
-        return missing
-    return duration_result(report, RTO_REDIS_S)
-
-
-def _redis_recent_passing_drill(context, binding: RedisBinding) -> dg.AssetCheckResult:
-    redis_source = binding.source(context.resources)
-    backup_storage = binding.storage(context.resources)
-    report = newest_passing_report(backup_storage.open(), _source(redis_source))
-    return recency_result(report, "snapshot")
 
 
 def build_drill(binding: RedisBinding):
@@ -131,43 +120,11 @@ def build_drill(binding: RedisBinding):
     def redis_restore_drill(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return _redis_restore_drill(context, binding)
 
-    @dg.asset_check(
-        asset=redis_restore_drill,
-        name="drill_passed",
-        blocking=True,
-        partitions_def=MONTHLY,
-        description="ERROR unless the snapshot loaded and every database's key count matched the manifest (within the "
-        "keys that carry a TTL, which may have expired since).",
-        required_resource_keys={binding.source_key, binding.storage_key},
-    )
-    def redis_drill_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return _redis_drill_passed(context, binding)
-
-    @dg.asset_check(
-        asset=redis_restore_drill,
-        name="drill_duration_within_rto",
-        partitions_def=MONTHLY,
-        description="Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN above 2.5 min, "
-        "ERROR above 5.",
-        required_resource_keys={binding.source_key, binding.storage_key},
-    )
-    def redis_drill_duration_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return _redis_drill_duration_within_rto(context, binding)
-
-    @dg.asset_check(
-        asset=redis_restore_drill,
-        name="recent_passing_drill",
-        description="ERROR when no Redis drill has passed in the last 35 days.",
-        required_resource_keys={binding.source_key, binding.storage_key},
-    )
-    def redis_recent_passing_drill(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return _redis_recent_passing_drill(context, binding)
-
+    checks = build_drill_checks(redis_restore_drill, drill_series(binding))
     job = source_asset_job(
         binding, "redis_restore_drill_job", redis_restore_drill, "Monthly Redis restore drill with its checks."
     )
     schedule = latest_partition_schedule(
         binding.named("redis_restore_drill_schedule"), job, MONTHLY, "30 5 1 * *", "Monthly Redis restore drill."
     )
-    checks = [redis_drill_passed, redis_drill_duration_within_rto, redis_recent_passing_drill]
     return redis_restore_drill, checks, job, schedule

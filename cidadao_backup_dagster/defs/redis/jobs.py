@@ -147,8 +147,7 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
         manifest = select_snapshot(storage, series, config.snapshot)
         flushing = config.if_target_not_empty == "flush"
         context.log.info(
-            f"Restoring snapshot {manifest.data.get('dagster_partition', manifest.partition)} "
-            f"({manifest.data['contents']['format']}) into {target.display()}"
+            f"Restoring snapshot {manifest.dagster_partition} ({manifest.redis.format}) into {target.display()}"
         )
         result = restore_snapshot(
             storage,
@@ -219,6 +218,6 @@ def _flush(context, config: FlushRedisConfig, binding, resources) -> dg.Output:
             "target": dg.MetadataValue.text(target.display()),
             "keys_removed": dg.MetadataValue.int(total),
             "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
-            **({"pre_flush_snapshot": dg.MetadataValue.text(snapshot.data["artifact"]["uri"])} if snapshot else {}),
+            **({"pre_flush_snapshot": dg.MetadataValue.text(snapshot.artifact.uri)} if snapshot else {}),
         },
     )
