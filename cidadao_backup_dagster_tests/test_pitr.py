@@ -377,3 +377,96 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
         assert restore_dirs(work) == []  # the throwaway server, its dump and the fetched archive are gone
     finally:
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+
+
+# ------------------------------------------------------------------------------------------ Dagster layer
+
+
+def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatch):
+    from cidadao_backup_dagster.defs.postgres.pitr import pitr_enabled
+    from cidadao_backup_dagster.defs.recovery.jobs import build_restore_job
+    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+
+    monkeypatch.delenv("POSTGRES_PITR", raising=False)
+    assert not pitr_enabled()
+    fields = (
+        build_restore_job(DEFAULT_PG)
+        .graph.node_named("restore_postgres_op")
+        .definition.config_schema.config_type.fields
+    )
+    assert "target_time" not in fields and "backup" in fields
+    monkeypatch.setenv("POSTGRES_PITR", "on")
+    fields = (
+        build_restore_job(DEFAULT_PG)
+        .graph.node_named("restore_postgres_op")
+        .definition.config_schema.config_type.fields
+    )
+    assert "target_time" in fields
+    monkeypatch.setenv("POSTGRES_PITR", "maybe")
+    with pytest.raises(ConfigurationError, match="POSTGRES_PITR"):
+        pitr_enabled()
+
+
+def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(cluster, source, restore_tmp, monkeypatch):
+    """POSTGRES_PITR=on: the base backup and WAL archive assets, then restore_postgres with target_time."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.partitions import WEEKLY
+    from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
+    from cidadao_backup_dagster.defs.recovery.jobs import build_restore_job
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    for name, value in {
+        "POSTGRES_PITR": "on",
+        "DATABASE_URL": cluster.url(source),
+        "POSTGRES_SOURCE_NAME": source,
+        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
+        "PG_BIN_DIR": str(PG15),
+        "RESTORE_TMPDIR": str(work),
+    }.items():
+        monkeypatch.setenv(name, value)
+    domain = pitr_defs.build(DEFAULT_PG)
+    wal, base = pitr_defs.build_wal_asset(DEFAULT_PG), pitr_defs.build_base_asset(DEFAULT_PG)
+    schedules = {s.name: s.cron_schedule for s in domain.defs.schedules}
+    assert schedules["postgres_wal_archive_schedule"] == "*/5 * * * *"
+    resources = build_resources()
+
+    insert(cluster, source, 1, 25)
+    partition = WEEKLY.get_last_partition_key()
+    result = dg.materialize(
+        [base],
+        resources=resources,
+        partition_key=partition,
+        run_config={"ops": {base.op.name: {"config": {"allow_late": True}}}},
+    )
+    assert result.success
+    insert(cluster, source, 26, 35)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items", source)
+    result = dg.materialize([wal], resources=resources)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node(wal.op.name)
+    meta = materialization.metadata
+    assert meta["recoverable_until"].value > instant.isoformat()[:19]
+    assert meta["partial"].value.endswith(".partial") and meta["stored_bytes"].value > 0
+
+    target = f"{source}_asof"
+    try:
+        outcome = build_restore_job(DEFAULT_PG).execute_in_process(
+            run_config={
+                "ops": {
+                    "restore_postgres_op": {"config": {"target_time": instant.isoformat(), "target_database": target}}
+                }
+            },
+            resources=resources,
+        )
+        assert outcome.success
+        assert ids(cluster.conn(target)) == list(range(1, 36))
+        (step,) = [e for e in outcome.all_events if e.event_type_value == "STEP_OUTPUT"]
+        assert step.event_specific_data.metadata["base_backup"].value == partition
+    finally:
+        cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")

@@ -15,6 +15,7 @@ from ...core.postgres.recover import recover_rows as recover_rows_core
 from ...core.postgres.restore import restore_backup, select_backup
 from ..audit import audit_storage, audited
 from ..failures import failure
+from ..postgres import pitr
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
 from ..postgres.on_demand import on_demand_series
 from ..resources import PostgresSource
@@ -69,6 +70,14 @@ class RestorePostgresConfig(BackupChoice):
     )
 
 
+class RestorePostgresAsOfConfig(RestorePostgresConfig):
+    target_time: str = Field(
+        default="",
+        description="Restore the database as it was at this instant (ISO 8601, UTC: 2026-11-24T17:59:00Z) from a base "
+        "backup and the WAL archive (POSTGRES_PITR=on). Empty = restore the dump chosen by backup/backup_set.",
+    )
+
+
 class RecoverRowsConfig(BackupChoice):
     table: str = Field(default="investigations", description="Table to recover rows of (schema.table or table).")
     where: str = Field(
@@ -110,6 +119,8 @@ def picked(manifest) -> str:
 
 
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
+    config_type = RestorePostgresAsOfConfig if pitr.pitr_enabled() else RestorePostgresConfig  # off: as before
+
     @dg.op(
         name=binding.named("restore_postgres_op"),
         description="Fetch a backup, check its SHA-256, restore it with pg_restore --jobs into a staging database, "
@@ -118,7 +129,7 @@ def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
         tags={"cidadao/domain": "recovery", **binding.tags},
         required_resource_keys={*binding.resource_keys, "recovery", "encryption"},
     )
-    def restore_postgres_op(context: dg.OpExecutionContext, config: RestorePostgresConfig) -> dg.Output:
+    def restore_postgres_op(context: dg.OpExecutionContext, config: config_type) -> dg.Output:  # type: ignore[valid-type]
         with audited(context, audit_storage(binding.storage(context.resources)), "restore") as audit:
             output = _restore(context, config, binding)
             audit_output(audit, output, "target")
@@ -143,6 +154,9 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
     try:
         source = postgres_source.connection()
         server = recovery.server(config.target_server_url, source, "target_server_url")
+        if getattr(config, "target_time", ""):  # base backup + WAL instead of a dump
+            dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
+            return pitr.restore_as_of(context, config, binding, server, dbname)
         storage, manifest = _chosen_backup(config, binding, resources)
         dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
         target = server.with_dbname(dbname).display()
