@@ -34,6 +34,8 @@ from cidadao_backup_dagster.core.postgres.pitr import (
     slot_name_for,
     wal_series,
 )
+from cidadao_backup_dagster.core.postgres.pitr.health import archive_status, slot_verdict
+from cidadao_backup_dagster.core.postgres.pitr.server import SlotState
 from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
 from .conftest import free_port, unique_name
@@ -164,6 +166,9 @@ def test_restore_to_instant_with_the_tail_only_in_the_partial(cluster, source, s
     assert run.raw_bytes > 0 and run.stored_bytes > 0
     assert run.metadata()["end_lsn"] == run.metadata()["end_lsn"].upper()
 
+    status = archive_status(storage, source)
+    assert status.gaps == [] and status.recoverable_until == run.recoverable_until and status.newest_file == run.partial
+
     with restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp)) as server:
         assert ids(server.conn(source)) == list(range(1, 151))
         assert server.plan.stop_at_target and "before commit" in (server.stop_record or "")
@@ -229,6 +234,8 @@ def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, so
     manifest = parse_manifest(storage, index_series(storage, wal_series(source, run.timeline)).manifests[victim][-1])
     storage.delete(manifest.artifact_key)
 
+    status = archive_status(storage, source)
+    assert [str(g) for g in status.gaps] == [victim] and status.bases == 1
     with pytest.raises(WalGap, match=victim) as refused:
         plan_recovery(storage, source=source, target_time=instant)
     assert [str(g) for g in refused.value.gaps] == [victim]
@@ -447,8 +454,11 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
     insert(cluster, source, 26, 35)
     instant = server_now(cluster)
     cluster.sql("DELETE FROM items", source)
-    result = dg.materialize([wal], resources=resources)
+    checks = pitr_defs.build_wal_checks(DEFAULT_PG, wal)
+    result = dg.materialize([wal, *checks], resources=resources)
     assert result.success
+    verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert verdicts == {"wal_continuity": True, "recoverable_within_rpo": True, "slot_retention": True}
     (materialization,) = result.asset_materializations_for_node(wal.op.name)
     meta = materialization.metadata
     assert meta["recoverable_until"].value > instant.isoformat()[:19]
@@ -470,3 +480,17 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
         assert step.event_specific_data.metadata["base_backup"].value == partition
     finally:
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+
+
+def test_slot_verdicts():
+    def slot(retained, status="reserved"):
+        return SlotState("s", False, 0, status, retained)
+
+    assert slot_verdict(slot(10), "s", 100, 400).passed
+    assert (slot_verdict(slot(200), "s", 100, 400).severity, slot_verdict(slot(200), "s", 100, 400).passed) == (
+        "WARN",
+        False,
+    )
+    assert slot_verdict(slot(500), "s", 100, 400).severity == "ERROR"
+    assert slot_verdict(slot(0, "lost"), "s", 100, 400).severity == "ERROR"
+    assert "does not exist" in slot_verdict(None, "s", 100, 400).description

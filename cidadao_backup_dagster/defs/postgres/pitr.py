@@ -6,8 +6,11 @@ import os
 
 import dagster as dg
 
+from ...core.artifacts.manifest import iso
 from ...core.errors import BackupError, ConfigurationError
-from ...core.postgres.pitr import archive_wal, base_backup
+from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
+from ...core.postgres.pitr.health import archive_status, slot_verdict
+from ...core.postgres.pitr.server import slot_state
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
 from ..failures import failure
@@ -23,6 +26,8 @@ WAL_ASSET = "postgres_wal_archive"
 BASE_ASSET = "postgres_base_backup"
 DEFAULT_WAL_CRON = "*/5 * * * *"
 DEFAULT_BASE_CRON = "0 1 * * 0"  # Sundays 01:00 UTC, before the weekly offsite dump at 02:00
+MAX_AGE_VARIABLE = "POSTGRES_WAL_MAX_AGE_MINUTES"  # RPO check: default two 5-minute intervals
+SLOT_WARN_VARIABLE = "POSTGRES_SLOT_WARN_MB"  # slot check: WARN above, ERROR above 4x
 RETRY = retry_policy(default_delay_s=60)
 
 
@@ -171,8 +176,105 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
     return _base
 
 
+def _number(variable: str, default: float) -> float:
+    text = os.getenv(variable) or ""
+    try:
+        return float(text) if text else default
+    except ValueError:
+        raise ConfigurationError(variable, f"{text!r} is not a number", f"e.g. {variable}={default:g}") from None
+
+
+def build_wal_checks(binding: PgBinding, wal: dg.AssetsDefinition) -> list:
+    max_age_min = _number(MAX_AGE_VARIABLE, 10)
+    warn_mb = _number(SLOT_WARN_VARIABLE, 1024)
+    needs = {binding.source_key, binding.storage_key}
+
+    def status(context):
+        source = binding.source(context.resources)
+        try:
+            return archive_status(binding.storage(context.resources).open(), source.series_name())
+        except (BackupError, ConfigurationError) as exc:
+            raise failure(exc) from None
+
+    @dg.asset_check(
+        asset=wal,
+        name="wal_continuity",
+        required_resource_keys=needs,
+        description="The WAL archive has every segment from the oldest base backup's start to its newest file "
+        "(as wal-g wal-verify): a gap makes every instant after it unrecoverable from the bases before it.",
+    )
+    def wal_continuity(context) -> dg.AssetCheckResult:
+        st = status(context)
+        meta = {
+            "base_backups": dg.MetadataValue.int(st.bases),
+            "oldest_base": dg.MetadataValue.text(st.oldest_base or ""),
+            "recoverable_from": dg.MetadataValue.text(iso(st.recoverable_from) if st.recoverable_from else ""),
+            "first_segment": dg.MetadataValue.text(st.first_segment or ""),
+            "newest_file": dg.MetadataValue.text(st.newest_file or ""),
+            "gaps": dg.MetadataValue.json([str(g) for g in st.gaps]),
+        }
+        if not st.bases:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata=meta,
+                description="No base backup yet: the WAL archive cannot be replayed. Materialize postgres_base_backup",
+            )
+        return dg.AssetCheckResult(
+            passed=not st.gaps,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=meta,
+            description=f"Missing: {'; '.join(str(g) for g in st.gaps)}" if st.gaps else "No gap",
+        )
+
+    @dg.asset_check(
+        asset=wal,
+        name="recoverable_within_rpo",
+        required_resource_keys=needs,
+        description=f"The newest recoverable instant is at most {max_age_min:g} minutes old ({MAX_AGE_VARIABLE}).",
+    )
+    def recoverable_within_rpo(context) -> dg.AssetCheckResult:
+        st = status(context)
+        lag = st.lag()
+        ok = lag is not None and lag.total_seconds() <= max_age_min * 60
+        return dg.AssetCheckResult(
+            passed=ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "recoverable_until": dg.MetadataValue.text(iso(st.recoverable_until) if st.recoverable_until else ""),
+                "lag_minutes": dg.MetadataValue.float(round(lag.total_seconds() / 60, 2) if lag else -1.0),
+            },
+            description="Nothing archived yet" if lag is None else f"Recoverable until {lag} ago",
+        )
+
+    @dg.asset_check(
+        asset=wal,
+        name="slot_retention",
+        required_resource_keys=needs,
+        description=f"WAL the replication slot holds on the server: WARN above {warn_mb:g} MiB "
+        f"({SLOT_WARN_VARIABLE}), ERROR above 4x or when the slot is lost.",
+    )
+    def slot_retention(context) -> dg.AssetCheckResult:
+        source = binding.source(context.resources)
+        name = slot_name_for(source.series_name())
+        try:
+            slot = slot_state(source.connection(), name)
+        except (BackupError, ConfigurationError) as exc:
+            raise failure(exc) from None
+        verdict = slot_verdict(slot, name, int(warn_mb * 2**20), int(4 * warn_mb * 2**20))
+        return dg.AssetCheckResult(
+            passed=verdict.passed,
+            severity=dg.AssetCheckSeverity[verdict.severity],
+            metadata={"retained_bytes": dg.MetadataValue.int((slot.retained_bytes or 0) if slot else 0)},
+            description=verdict.description,
+        )
+
+    return [wal_continuity, recoverable_within_rpo, slot_retention]
+
+
 def build(binding: PgBinding) -> DomainDefs:
     wal, base = build_wal_asset(binding), build_base_asset(binding)
+    checks = build_wal_checks(binding, wal)
     wal_job = source_asset_job(binding, "postgres_wal_archive_job", wal, "Archive the source's WAL up to now.")
     base_job = source_asset_job(binding, "postgres_base_backup_job", base, "Weekly base backup for PITR.")
     wal_cron = os.getenv(WAL_CRON_VARIABLE) or DEFAULT_WAL_CRON
@@ -180,6 +282,7 @@ def build(binding: PgBinding) -> DomainDefs:
     return DomainDefs(
         defs=dg.Definitions(
             assets=[wal, base],
+            asset_checks=checks,
             jobs=[wal_job, base_job],
             schedules=[
                 dg.ScheduleDefinition(
@@ -199,6 +302,7 @@ def build(binding: PgBinding) -> DomainDefs:
                 ),
             ],
         ),
+        health_checks=checks[:2],  # also hourly on their own: if the WAL runs stop, nothing inside them notices
         storage_targets=[(binding.key(WAL_ASSET), binding.storage_key), (binding.key(BASE_ASSET), binding.storage_key)],
     )
 

@@ -133,6 +133,7 @@ class ArchiveListing:
     complete: dict[int, list[str]]  # segno -> manifest keys, oldest written first
     partials: dict[int, list[str]]
     history: list[str]
+    stored: frozenset[int] = frozenset()  # completed segments whose folder also holds a data object
 
     @property
     def newest_complete(self) -> int | None:
@@ -152,6 +153,7 @@ def list_archive(storage: Storage, source: str, timeline: int, segment_size: int
     complete: dict[int, list[str]] = {}
     partials: dict[int, list[str]] = {}
     history: list[str] = []
+    stored: set[int] = set()
     for partition, keys in index.manifests.items():
         name, partial = (
             (partition[: -len(PARTIAL_SUFFIX)], True)
@@ -171,7 +173,9 @@ def list_archive(storage: Storage, source: str, timeline: int, segment_size: int
         if tli != timeline:
             continue
         (partials if partial else complete)[segno] = keys
-    return ArchiveListing(series, segment_size, complete, partials, history)
+        if not partial and index.objects.get(partition):
+            stored.add(segno)
+    return ArchiveListing(series, segment_size, complete, partials, history, frozenset(stored))
 
 
 @dataclass(frozen=True)
