@@ -1,144 +1,123 @@
 #!/usr/bin/env python3
-"""Benchmark `restore_postgres` against plain `pg_restore --jobs 2` of the same dump, in one run.
+"""PostgreSQL restore against its baselines, measured in the same run as whole processes.
 
-  baseline  `createdb` + `pg_restore --jobs 2 --dbname <new> backup.dump` from a local, already
-            uncompressed file (the fastest a restore can be with these tools).
-  ours      the `restore_postgres` Dagster job (execute_in_process in a child process) restoring the same
-            backup from local backup storage: fetch + SHA-256 + zstd -d to a temp file, createdb,
-            `pg_restore --jobs 2`, then exact row counts of every table against the manifest.
+  floor    createdb + `pg_restore --jobs 2` from a local, already uncompressed dump: the fastest a
+           restore can be with these tools.
+  stock    the stock pipeline an operator would script: download the .dump.zst from S3, `zstd -d`,
+           createdb, `pg_restore --jobs 2`.
+  dagster  what an operator runs: `dagster job execute -m cidadao_backup_dagster.definitions
+           -j restore_postgres -c <config>` (fetch + SHA-256 + zstd -d, pg_restore --jobs 2 into a staging
+           database, exact row counts of every table against the manifest, rename into place).
 
-The reference backup is made once from the benchmark database (`cbd_bench_1gb`, built by
-bench_postgres_backup.py --build-only). Runs are interleaved; the table shows medians.
+The reference backup is made once per run, unmeasured, by the operator's backup command (`dagster asset
+materialize ... postgres_daily_backup`) into a moto S3 bucket, from the investigations-like bench database.
+Target: dagster <= 1.3x floor.
 
-Usage (repo root): .venv/bin/python bench/bench_restore.py [--size-gb 1.0] [--repeat 3]
+  .venv/bin/python bench/bench_restore.py --size-gb 1.0 --repeat 3
+  .venv/bin/python bench/bench_restore.py --size-gb 0.05 --repeat 1    # smoke test
+Results: bench/out/restore-<size><tag>.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_postgres_backup import run_measured, size_label  # noqa: E402
+import harness as h  # noqa: E402
+from bench_postgres_backup import dagster_backup_env  # noqa: E402
 
 TARGET = 1.3
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+VARIANTS = "floor,stock,dagster"
+JOBS = 2
 
 
-def psql(*sql: str) -> None:
-    for statement in sql:
-        subprocess.run(["psql", ADMIN, "-qXc", statement], check=True, capture_output=True)
-
-
-def child(argv: list[str]) -> int:
-    """Runs inside the measured process: the restore_postgres job on the reference backup."""
-    target, storage, source = argv
-    os.environ.update(BACKUP_STORAGE_URL=f"file://{storage}", DATABASE_URL=source)
-    import dagster as dg
-
-    from cidadao_backup_dagster.definitions import build_defs
-
-    t0 = time.perf_counter()
-    result = (
-        build_defs()
-        .resolve_job_def("restore_postgres")
-        .execute_in_process(
-            run_config={
-                "ops": {"restore_postgres_op": {"config": {"target_database": target, "jobs": 2}}},
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            instance=dg.DagsterInstance.ephemeral(),
-            raise_on_error=False,
+def main(argv: list[str]) -> int:
+    args = h.parse_args(__doc__, argv, variants=VARIANTS)
+    s = h.Session(args, "restore")
+    info = h.ensure_database(s.pg, h.BACKUP_SHAPE, args.size_gb, rebuild=args.rebuild)
+    db = info["database"]
+    with h.MotoServer(s.workdir / "moto.log") as moto:
+        bucket = moto.new_bucket("cbd-bench-restore")
+        env = dagster_backup_env(s, db, moto, bucket)
+        h.log("reference backup (unmeasured): " + " ".join(h.dagster_materialize("postgres_daily_backup")))
+        s.dagster("reference backup", h.dagster_materialize("postgres_daily_backup", partition=h.yesterday_utc()), env)
+        manifest = moto.manifests(bucket)[-1]
+        art, key = manifest["artifact"], f"bench/{manifest['artifact']['key']}"
+        dump = s.workdir / "reference.dump"
+        subprocess.run(h.s3_get(moto.endpoint, bucket, key, s.workdir / "reference.dump.zst"), env=s.env, check=True)
+        subprocess.run(["zstd", "-d", "-q", "-f", "--rm", str(s.workdir / "reference.dump.zst"), "-o", str(dump)],
+                       check=True)  # fmt: skip
+        tables = manifest["contents"].get("tables", {})
+        h.log(
+            f"reference backup: {art['stored_bytes']:,} B stored, {art['raw_bytes']:,} B archive, {len(tables)} "
+            f"tables, {sum(tables.values()):,} rows"
         )
+        config = s.workdir / "restore.yaml"
+
+        def target() -> str:
+            return f"cbd_bench_restore_{uuid.uuid4().hex[:6]}"
+
+        def floor() -> h.Run:
+            name = target()
+            try:
+                return h.Run([s.measure("floor", h.pg_restore_file(s.pg, dump, name, JOBS))])
+            finally:
+                h.drop_database(s.pg, name)
+
+        def stock() -> h.Run:
+            name = target()
+            try:
+                argv = h.stock_restore(s.pg, moto.endpoint, bucket, key, s.workdir, name, JOBS)
+                return h.Run([s.measure("stock", argv)])
+            finally:
+                h.drop_database(s.pg, name)
+
+        def dagster() -> h.Run:
+            name = target()
+            ops = {"restore_postgres_op": {"config": {"target_database": name, "jobs": JOBS}}}
+            config.write_text(json.dumps({"ops": ops}))  # JSON is YAML
+            try:
+                run = s.dagster("dagster", h.dagster_job_execute("restore_postgres", config), env)
+            finally:
+                h.drop_database(s.pg, name)
+            meta = run.extra["outputs"].get("restore_postgres_op", {})
+            run.extra.update(
+                job_s=run.extra["steps"].get("restore_postgres_op"),
+                **{k: meta.get(k) for k in ("fetch_s", "restore_s", "verify_s")},
+            )
+            return run
+
+        plan = [(name, fn) for name, fn in (("floor", floor), ("stock", stock), ("dagster", dagster)) if s.wants(name)]
+        summaries = s.interleave(plan, moto=moto)
+    dump.unlink(missing_ok=True)
+
+    by = {x.variant: x for x in summaries}
+    lines = s.header(
+        f"restore benchmark: {db} ({info['db_bytes'] / h.GiB:.2f} GiB), reference backup {art['stored_bytes']:,} B "
+        f"stored, {art['raw_bytes']:,} B archive"
     )
-    out = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    meta = {k: v.value for k, v in out[0].event_specific_data.metadata.items()} if out else {}
-    print(json.dumps({"success": result.success, "job_s": time.perf_counter() - t0, **meta}))
-    return 0 if result.success else 1
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=1.0)
-    p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args()
-    db = f"cbd_bench_{size_label(args.size_gb)}gb"
-    source = f"postgresql://postgres@127.0.0.1:5432/{db}"
-    work = HERE / "out" / "restore-work"
-    storage = work / "storage"
-    work.mkdir(parents=True, exist_ok=True)
-
-    from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
-    from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
-    from cidadao_backup_dagster.core.postgres.backup import backup_postgres
-    from cidadao_backup_dagster.core.postgres.client import PgConnection
-
-    store, series = LocalStorage(storage), f"postgres/{db}/daily"
-    if not valid_manifests(store, series):
-        print(f"making the reference backup of {db} ...", flush=True)
-        backup_postgres(PgConnection.from_url(source), store, series=series, partition="2026-01-01")
-    (manifest,) = valid_manifests(store, series)[-1:]
-    dump = work / "reference.dump"
-    if not dump.exists() or dump.stat().st_size != manifest.raw_bytes:
-        subprocess.run(["zstd", "-d", "-q", "-f", str(storage / manifest.artifact_key), "-o", str(dump)], check=True)
-    print(
-        f"reference backup: {manifest.stored_bytes:,} B stored, {manifest.raw_bytes:,} B archive, "
-        f"{len(manifest.tables)} tables, {sum(manifest.tables.values()):,} rows",
-        flush=True,
-    )
-
-    runs: dict[str, list] = {"baseline": [], "ours": []}
-    for i in range(args.repeat):
-        name = f"cbd_bench_restore_{uuid.uuid4().hex[:6]}"
-        base = run_measured(
-            "baseline",
-            ["bash", "-c", f"createdb -h 127.0.0.1 -U postgres {name} && "
-             f"pg_restore -h 127.0.0.1 -U postgres --jobs 2 --exit-on-error --dbname {name} {dump}"],
-        )  # fmt: skip
-        psql(f"DROP DATABASE {name} WITH (FORCE)")
-        name = f"cbd_bench_restore_{uuid.uuid4().hex[:6]}"
-        with open(work / "child.json", "w") as out:
-            ours = run_measured("ours", [sys.executable, __file__, "--child", name, str(storage), source], stdout=out)
-        info = json.loads((work / "child.json").read_text().strip().splitlines()[-1])
-        psql(f"DROP DATABASE {name} WITH (FORCE)")
-        runs["baseline"].append(base)
-        runs["ours"].append((ours, info))
-        print(
-            f"[{i + 1}/{args.repeat}] baseline {base.wall_s:.2f}s; ours {ours.wall_s:.2f}s (job {info['job_s']:.2f}s: "
-            f"fetch {info['fetch_s']:.2f} restore {info['restore_s']:.2f} verify {info['verify_s']:.2f}), "
-            f"RSS {ours.peak_tree_rss / 2**20:.0f} MB",
-            flush=True,
+    lines += ["", h.ratio_table(summaries, ["floor", "stock"]), ""]
+    checks = []
+    dag, floor_s = by.get("dagster"), by.get("floor")
+    if dag:
+        med = {k: dag.median_extra(k) for k in ("job_s", "fetch_s", "restore_s", "verify_s")}
+        lines.append(
+            "dagster restore_postgres_op step (median): "
+            + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in med.items() if v is not None)
+            + f"; the rest of the {dag.wall_s:.2f}s is the CLI, the executor and process start-up"
         )
-
-    base_wall = statistics.median(m.wall_s for m in runs["baseline"])
-    ours_wall = statistics.median(m.wall_s for m, _ in runs["ours"])
-    job_wall = statistics.median(info["job_s"] for _, info in runs["ours"])
-    rss = max(m.peak_tree_rss for m, _ in runs["ours"]) / 2**20
-    print(f"\nrestore benchmark: {db}, {args.repeat} interleaved repeats, medians, {os.cpu_count()} cores")
-    print(f"{'variant':<34}{'wall s':>8}{'x baseline':>12}{'peak RSS MB':>13}")
-    print(f"{'pg_restore --jobs 2 (local file)':<34}{base_wall:>8.2f}{1.0:>12.2f}{'-':>13}")
-    print(f"{'restore_postgres (process)':<34}{ours_wall:>8.2f}{ours_wall / base_wall:>12.2f}{rss:>13.0f}")
-    print(f"{'restore_postgres (job only)':<34}{job_wall:>8.2f}{job_wall / base_wall:>12.2f}{'':>13}")
-    ok = ours_wall <= TARGET * base_wall
-    verdict = "PASS" if ok else "FAIL"
-    print(f"{verdict}  restore_postgres {ours_wall:.2f}s <= {TARGET}x pg_restore ({TARGET * base_wall:.2f}s)")
-    (HERE / "out" / f"restore-{size_label(args.size_gb)}.json").write_text(
-        json.dumps({"baseline_s": base_wall, "ours_s": ours_wall, "job_s": job_wall, "rss_mb": rss}, indent=2)
-    )
-    return 0 if ok else 1
+        if floor_s and med["job_s"]:
+            lines.append(f"(info) restore_postgres_op step alone = {med['job_s'] / floor_s.wall_s:.2f}x floor")
+    if dag and floor_s:
+        checks.append(h.ratio_check(dag, floor_s, TARGET))
+    result = h.OUT / f"restore-{h.size_label(args.size_gb)}{args.tag}.json"
+    return s.finish(lines, summaries, checks, result, database=info, reference_backup=art)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        sys.exit(child(sys.argv[2:]))
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
