@@ -169,8 +169,10 @@ def main(argv: list[str]) -> int:
         if "invalid_json_lines" in v:
             lines.append(f"{x.variant}: {v['lines']:,} lines, {v['invalid_json_lines']:,} not valid JSON")
         elif "records" in v:
+            raw = x.last.get("export", {}).get("raw_bytes")
             lines.append(
                 f"{x.variant}: {v['records']:,} records re-read, {'OK' if not v['problems'] else v['problems']}"
+                + (f" ({raw / 1e6:,.1f} MB of JSON before gzip)" if raw else "")
             )
     checks = []
     seed_s, ours_s, day = by.get("seed"), by.get("ours"), by.get("ours-1d")
