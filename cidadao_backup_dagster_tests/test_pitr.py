@@ -391,7 +391,7 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
 
 def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatch):
     from cidadao_backup_dagster.defs.postgres.pitr import pitr_enabled
-    from cidadao_backup_dagster.defs.recovery.jobs import build_restore_job
+    from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job, build_restore_job
     from cidadao_backup_dagster.defs.sources import DEFAULT_PG
 
     monkeypatch.delenv("POSTGRES_PITR", raising=False)
@@ -409,6 +409,11 @@ def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatc
         .definition.config_schema.config_type.fields
     )
     assert "target_time" in fields
+    rows = build_recover_rows_job(DEFAULT_PG).graph.node_named("recover_rows_op").definition.config_schema
+    assert "as_of" in rows.config_type.fields
+    monkeypatch.delenv("POSTGRES_PITR")
+    rows = build_recover_rows_job(DEFAULT_PG).graph.node_named("recover_rows_op").definition.config_schema
+    assert "as_of" not in rows.config_type.fields and "where" in rows.config_type.fields
     monkeypatch.setenv("POSTGRES_PITR", "maybe")
     with pytest.raises(ConfigurationError, match="POSTGRES_PITR"):
         pitr_enabled()
@@ -494,3 +499,44 @@ def test_slot_verdicts():
     assert slot_verdict(slot(500), "s", 100, 400).severity == "ERROR"
     assert slot_verdict(slot(0, "lost"), "s", 100, 400).severity == "ERROR"
     assert "does not exist" in slot_verdict(None, "s", 100, 400).description
+
+
+def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster, source, restore_tmp, monkeypatch):
+    """The issue's scenario: DELETE at 18:00, recover_rows as_of 17:59 -> the rows are back in the live table."""
+    from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    for name, value in {
+        "POSTGRES_PITR": "on",
+        "DATABASE_URL": cluster.url(source),
+        "POSTGRES_SOURCE_NAME": source,
+        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
+        "PG_BIN_DIR": str(PG15),
+        "RESTORE_TMPDIR": str(work),
+    }.items():
+        monkeypatch.setenv(name, value)
+    storage = LocalStorage(restore_tmp / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 30)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 31, 50)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items WHERE id % 2 = 0", source)
+    insert(cluster, source, 51, 55)  # written after the DELETE: stays
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+
+    job = build_recover_rows_job(DEFAULT_PG)
+    config = {"table": "items", "where": "id <= 50", "as_of": instant.isoformat(), "dry_run": False}
+    outcome = job.execute_in_process(
+        run_config={"ops": {"recover_rows_op": {"config": config}}}, resources=build_resources()
+    )
+    assert outcome.success
+    assert ids(conn) == list(range(1, 56))
+    (step,) = [e for e in outcome.all_events if e.event_type_value == "STEP_OUTPUT"]
+    meta = step.event_specific_data.metadata
+    assert meta["inserted"].value == 25 and meta["already_present"].value == 25
+    assert restore_dirs(work) == []

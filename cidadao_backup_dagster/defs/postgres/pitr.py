@@ -11,6 +11,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
 from ...core.postgres.pitr.health import archive_status, slot_verdict
 from ...core.postgres.pitr.server import slot_state
+from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as_of_core
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
 from ..failures import failure
@@ -357,5 +358,53 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
                 if restored.replaced_database
                 else {}
             ),
+        },
+    )
+
+
+def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
+    """`recover_rows` with `as_of`: the rows as they were at that instant, from base backup + WAL."""
+    resources = context.resources
+    source = binding.source(resources)
+    recovery = resources.recovery
+    try:
+        result = recover_rows_as_of_core(
+            binding.storage(resources).open(),
+            source=source.series_name(),
+            target_time=config.as_of,
+            live=live,
+            table=config.table,
+            where=config.where,
+            scratch_server=recovery.recover_scratch_server(live),
+            dry_run=config.dry_run,
+            on_conflict=config.on_conflict,
+            sample_rows=config.sample_rows,
+            tmp_dir=recovery.scratch_dir(),
+            bin_dir=source.bin_dir,
+            identities=resources.encryption.identities(),
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise failure(exc, allow_retries=False) from None
+    rows = result.rows
+    done = (
+        "would come back (dry run)" if rows.dry_run else f"came back ({rows.inserted} inserted, {rows.updated} updated)"
+    )
+    context.log.info(f"{rows.matched_in_backup} rows of {rows.table} matched as of {config.as_of}; {done}")
+    return dg.Output(
+        None,
+        metadata={
+            "table": dg.MetadataValue.text(rows.table),
+            "as_of": dg.MetadataValue.text(config.as_of),
+            "recovered_to": dg.MetadataValue.text(result.recovered_to.isoformat() if result.recovered_to else ""),
+            "base_backup": dg.MetadataValue.text(result.plan.base.partition),
+            "dry_run": dg.MetadataValue.bool(rows.dry_run),
+            "matched_in_backup": dg.MetadataValue.int(rows.matched_in_backup),
+            "would_insert": dg.MetadataValue.int(rows.would_insert),
+            "already_present": dg.MetadataValue.int(rows.already_present),
+            "inserted": dg.MetadataValue.int(rows.inserted),
+            "updated": dg.MetadataValue.int(rows.updated),
+            "sample": dg.MetadataValue.json(rows.sample),
+            "duration_s": dg.MetadataValue.float(rows.seconds),
         },
     )

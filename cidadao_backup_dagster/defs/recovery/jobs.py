@@ -93,6 +93,14 @@ class RecoverRowsConfig(BackupChoice):
     sample_rows: int = Field(default=5, description="How many would-be-restored rows to show.")
 
 
+class RecoverRowsAsOfConfig(RecoverRowsConfig):
+    as_of: str = Field(
+        default="",
+        description="Take the rows as they were at this instant (ISO 8601, UTC: 2026-11-24T17:59:00Z) from a base "
+        "backup and the WAL archive (POSTGRES_PITR=on). Empty = from the dump chosen by backup/backup_set.",
+    )
+
+
 def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
     """Copy an op's output metadata into its audit record."""
     meta = {k: v.value for k, v in output.metadata.items() if k != "sample"}
@@ -210,6 +218,8 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
 
 
 def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
+    config_type = RecoverRowsAsOfConfig if pitr.pitr_enabled() else RecoverRowsConfig  # off: as before
+
     @dg.op(
         name=binding.named("recover_rows_op"),
         description="Restore a backup into a temporary database, select rows matching the filter, and copy them "
@@ -218,7 +228,7 @@ def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
         tags={"cidadao/domain": "recovery", **binding.tags},
         required_resource_keys={*binding.resource_keys, "recovery", "encryption"},
     )
-    def recover_rows_op(context: dg.OpExecutionContext, config: RecoverRowsConfig) -> dg.Output:
+    def recover_rows_op(context: dg.OpExecutionContext, config: config_type) -> dg.Output:  # type: ignore[valid-type]
         with audited(context, audit_storage(binding.storage(context.resources)), "recover_rows") as audit:
             output = _recover_rows(context, config, binding)
             audit_output(audit, output, "table")
@@ -242,6 +252,8 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
     recovery, encryption = resources.recovery, resources.encryption
     try:
         live = postgres_source.connection()
+        if getattr(config, "as_of", ""):  # base backup + WAL instead of a dump
+            return pitr.recover_rows_as_of(context, config, binding, live)
         storage, manifest = _chosen_backup(config, binding, resources)
         context.log.info(f"Recovering rows of {config.table} from {picked(manifest)}")
         result = recover_rows_core(
