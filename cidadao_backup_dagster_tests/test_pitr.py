@@ -389,6 +389,24 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
 # ------------------------------------------------------------------------------------------ Dagster layer
 
 
+@pytest.fixture
+def pitr_env(cluster, source, restore_tmp, monkeypatch) -> Path:
+    """The environment of a code location with PITR on for `source`; returns its restore temp dir."""
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    for name, value in {
+        "POSTGRES_PITR": "on",
+        "DATABASE_URL": cluster.url(source),
+        "POSTGRES_SOURCE_NAME": source,
+        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
+        "PG_BIN_DIR": str(PG15),
+        "RESTORE_TMPDIR": str(work),
+    }.items():
+        monkeypatch.setenv(name, value)
+    return work
+
+
 def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatch):
     from cidadao_backup_dagster.defs.postgres.pitr import pitr_enabled
     from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job, build_restore_job
@@ -419,7 +437,8 @@ def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatc
         pitr_enabled()
 
 
-def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(cluster, source, restore_tmp, monkeypatch):
+@pytest.mark.usefixtures("pitr_env")
+def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(cluster, source, restore_tmp):
     """POSTGRES_PITR=on: the base backup and WAL archive assets, then restore_postgres with target_time."""
     import dagster as dg
 
@@ -429,18 +448,6 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
     from cidadao_backup_dagster.defs.resources import build_resources
     from cidadao_backup_dagster.defs.sources import DEFAULT_PG
 
-    work = restore_tmp / "work"
-    work.mkdir()
-    work.chmod(0o711)
-    for name, value in {
-        "POSTGRES_PITR": "on",
-        "DATABASE_URL": cluster.url(source),
-        "POSTGRES_SOURCE_NAME": source,
-        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
-        "PG_BIN_DIR": str(PG15),
-        "RESTORE_TMPDIR": str(work),
-    }.items():
-        monkeypatch.setenv(name, value)
     domain = pitr_defs.build(DEFAULT_PG)
     wal, base = pitr_defs.build_wal_asset(DEFAULT_PG), pitr_defs.build_base_asset(DEFAULT_PG)
     schedules = {s.name: s.cron_schedule for s in domain.defs.schedules}
@@ -501,24 +508,13 @@ def test_slot_verdicts():
     assert "does not exist" in slot_verdict(None, "s", 100, 400).description
 
 
-def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster, source, restore_tmp, monkeypatch):
+def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster, source, restore_tmp, pitr_env):
     """The issue's scenario: DELETE at 18:00, recover_rows as_of 17:59 -> the rows are back in the live table."""
     from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job
     from cidadao_backup_dagster.defs.resources import build_resources
     from cidadao_backup_dagster.defs.sources import DEFAULT_PG
 
-    work = restore_tmp / "work"
-    work.mkdir()
-    work.chmod(0o711)
-    for name, value in {
-        "POSTGRES_PITR": "on",
-        "DATABASE_URL": cluster.url(source),
-        "POSTGRES_SOURCE_NAME": source,
-        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
-        "PG_BIN_DIR": str(PG15),
-        "RESTORE_TMPDIR": str(work),
-    }.items():
-        monkeypatch.setenv(name, value)
+    work = pitr_env
     storage = LocalStorage(restore_tmp / "backups")
     conn = cluster.conn(source)
     insert(cluster, source, 1, 30)
