@@ -38,8 +38,8 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partiti
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 SEVERITY = {"WARN": WARN, "ERROR": ERROR}
 
-# (context, storage, the series' prefix, the partition's manifest, age identities or None) -> verdict
-Verify = Callable[[Any, Storage, str, Manifest, list | None], Verdict]
+# (context, storage, the partition's manifest, age identities or None) -> verdict
+Verify = Callable[[Any, Storage, Manifest, list | None], Verdict]
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _integrity(series: ArtifactSeries) -> Callable[[Any, Storage, str, Manifest]
         identities, unreadable = identities_or_verdict(context.resources.encryption)
         if unreadable and manifest.encrypted:  # say so rather than verify less than asked
             return unreadable
-        verdict = series.verify(context, storage, prefix, manifest, identities)
+        verdict = series.verify(context, storage, manifest, identities)
         common = {"storage_uri": manifest.artifact.uri, "stored_bytes": manifest.stored_bytes}
         return Verdict(
             verdict.passed, verdict.description, {**common, "sha256": manifest.stored_sha256, **verdict.metadata}

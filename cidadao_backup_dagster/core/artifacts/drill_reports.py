@@ -13,14 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import run_token
+from .manifest import opt_int, run_token
 from .storage import Storage
 
 REPORT_NAME = "report.json"  # the one report per month of the layout before per-run reports
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _counts(value: Any) -> dict[str, int]:
@@ -75,11 +71,11 @@ class DrillReport:
             started_at=data.get("started_at"),
             rto_seconds=None if rto is None else float(rto),
             fetch_seconds=data.get("fetch_seconds"),
-            tables=_opt_int(data.get("tables")),
-            rows=_opt_int(data.get("rows")),
+            tables=opt_int(data.get("tables")),
+            rows=opt_int(data.get("rows")),
             scratch_database=data.get("scratch_database"),
             format=data.get("format"),
-            keys=_opt_int(data.get("keys")),
+            keys=opt_int(data.get("keys")),
             keys_expected=_counts(data.get("keys_expected")),
             keys_restored=_counts(data.get("keys_restored")),
         )

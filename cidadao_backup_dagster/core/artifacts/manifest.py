@@ -45,7 +45,7 @@ def parse_iso(text: str) -> datetime:
 # (a manifest without them is damaged); the rest default, so older layouts and partial documents still read.
 
 
-def _opt_int(value: Any) -> int | None:
+def opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
@@ -85,12 +85,12 @@ class ArtifactInfo:
             key=data["key"],
             uri=data.get("uri", data["key"]),
             stored_bytes=int(data["stored_bytes"]),
-            stored_sha256=data["stored_sha256"],
-            raw_bytes=_opt_int(data.get("raw_bytes")),
+            stored_sha256=data.get("stored_sha256", ""),
+            raw_bytes=opt_int(data.get("raw_bytes")),
             raw_sha256=data.get("raw_sha256"),
             format=data.get("format", ""),
             encryption=Encryption.parse(data.get("encryption")),
-            lines=_opt_int(data.get("lines")),
+            lines=opt_int(data.get("lines")),
         )
 
     @property
@@ -143,7 +143,7 @@ class SourceInfo:
         return cls(
             url=data.get("url", ""),
             host=data.get("host"),
-            port=_opt_int(data.get("port")),
+            port=opt_int(data.get("port")),
             user=data.get("user"),
             database=data.get("database"),
             server_version=data.get("server_version"),
@@ -234,13 +234,13 @@ class RedisContents:
             keys_per_db=keys,
             expires_per_db={str(db): int(n) for db, n in data.get("expires_per_db", {}).items()},
             keys_total=int(data.get("keys_total", sum(keys.values()))),
-            rdb_version=_opt_int(data.get("rdb_version")),
-            rdb_bytes=_opt_int(data.get("rdb_bytes")),
+            rdb_version=opt_int(data.get("rdb_version")),
+            rdb_bytes=opt_int(data.get("rdb_bytes")),
             crc64=data.get("crc64"),
             crc64_verified=data.get("crc64_verified"),
             redis_version_in_rdb=data.get("redis_version_in_rdb"),
             diskless_transfer=data.get("diskless_transfer"),
-            keys_vanished_during_scan=_opt_int(data.get("keys_vanished_during_scan")),
+            keys_vanished_during_scan=opt_int(data.get("keys_vanished_during_scan")),
             fallback_reason=data.get("fallback_reason"),
         )
 
@@ -275,7 +275,7 @@ class ExportContents:
             table=data.get("table", ""),
             columns=tuple(ExportColumn(c["name"], c["type"]) for c in data.get("columns", [])),
             records=int(data.get("records", 0)),
-            source_rows=_opt_int(data.get("source_rows")),
+            source_rows=opt_int(data.get("source_rows")),
             window=ExportWindow(window["column"], window["start"], window["end"]) if window else None,
         )
 

@@ -43,7 +43,7 @@ DESCRIPTIONS = {
 }
 
 
-def _verify(_context, storage: Storage, _prefix: str, manifest: Manifest, identities) -> Verdict:
+def _verify(_context, storage: Storage, manifest: Manifest, identities) -> Verdict:
     found = inspect_export(storage, manifest, identities=identities)
     text = "; ".join(found.problems) or (
         "Encrypted: size and SHA-256 of the stored object match; set BACKUP_AGE_IDENTITY_FILE to also "

@@ -30,7 +30,7 @@ DESCRIPTIONS = {
 def backup_series(spec: BackupSpec, binding: PgBinding) -> ArtifactSeries:
     """How the checks read one source's backups of one cadence, and verify one."""
 
-    def verify(context, storage: Storage, _prefix: str, manifest: Manifest, identities) -> Verdict:
+    def verify(context, storage: Storage, manifest: Manifest, identities) -> Verdict:
         bin_dir = binding.source(context.resources).bin_dir
         with audited(context, storage, "verify", manifest.artifact.uri) as audit:
             result = verify_pg_artifact(storage, manifest, pg_bin_dir=bin_dir, identities=identities)

@@ -37,7 +37,7 @@ SNAPSHOT_DESCRIPTIONS = {
 def snapshot_series(binding: RedisBinding) -> ArtifactSeries:
     """How the checks read one Redis source's snapshots, and verify one."""
 
-    def verify(context, storage: Storage, _prefix: str, manifest: Manifest, identities) -> Verdict:
+    def verify(context, storage: Storage, manifest: Manifest, identities) -> Verdict:
         server_bin = binding.source(context.resources).bin
         with audited(context, storage, "verify", manifest.artifact.uri) as audit:
             result = verify_redis_artifact(storage, manifest, server_bin=server_bin, identities=identities)
