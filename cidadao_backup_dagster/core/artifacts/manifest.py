@@ -281,6 +281,35 @@ class ExportContents:
 
 
 @dataclass(frozen=True)
+class PitrBase:
+    """A PITR base backup's `base`: where its WAL starts and ends (recovery replays WAL from `start_lsn`)."""
+
+    timeline: int
+    start_lsn: str
+    end_lsn: str
+    start_segment: str = ""
+    end_segment: str = ""
+    segment_size: int | None = None
+    slot: str | None = None
+    label: str | None = None
+    backup_start_time: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict) -> PitrBase:
+        return cls(
+            timeline=int(data["timeline"]),
+            start_lsn=data["start_lsn"],
+            end_lsn=data["end_lsn"],
+            start_segment=data.get("start_segment", ""),
+            end_segment=data.get("end_segment", ""),
+            segment_size=opt_int(data.get("segment_size")),
+            slot=data.get("slot"),
+            label=data.get("label"),
+            backup_start_time=data.get("backup_start_time"),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One manifest. `data` is the stored JSON exactly as read or written (new fields never break readers,
     and what is written keeps its keys); the typed sections below are what code reads."""
@@ -344,6 +373,10 @@ class Manifest:
     @cached_property
     def export(self) -> ExportContents:
         return ExportContents.parse(self.data.get("contents", {}))
+
+    @cached_property
+    def pitr_base(self) -> PitrBase:
+        return PitrBase.parse(self.data["base"])
 
     @property
     def artifact_key(self) -> str:

@@ -155,20 +155,20 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
                 )
             except (BackupError, ConfigurationError) as exc:
                 raise failure(exc) from None
-            audit.update(artifact=manifest.data["artifact"]["uri"], stored_sha256=manifest.stored_sha256)
-        art, base = manifest.data["artifact"], manifest.data["base"]
+            audit.update(artifact=manifest.artifact.uri, stored_sha256=manifest.stored_sha256)
+        art, base = manifest.artifact, manifest.pitr_base
         return dg.MaterializeResult(
             metadata={
-                "storage_uri": dg.MetadataValue.text(art["uri"]),
-                "stored_bytes": dg.MetadataValue.int(art["stored_bytes"]),
-                "raw_bytes": dg.MetadataValue.int(art["raw_bytes"]),
-                "sha256": dg.MetadataValue.text(art["stored_sha256"]),
-                "encrypted": dg.MetadataValue.bool(bool(art.get("encryption"))),
-                "start_lsn": dg.MetadataValue.text(base["start_lsn"]),
-                "end_lsn": dg.MetadataValue.text(base["end_lsn"]),
-                "timeline": dg.MetadataValue.int(base["timeline"]),
-                "consistent_from": dg.MetadataValue.text(manifest.data["timings"]["snapshot_at"]),
-                "server_version": dg.MetadataValue.text(manifest.data["source"]["server_version"]),
+                "storage_uri": dg.MetadataValue.text(art.uri),
+                "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
+                "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
+                "sha256": dg.MetadataValue.text(art.stored_sha256),
+                "encrypted": dg.MetadataValue.bool(art.encryption is not None),
+                "start_lsn": dg.MetadataValue.text(base.start_lsn),
+                "end_lsn": dg.MetadataValue.text(base.end_lsn),
+                "timeline": dg.MetadataValue.int(base.timeline),
+                "consistent_from": dg.MetadataValue.text(manifest.timings.snapshot_at),
+                "server_version": dg.MetadataValue.text(manifest.source.server_version or ""),
                 **late_metadata(lateness),
             },
             data_version=dg.DataVersion(manifest.stored_sha256),
@@ -348,7 +348,7 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
             "target_time": dg.MetadataValue.text(config.target_time),
             "recovered_to": dg.MetadataValue.text(result.recovered_to.isoformat() if result.recovered_to else ""),
             "base_backup": dg.MetadataValue.text(plan.base.partition),
-            "base_uri": dg.MetadataValue.text(plan.base.data["artifact"]["uri"]),
+            "base_uri": dg.MetadataValue.text(plan.base.artifact.uri),
             "wal_files": dg.MetadataValue.int(len(plan.wal)),
             "duration_s": dg.MetadataValue.float(restored.total_seconds),
             "tables": dg.MetadataValue.int(restored.tables),
