@@ -276,7 +276,8 @@ def _child(argv: list[str]) -> int:
             "keys": contents["keys_total"],
         }
     else:
-        from cidadao_backup_dagster.core.redis.restore import select_snapshot, verify_redis_artifact
+        from cidadao_backup_dagster.core.redis.snapshots import select_snapshot
+        from cidadao_backup_dagster.core.redis.verify import verify_redis_artifact
 
         checked = verify_redis_artifact(storage, select_snapshot(storage, SERIES))
         out = {"ok": checked.ok, "redis_check_rdb": checked.details.get("redis_check_rdb")}

@@ -17,6 +17,8 @@ from cidadao_backup_dagster.core.artifacts.manifest import Manifest, read_manife
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
 from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
+from cidadao_backup_dagster.core.redis.drill import _copy_into_throwaway, run_redis_drill
+from cidadao_backup_dagster.core.redis.flush import flush_all
 from cidadao_backup_dagster.core.redis.health import (
     Persistence,
     last_save_verdict,
@@ -32,16 +34,10 @@ from cidadao_backup_dagster.core.redis.rdb import (
     crc64_py,
     dump_payload_ok,
 )
-from cidadao_backup_dagster.core.redis.restore import (
-    _copy_into_throwaway,
-    _records_from_logical,
-    copy_records,
-    flush_all,
-    restore_snapshot,
-    run_redis_drill,
-    select_snapshot,
-    verify_redis_artifact,
-)
+from cidadao_backup_dagster.core.redis.records import _records_from_logical, copy_records
+from cidadao_backup_dagster.core.redis.restore import restore_snapshot
+from cidadao_backup_dagster.core.redis.snapshots import select_snapshot
+from cidadao_backup_dagster.core.redis.verify import verify_redis_artifact
 
 pytest.register_assert_rewrite("cidadao_backup_dagster_tests.redis_fixtures")
 

@@ -9,7 +9,8 @@ from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError
 from cidadao_backup_dagster.core.protection.audit import read_audit
 from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, backup_redis
-from cidadao_backup_dagster.core.redis.restore import pre_flush_series, restore_snapshot
+from cidadao_backup_dagster.core.redis.flush import pre_flush_series
+from cidadao_backup_dagster.core.redis.restore import restore_snapshot
 
 from .test_redis_dagster import env, run  # noqa: F401 - the env fixture and the job runner
 

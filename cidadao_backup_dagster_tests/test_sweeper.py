@@ -37,7 +37,7 @@ from cidadao_backup_dagster.core.protection.sweeper import (
     plan_sweep,
     read_process,
 )
-from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
+from cidadao_backup_dagster.core.redis.server import ThrowawayRedis
 from cidadao_backup_dagster.definitions import build_defs
 from cidadao_backup_dagster.demo import seed
 
@@ -50,7 +50,7 @@ import sys, time
 from pathlib import Path
 from cidadao_backup_dagster.core.postgres.drill import run_drill
 from cidadao_backup_dagster.core.postgres.client import PgConnection
-from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
+from cidadao_backup_dagster.core.redis.server import ThrowawayRedis
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 
 def say(message):
@@ -65,7 +65,7 @@ run_drill(LocalStorage(Path(root)), series, PgConnection.from_url(url), source="
 REDIS_SCRIPT = """
 import sys, tempfile, time
 from pathlib import Path
-from cidadao_backup_dagster.core.redis.restore import ThrowawayRedis
+from cidadao_backup_dagster.core.redis.server import ThrowawayRedis
 
 server = ThrowawayRedis(Path(tempfile.mkdtemp(prefix="cbd-redis-drill-", dir=sys.argv[1])))
 print(server.proc.pid, flush=True)

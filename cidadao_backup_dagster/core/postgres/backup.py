@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-import platform
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import zstandard
 
-from ... import __version__
-from ..artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
-from ..artifacts.pipeline import EncryptionStage, Progress, stream_to_writer
-from ..artifacts.storage import MiB, Storage, write_error_hint, write_error_type
-from ..errors import BackupError
-from .client import BinDir, ExportedSnapshot, PgConnection, PgDumpProcess, choose_client, find_clients
+from ..artifacts.manifest import Manifest, utc_now
+from ..artifacts.pipeline import EncryptionStage, Progress, StreamStats, stream_to_writer
+from ..artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, run_timings, tool_versions
+from ..artifacts.publish import safe_name as safe_name  # re-exported: defs names series with it
+from ..artifacts.storage import ObjectWriter, Storage
+from .client import BinDir, ExportedSnapshot, PgClient, PgConnection, PgDumpProcess, choose_client, find_clients
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +26,6 @@ class BackupSettings:
     zstd_threads: int = -1
     pg_bin_dir: BinDir = None  # PG_BIN_DIR (one folder) or ClientDirs (PG_BIN_DIRS, searched)
     progress_every: float = 10.0
-
-
-def safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def backup_postgres(
@@ -54,7 +49,6 @@ def backup_postgres(
     t0 = time.monotonic()
     storage.check_writable()
     installed = find_clients("pg_dump", settings.pg_bin_dir)  # none at all: fail before connecting
-
     snapshot = ExportedSnapshot(conn)
     try:
         pg_dump = choose_client(  # refused here, before anything is written
@@ -64,94 +58,126 @@ def backup_postgres(
             settings.pg_bin_dir,
         )
         log.info("Using %s for a PostgreSQL %s server", pg_dump.describe(), snapshot.server_version)
-        # A name of this run's own: a re-run or a concurrent run of the partition never replaces this object.
         suffix = ".dump.zst.age" if encryption else ".dump.zst"
-        key = f"{partition_prefix(series, partition)}/{data_object_name(safe_name(conn.dbname), partition, suffix)}"
+        obj = NewObject(
+            storage,
+            data_key(series, partition, conn.dbname, suffix),
+            redact=conn.redact,
+            untouched="earlier backups are untouched",
+        )
         snapshot.start_counting()
-        writer = storage.open_write(key)
-        dump: PgDumpProcess | None = None
-        try:
-            dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=pg_dump.bin_dir)
-            stats = stream_to_writer(
-                dump.stdout,  # type: ignore[arg-type]
-                writer,
-                level=settings.zstd_level,
-                threads=settings.zstd_threads,
-                encryption=encryption,
-                on_progress=on_progress,
-                progress_every=settings.progress_every,
-            )
-            dump.wait()  # a non-zero exit raises with pg_dump's own message, before anything is committed
-            counts = snapshot.counts()
-            dump_seconds = time.monotonic() - t0
-            writer.commit()
-        except BaseException as exc:
-            if dump is not None:
-                dump.kill()
-            writer.abort()
-            if isinstance(exc, Exception) and not isinstance(exc, BackupError):
-                # Storage and driver errors arrive as botocore/OS exceptions: say where and that nothing stayed.
-                raise write_error_type(exc)(
-                    f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); "
-                    "the partial upload was removed and earlier backups are untouched." + write_error_hint(exc)
-                ) from exc
-            raise
+        stats, counts, dump_seconds = obj.write(
+            lambda writer: _dump_into(writer, conn, snapshot, pg_dump, settings, encryption, on_progress, t0)
+        )
     finally:
         snapshot.close()
 
-    finished_at = utc_now()
-    manifest = Manifest(
-        {
-            "format_version": 1,
-            "kind": "postgres-dump",
-            "partition": partition,
-            "series": series,
-            "artifact": {
-                "key": key,
-                "uri": storage.uri(key),
+    data = _manifest_data(
+        obj,
+        conn,
+        snapshot,
+        stats,
+        counts,
+        series=series,
+        partition=partition,
+        settings=settings,
+        encryption_info=encryption_info if encryption else None,
+        encrypted=encryption is not None,
+        extra=extra,
+        pg_dump=pg_dump,
+        started_at=started_at,
+        dump_seconds=dump_seconds,
+        t0=t0,
+    )
+    return obj.publish(series, data)
+
+
+def _dump_into(
+    writer: ObjectWriter,
+    conn: PgConnection,
+    snapshot: ExportedSnapshot,
+    pg_dump: PgClient,
+    settings: BackupSettings,
+    encryption: EncryptionStage | None,
+    on_progress: Callable[[Progress], None] | None,
+    t0: float,
+) -> tuple[StreamStats, dict[str, int], float]:
+    """pg_dump of `snapshot` through the pipeline into `writer`; (stats, row counts, seconds since t0)."""
+    dump: PgDumpProcess | None = None
+    try:
+        dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=pg_dump.bin_dir)
+        stats = stream_to_writer(
+            dump.stdout,  # type: ignore[arg-type]
+            writer,
+            level=settings.zstd_level,
+            threads=settings.zstd_threads,
+            encryption=encryption,
+            on_progress=on_progress,
+            progress_every=settings.progress_every,
+        )
+        dump.wait()  # a non-zero exit raises with pg_dump's own message, before anything is committed
+        return stats, snapshot.counts(), time.monotonic() - t0
+    except BaseException:
+        if dump is not None:
+            dump.kill()
+        raise
+
+
+def _manifest_data(
+    obj: NewObject,
+    conn: PgConnection,
+    snapshot: ExportedSnapshot,
+    stats: StreamStats,
+    counts: dict[str, int],
+    *,
+    series: str,
+    partition: str,
+    settings: BackupSettings,
+    encryption_info: dict | None,
+    encrypted: bool,
+    extra: dict | None,
+    pg_dump: PgClient,
+    started_at: datetime,
+    dump_seconds: float,
+    t0: float,
+) -> dict:
+    return manifest_data(
+        kind="postgres-dump",
+        partition=partition,
+        series=series,
+        extra=extra,
+        artifact=artifact_entry(
+            obj,
+            stats,
+            describe={
                 "format": "pg_dump custom archive (uncompressed inside), zstd-compressed",
                 "restore_hint": (
                     "age -d -i key.txt <file> | zstd -d -o backup.dump; pg_restore --dbname=<target> backup.dump"
-                    if encryption
+                    if encrypted
                     else "zstd -d <file> -o backup.dump; pg_restore --jobs 4 --dbname=<target> backup.dump"
                 ),
-                "compression": {"codec": "zstd", "level": settings.zstd_level, "checksum": True},
-                "encryption": encryption_info if encryption else None,
-                "raw_bytes": stats.raw_bytes,
-                "raw_sha256": stats.raw_sha256,
-                "stored_bytes": stats.stored_bytes,
-                "stored_sha256": stats.stored_sha256,
             },
-            "source": {
-                "url": conn.display(),
-                "host": conn.host,
-                "port": conn.port,
-                "database": conn.dbname,
-                "user": conn.user,
-                "server_version": snapshot.server_version,
-            },
-            "contents": {
-                "tables": counts,
-                "table_count": len(counts),
-                "rows_total": sum(counts.values()),
-            },
-            "tools": {
-                "pg_dump": pg_dump.version,
-                "pg_dump_path": pg_dump.path,
-                "cidadao_backup_dagster": __version__,
-                "zstandard": zstandard.__version__,
-                "python": platform.python_version(),
-                "host": socket.gethostname(),
-            },
-            "timings": {
-                "started_at": iso(started_at),
-                "snapshot_at": iso(snapshot.taken_at),
-                "finished_at": iso(finished_at),
-                "dump_seconds": round(dump_seconds, 3),
-                "total_seconds": round(time.monotonic() - t0, 3),
-                "raw_mb_per_s": round(stats.raw_bytes / MiB / max(dump_seconds, 1e-9), 2),
-            },
-            **({"run": extra} if extra else {}),
-        }
+            compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
+            encryption=encryption_info,
+        ),
+        source={
+            "url": conn.display(),
+            "host": conn.host,
+            "port": conn.port,
+            "database": conn.dbname,
+            "user": conn.user,
+            "server_version": snapshot.server_version,
+        },
+        contents={"tables": counts, "table_count": len(counts), "rows_total": sum(counts.values())},
+        tools=tool_versions(
+            {"pg_dump": pg_dump.version, "pg_dump_path": pg_dump.path}, zstandard=zstandard.__version__
+        ),
+        timings=run_timings(
+            started_at=started_at,
+            snapshot_at=snapshot.taken_at,
+            finished_at=utc_now(),
+            work=("dump_seconds", dump_seconds),
+            total_seconds=time.monotonic() - t0,
+            raw_bytes=stats.raw_bytes,
+        ),
     )
-    return publish(storage, series, manifest)  # LAST: from here on the backup exists for readers

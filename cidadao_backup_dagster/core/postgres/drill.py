@@ -4,10 +4,8 @@ RTO, drops the scratch database, and writes a report beside the backups so the p
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from ..artifacts import drill_reports
-from ..artifacts.manifest import iso, parse_iso, utc_now
+from ..artifacts.drills import DrillReports
+from ..artifacts.manifest import iso, utc_now
 from ..artifacts.storage import Storage
 from ..errors import BackupError
 from ..protection.scratch import DRILL_PREFIX, create_scratch_database, scratch_name
@@ -15,10 +13,9 @@ from .client import BinDir, PgConnection, restore_client
 from .restore import Logger, drop_database, restore_backup, select_backup
 
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
-
-
-def drill_prefix(source: str) -> str:
-    return f"drills/postgres/{source}"
+REPORTS = DrillReports("postgres")
+read_report = REPORTS.read_report
+newest_passing_report = REPORTS.newest_passing_report
 
 
 def run_drill(
@@ -82,20 +79,5 @@ def run_drill(
     finally:
         drop_database(server, scratch)
     report["finished_at"] = iso(utc_now())
-    drill_reports.write_report(storage, drill_prefix(source), partition, report)
+    REPORTS.write_report(storage, source, partition, report)
     return report
-
-
-def read_report(storage: Storage, source: str, partition: str) -> dict | None:
-    return drill_reports.read_partition_report(storage, drill_prefix(source), partition)
-
-
-def newest_passing_report(storage: Storage, source: str | tuple[str, ...], warn=lambda _m: None) -> dict | None:
-    """The newest passing drill of `source`, or of any of several names the source's series had."""
-    names = (source,) if isinstance(source, str) else tuple(dict.fromkeys(source))
-    reports = [drill_reports.newest_passing_report(storage, drill_prefix(name), warn) for name in names]
-    return max((r for r in reports if r), key=lambda r: r["finished_at"], default=None)
-
-
-def report_age(report: dict, now: datetime | None = None) -> timedelta:
-    return (now or utc_now()) - parse_iso(report["finished_at"])

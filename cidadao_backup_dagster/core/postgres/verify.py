@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 
 from ..artifacts.manifest import Manifest
 from ..artifacts.reader import read_artifact
-from ..artifacts.storage import MiB, Storage
+from ..artifacts.storage import Storage
+from ..artifacts.verify_result import VerifyResult, check_stored_size
 from .client import BinDir, count_table_data_entries, restore_client, restore_list
-
-CHUNK_SIZE = MiB
-
-
-@dataclass
-class VerifyResult:
-    problems: list[str] = field(default_factory=list)
-    details: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def verify_pg_artifact(
@@ -30,13 +18,8 @@ def verify_pg_artifact(
     decodes to its end with a valid checksum; the decoded bytes match the raw SHA-256; `pg_restore --list`
     reads the archive's table of contents. Encrypted without an identity: the stored bytes only."""
     result = VerifyResult()
-    key = manifest.artifact_key
-    size = storage.size(key)
-    if size is None:
-        result.problems.append(f"object {storage.uri(key)} is missing")
+    if not check_stored_size(storage, manifest, result.problems):
         return result
-    if size != manifest.stored_bytes:
-        result.problems.append(f"object holds {size} bytes, the manifest says {manifest.stored_bytes}")
 
     toc_out, toc_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     pg_restore = restore_client(manifest, pg_bin_dir)  # an older one would call a sound archive unreadable

@@ -34,7 +34,7 @@ from .scratch import SCRATCH_PREFIXES, TEMP_PREFIX, ScratchLabel
 # Longer than any run may live: dagster.yaml's run monitoring fails a run after 6 h (max_runtime_seconds).
 DEFAULT_GRACE_HOURS = 6.0
 REPLACED_MARK = "_replaced_"
-REDIS_DIR_PREFIX = f"{TEMP_PREFIX}redis-"  # redis_restore.py: mkdtemp(prefix="cbd-redis-restore-"/"cbd-redis-drill-")
+REDIS_DIR_PREFIX = f"{TEMP_PREFIX}redis-"  # redis/restore.py, redis/drill.py: mkdtemp(prefix=...)
 PROC = Path("/proc")
 # /proc start times are derived from whole-second boot time: a maker that started up to this long after its
 # label's created_at is still taken as the maker (later means its pid was reused).

@@ -9,7 +9,7 @@ from datetime import datetime
 import redis
 
 from ..monitoring.health import Verdict
-from .backup import RedisEndpoint, explain
+from .endpoint import RedisEndpoint, explain
 
 MAX_LAST_SAVE_AGE_S = 3600  # strategy alert "Redis Persistence Disabled": redis_rdb_last_save_age > 3600 (high)
 

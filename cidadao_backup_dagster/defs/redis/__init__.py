@@ -5,7 +5,7 @@ import dagster as dg
 
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.redis.backup import partition_segment
-from ...core.redis.restore import newest_passing_report
+from ...core.redis.drill import newest_passing_report
 from ..protection.classes import ArtifactClass
 from ..sources import DomainDefs, RedisBinding
 from .assets import build_snapshot_asset, redis_series

@@ -14,7 +14,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.monitoring.health import Verdict
 from ...core.redis.backup import partition_segment
 from ...core.redis.health import last_save_verdict, persistence_config_verdict, read_persistence
-from ...core.redis.restore import verify_redis_artifact
+from ...core.redis.verify import verify_redis_artifact
 from ..artifact_checks import ArtifactSeries, SizeLimits, build_artifact_checks
 from ..audit import audited
 from ..resources import RedisSource

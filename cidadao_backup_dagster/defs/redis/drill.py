@@ -11,7 +11,7 @@ import dagster as dg
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
-from ...core.redis.restore import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
+from ...core.redis.drill import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
 from ..artifact_checks import DrillSeries, build_drill_checks
 from ..audit import audit_storage, audited
 from ..failures import failure

@@ -9,7 +9,9 @@ from pydantic import Field
 from ...core.artifacts.manifest import series_prefix
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
-from ...core.redis.restore import confirm_flush, flush_all, restore_snapshot, select_snapshot, snapshot_before_flush
+from ...core.redis.flush import confirm_flush, flush_all, snapshot_before_flush
+from ...core.redis.restore import restore_snapshot
+from ...core.redis.snapshots import select_snapshot
 from ..audit import audit_storage, audited
 from ..failures import failure
 from ..resources import RedisSource
