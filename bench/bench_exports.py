@@ -55,7 +55,7 @@ def days(n: int) -> tuple[str, str]:
 def verify_ours(root: Path) -> dict:
     from cidadao_backup_dagster.core.artifacts.manifest import Manifest
     from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
-    from cidadao_backup_dagster.core.exports.export import inspect_export
+    from cidadao_backup_dagster.core.exports.inspect import inspect_export
 
     storage = LocalStorage(root)
     problems, records, stored = [], 0, 0
@@ -206,13 +206,8 @@ def child_ours(url: str, root: str, n: str, level: str) -> int:
     from datetime import UTC, datetime, timedelta
 
     from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
-    from cidadao_backup_dagster.core.exports.export import (
-        INVESTIGATIONS_COLUMNS,
-        ExportSettings,
-        ExportSpec,
-        export_partitions,
-        iter_days,
-    )
+    from cidadao_backup_dagster.core.exports.export import export_partitions
+    from cidadao_backup_dagster.core.exports.spec import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec, iter_days
     from cidadao_backup_dagster.core.postgres.client import PgConnection
 
     conn = PgConnection.from_url(url)

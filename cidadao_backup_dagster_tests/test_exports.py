@@ -17,21 +17,18 @@ from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, read_m
 from cidadao_backup_dagster.core.artifacts.pipeline import stream_to_writer
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import ConfigurationError
-from cidadao_backup_dagster.core.exports.export import (
+from cidadao_backup_dagster.core.exports.export import export_partitions
+from cidadao_backup_dagster.core.exports.health import drift_verdict, export_freshness, row_count_verdict, schema_drift
+from cidadao_backup_dagster.core.exports.inspect import inspect_export
+from cidadao_backup_dagster.core.exports.spec import (
     INVESTIGATIONS_COLUMNS,
     ExportSchemaError,
     ExportSettings,
     ExportSpec,
     Window,
-    drift_verdict,
-    export_freshness,
-    export_partitions,
-    inspect_export,
     iter_days,
     parse_columns,
     parse_table,
-    row_count_verdict,
-    schema_drift,
 )
 from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.demo import SCHEMA

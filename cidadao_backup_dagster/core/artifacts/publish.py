@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import platform
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 from ... import __version__
 from ..errors import BackupError
-from .manifest import Manifest, data_object_name, iso, partition_prefix, publish
+from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import StreamStats
 from .storage import MiB, ObjectWriter, Storage, write_error_hint, write_error_type
 
@@ -116,24 +117,24 @@ def tool_versions(before: dict[str, str] | None = None, **libraries: str) -> dic
 
 
 def run_timings(
-    *,
     started_at: datetime,
     snapshot_at: datetime,
-    finished_at: datetime,
+    t0: float,
     work: tuple[str, float],
-    total_seconds: float,
     raw_bytes: int,
     also: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest's `timings`; `work` is (name, seconds) of the streaming step the throughput is taken over."""
+    """The manifest's `timings`, finished now; `t0` is the run's monotonic start and `work` (name, seconds) the
+    streaming step the throughput is taken over."""
     name, seconds = work
+    finished_at = utc_now()
     return {
         "started_at": iso(started_at),
         "snapshot_at": iso(snapshot_at),
         **(also or {}),
         "finished_at": iso(finished_at),
         name: round(seconds, 3),
-        "total_seconds": round(total_seconds, 3),
+        "total_seconds": round(time.monotonic() - t0, 3),
         "raw_mb_per_s": round(raw_bytes / MiB / max(seconds, 1e-9), 2),
     }
 

@@ -59,6 +59,20 @@ def is_encrypted(manifest: Manifest) -> bool:
     return bool(manifest.data["artifact"].get("encryption"))
 
 
+def drain(reader) -> None:
+    while reader.read(MiB):
+        pass
+
+
+def read_stored_only(storage: Storage, manifest: Manifest) -> ReadOutcome:
+    """Only the stored bytes' size and SHA-256 (`shallow`): what can be checked of an encrypted artifact
+    without an identity to decrypt it with."""
+    with storage.open_read(manifest.artifact_key) as src:
+        hashing = HashingReader(src)
+        drain(hashing)
+    return ReadOutcome(hashing.sha.hexdigest(), hashing.count, None, 0, False, shallow=True)
+
+
 def read_artifact(
     storage: Storage,
     manifest: Manifest,
@@ -70,12 +84,10 @@ def read_artifact(
     encrypted = is_encrypted(manifest)
     dobj = zstandard.ZstdDecompressor().decompressobj()
     raw_sha, raw_bytes, error = hashlib.sha256(), 0, None
+    if encrypted and not identities:
+        return read_stored_only(storage, manifest)
     with storage.open_read(manifest.artifact_key) as src:
         hashing = HashingReader(src)
-        if encrypted and not identities:
-            while hashing.read(MiB):
-                pass
-            return ReadOutcome(hashing.sha.hexdigest(), hashing.count, None, 0, False, shallow=True)
         compressed = DecryptingReader(hashing, identities) if encrypted else hashing
         try:
             while chunk := compressed.read(MiB):
@@ -95,6 +107,5 @@ def read_artifact(
         finally:
             if encrypted:
                 compressed.close()
-        while hashing.read(MiB):  # finish the stored SHA-256 whatever happened above
-            pass
+        drain(hashing)  # finish the stored SHA-256 whatever happened above
     return ReadOutcome(hashing.sha.hexdigest(), hashing.count, raw_sha.hexdigest(), raw_bytes, dobj.eof, error)

@@ -92,6 +92,19 @@ def backup_postgres(
     return obj.publish(series, data)
 
 
+def source_entry(conn: PgConnection, server_version: str, **more: str) -> dict:
+    """The manifest's `source` for a PostgreSQL read (no password: `display()` leaves it out)."""
+    return {
+        "url": conn.display(),
+        "host": conn.host,
+        "port": conn.port,
+        "database": conn.dbname,
+        "user": conn.user,
+        "server_version": server_version,
+        **more,
+    }
+
+
 def _dump_into(
     writer: ObjectWriter,
     conn: PgConnection,
@@ -160,24 +173,10 @@ def _manifest_data(
             compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
             encryption=encryption_info,
         ),
-        source={
-            "url": conn.display(),
-            "host": conn.host,
-            "port": conn.port,
-            "database": conn.dbname,
-            "user": conn.user,
-            "server_version": snapshot.server_version,
-        },
+        source=source_entry(conn, snapshot.server_version),
         contents={"tables": counts, "table_count": len(counts), "rows_total": sum(counts.values())},
         tools=tool_versions(
             {"pg_dump": pg_dump.version, "pg_dump_path": pg_dump.path}, zstandard=zstandard.__version__
         ),
-        timings=run_timings(
-            started_at=started_at,
-            snapshot_at=snapshot.taken_at,
-            finished_at=utc_now(),
-            work=("dump_seconds", dump_seconds),
-            total_seconds=time.monotonic() - t0,
-            raw_bytes=stats.raw_bytes,
-        ),
+        timings=run_timings(started_at, snapshot.taken_at, t0, ("dump_seconds", dump_seconds), stats.raw_bytes),
     )

@@ -224,16 +224,7 @@ def recover_rows(
     qualified = f"{schema}.{name}"
     if qualified not in manifest.tables:
         raise BackupError(f"Table {qualified} is not in backup {manifest.partition} (it has {len(manifest.tables)})")
-    with live.connect() as conn:
-        if not conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]:
-            raise BackupError(f"Table {qualified} does not exist in the live database {live.display()}")
-        keys = _key_columns(conn, schema, name)
-        live_columns = _insertable_columns(conn, schema, name)
-    if not keys:
-        raise BackupError(
-            f"{qualified} has no primary key or unique constraint in the live database: rows could be duplicated. "
-            "Add one, or restore the backup with restore_postgres and copy rows by hand"
-        )
+    keys, live_columns = _live_table(live, schema, name, qualified)
 
     server = scratch_server or live
     bin_dir = restore_client(manifest, bin_dir).bin_dir  # refused before anything is fetched or created
@@ -255,7 +246,6 @@ def recover_rows(
             if missing:
                 raise BackupError(f"Key column(s) {missing} of {qualified} are not in the backup's table")
             columns = [c for c in live_columns if c in backup_columns]
-            col_list = sql.SQL(", ").join(map(sql.Identifier, columns))
             # The filter runs only here, in one READ ONLY snapshot: the count and the rows copied out agree.
             src.autocommit = False
             src.read_only = True
@@ -263,56 +253,83 @@ def recover_rows(
             matched = _count_matching(src, schema, name, where, qualified)
             result = RecoverResult(qualified, manifest.partition, matched, 0, 0, dry_run=dry_run)
             with live.connect() as dst:
-                stage = sql.Identifier(f"cbd_stage_{uuid.uuid4().hex[:8]}")
-                dst.execute(
-                    sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                        stage, col_list, sql.Identifier(schema, name)
-                    )
-                )
-                # COPY goes through the simple protocol; its filter is the text that just parsed as one statement.
-                copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE ({})) TO STDOUT").format(
-                    col_list, sql.Identifier(schema, name), sql.SQL(where)
-                )
-                copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, col_list)
-                # Text COPY: binary would carry this database's type OIDs (enums, composites), which differ there.
-                with src.cursor().copy(copy_out) as out, dst.cursor().copy(copy_in) as into:
-                    for block in out:
-                        into.write(block)
-                key_match = sql.SQL(" AND ").join(
-                    sql.SQL("l.{k} IS NOT DISTINCT FROM s.{k}").format(k=sql.Identifier(k)) for k in keys
-                )
-                absent = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {})").format(
-                    sql.Identifier(schema, name), key_match
-                )
-                result.would_insert = dst.execute(
-                    sql.SQL("SELECT count(*) FROM {} s WHERE {}").format(stage, absent)
-                ).fetchone()[0]
-                result.already_present = matched - result.would_insert
-                sample_query = sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} LIMIT {}").format(
-                    stage, absent, sql.Literal(sample_rows)
-                )
-                result.sample = [json.loads(json.dumps(r[0], default=str)) for r in dst.execute(sample_query)]
-                if dry_run:
-                    dst.rollback()  # dry run: the live table is never written
-                else:
-                    conflict = sql.SQL(", ").join(map(sql.Identifier, keys))
-                    if on_conflict == "update":
-                        sets = sql.SQL(", ").join(
-                            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns if c not in keys
-                        )
-                        action = sql.SQL("DO UPDATE SET {}").format(sets)
-                    else:
-                        action = sql.SQL("DO NOTHING")
-                    insert = sql.SQL(
-                        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {} "
-                        "RETURNING (xmax = 0)"
-                    ).format(sql.Identifier(schema, name), col_list, col_list, stage, conflict, action)
-                    flags = [r[0] for r in dst.execute(insert)]
-                    result.inserted = sum(1 for f in flags if f)
-                    result.updated = len(flags) - result.inserted
-                    dst.commit()
+                _stage_and_apply(
+                    src, dst, result, sql.Identifier(schema, name), columns, keys, where,
+                    sample_rows=sample_rows, on_conflict=on_conflict,
+                )  # fmt: skip
     finally:
         archive.unlink(missing_ok=True)
         drop_database(server, temp_db)
     result.seconds = round(time.monotonic() - t0, 3)
     return result
+
+
+def _live_table(live: PgConnection, schema: str, name: str, qualified: str) -> tuple[list[str], list[str]]:
+    """(key columns, insertable columns) of the live table; refuses a table that is missing or has no key."""
+    with live.connect() as conn:
+        if not conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]:
+            raise BackupError(f"Table {qualified} does not exist in the live database {live.display()}")
+        keys = _key_columns(conn, schema, name)
+        live_columns = _insertable_columns(conn, schema, name)
+    if not keys:
+        raise BackupError(
+            f"{qualified} has no primary key or unique constraint in the live database: rows could be duplicated. "
+            "Add one, or restore the backup with restore_postgres and copy rows by hand"
+        )
+    return keys, live_columns
+
+
+def _stage_and_apply(
+    src: psycopg.Connection,
+    dst: psycopg.Connection,
+    result: RecoverResult,
+    target: sql.Identifier,
+    columns: list[str],
+    keys: list[str],
+    where: str,
+    *,
+    sample_rows: int,
+    on_conflict: str,
+) -> None:
+    """Copy the matching rows from the backup's copy (`src`) into a TEMP table on the live server (`dst`), count
+    and sample those not there yet, then insert them in `dst`'s transaction, or roll back on a dry run."""
+    col_list = sql.SQL(", ").join(map(sql.Identifier, columns))
+    stage = sql.Identifier(f"cbd_stage_{uuid.uuid4().hex[:8]}")
+    dst.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(stage, col_list, target)
+    )
+    # COPY goes through the simple protocol; its filter is the text that just parsed as one statement.
+    copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE ({})) TO STDOUT").format(col_list, target, sql.SQL(where))
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, col_list)
+    # Text COPY: binary would carry this database's type OIDs (enums, composites), which differ there.
+    with src.cursor().copy(copy_out) as out, dst.cursor().copy(copy_in) as into:
+        for block in out:
+            into.write(block)
+    key_match = sql.SQL(" AND ").join(
+        sql.SQL("l.{k} IS NOT DISTINCT FROM s.{k}").format(k=sql.Identifier(k)) for k in keys
+    )
+    absent = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {})").format(target, key_match)
+    result.would_insert = dst.execute(sql.SQL("SELECT count(*) FROM {} s WHERE {}").format(stage, absent)).fetchone()[0]
+    result.already_present = result.matched_in_backup - result.would_insert
+    sample_query = sql.SQL("SELECT to_jsonb(s) FROM {} s WHERE {} LIMIT {}").format(
+        stage, absent, sql.Literal(sample_rows)
+    )
+    result.sample = [json.loads(json.dumps(r[0], default=str)) for r in dst.execute(sample_query)]
+    if result.dry_run:
+        dst.rollback()  # dry run: the live table is never written
+        return
+    conflict = sql.SQL(", ").join(map(sql.Identifier, keys))
+    if on_conflict == "update":
+        sets = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in columns if c not in keys
+        )
+        action = sql.SQL("DO UPDATE SET {}").format(sets)
+    else:
+        action = sql.SQL("DO NOTHING")
+    insert = sql.SQL(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} ON CONFLICT ({}) {} RETURNING (xmax = 0)"
+    ).format(target, col_list, col_list, stage, conflict, action)
+    flags = [r[0] for r in dst.execute(insert)]
+    result.inserted = sum(1 for f in flags if f)
+    result.updated = len(flags) - result.inserted
+    dst.commit()

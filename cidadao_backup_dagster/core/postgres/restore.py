@@ -352,23 +352,13 @@ def restore_backup(
     outcome = "" if direct else f". {untouched}; the staging copy was dropped"
     try:
         fetched = time.monotonic()
-        try:
-            if state == "absent" or not direct:
-                create_scratch_database(server, staging, run_id)  # labelled: swept if this run is killed
-            say(
-                f"Restoring into {'scratch' if direct else 'staging'} database {staging} with {pg_restore.describe()}"
-                f" --jobs {jobs}"
-                + ("" if direct else f"; {target.display()} is not touched until the copy is verified")
-            )
-            run_pg_restore(archive, server.with_dbname(staging), jobs=jobs, no_owner=no_owner, bin_dir=bin_dir)
-            restored = time.monotonic()
-            mismatches = compare_counts(expected, count_rows(server.with_dbname(staging), list(expected)))
-        except psycopg.Error as exc:  # e.g. CREATE DATABASE without the CREATEDB privilege
-            raise BackupError(f"Restoring into {staging} failed ({server.redact(str(exc)).strip()}){outcome}") from None
-        except BackupError as exc:
-            raise type(exc)(f"{exc}{outcome}") from None
-        if mismatches:
-            raise RowCountMismatch(mismatches, outcome)
+        restored = _restore_verified(
+            server, archive, staging, expected, create=state == "absent" or not direct, run_id=run_id,
+            outcome=outcome, jobs=jobs, no_owner=no_owner, bin_dir=bin_dir, say=say,
+            announce=f"Restoring into {'scratch' if direct else 'staging'} database {staging} with "
+            f"{pg_restore.describe()} --jobs {jobs}"
+            + ("" if direct else f"; {target.display()} is not touched until the copy is verified"),
+        )  # fmt: skip
         verified = time.monotonic()
         if state != "absent" and not direct:
             say(f"Row counts verified; swapping the copy into place and keeping the current {dbname} renamed")
@@ -384,13 +374,7 @@ def restore_backup(
     if replaced:
         say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
     if post_restore_command:  # only against the swapped-in database, under its final name
-        try:
-            run_post_restore(
-                post_restore_command, target, workdir=post_restore_workdir, passthrough=post_restore_env, say=say
-            )
-        except BackupError as exc:
-            kept = f"; the previous database is kept as {replaced}" if replaced else ""
-            raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
+        _post_restore(post_restore_command, target, post_restore_workdir, post_restore_env, replaced, say)
     return RestoreResult(
         target=target.display(),
         partition=manifest.partition,
@@ -403,6 +387,49 @@ def restore_backup(
         total_seconds=round(time.monotonic() - t0, 3),
         replaced_database=replaced,
     )
+
+
+def _restore_verified(
+    server: PgConnection,
+    archive: Path,
+    staging: str,
+    expected: dict[str, int],
+    *,
+    create: bool,
+    run_id: str,
+    outcome: str,
+    jobs: int,
+    no_owner: bool,
+    bin_dir: BinDir,
+    say: Logger,
+    announce: str,
+) -> float:
+    """pg_restore into `staging` (created first when `create`) and check every table's row count; raises with
+    `outcome` (what was left as it was) on any failure. Returns when the restore ended (monotonic)."""
+    try:
+        if create:
+            create_scratch_database(server, staging, run_id)  # labelled: swept if this run is killed
+        say(announce)
+        run_pg_restore(archive, server.with_dbname(staging), jobs=jobs, no_owner=no_owner, bin_dir=bin_dir)
+        restored = time.monotonic()
+        mismatches = compare_counts(expected, count_rows(server.with_dbname(staging), list(expected)))
+    except psycopg.Error as exc:  # e.g. CREATE DATABASE without the CREATEDB privilege
+        raise BackupError(f"Restoring into {staging} failed ({server.redact(str(exc)).strip()}){outcome}") from None
+    except BackupError as exc:
+        raise type(exc)(f"{exc}{outcome}") from None
+    if mismatches:
+        raise RowCountMismatch(mismatches, outcome)
+    return restored
+
+
+def _post_restore(
+    command: str, target: PgConnection, workdir: str | None, passthrough: Sequence[str], replaced: str, say: Logger
+) -> None:
+    try:
+        run_post_restore(command, target, workdir=workdir, passthrough=passthrough, say=say)
+    except BackupError as exc:
+        kept = f"; the previous database is kept as {replaced}" if replaced else ""
+        raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
 
 
 def _drop_staging(server: PgConnection, staging: str, say: Logger) -> None:

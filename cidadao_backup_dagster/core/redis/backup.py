@@ -113,13 +113,12 @@ def backup_redis(
         contents=contents,
         tools=tool_versions(redis_py=redis.__version__, zstandard=zstandard.__version__),
         timings=run_timings(
-            started_at=started_at,
-            snapshot_at=_snapshot_time(check, taken_at),
+            started_at,
+            _snapshot_time(check, taken_at),
+            t0,
+            ("fetch_seconds", fetch_seconds),
+            stats.raw_bytes,
             also={"payload_started_at": iso(taken_at)},
-            finished_at=utc_now(),
-            work=("fetch_seconds", fetch_seconds),
-            total_seconds=time.monotonic() - t0,
-            raw_bytes=stats.raw_bytes,
         ),
     )
     return obj.publish(series, data)

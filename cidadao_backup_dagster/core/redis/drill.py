@@ -3,8 +3,6 @@ per database with the manifest, time it against the RTO, and store a report besi
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from ..errors import BackupError
 from .endpoint import Logger
 from .messages import execute_restores
 from .records import _records_from_logical
-from .server import ThrowawayRedis
+from .server import ThrowawayRedis, Workdir
 from .snapshots import fetch_snapshot, select_snapshot, snapshot_format
 
 RTO_REDIS_S = 5 * 60  # strategy RTO table: "Cache failure < 5 minutes" (see drill docs for the choice)
@@ -63,42 +61,42 @@ def run_redis_drill(
         "rto_seconds": RTO_REDIS_S,
         "started_at": iso(started),
     }
-    workdir = Path(tempfile.mkdtemp(prefix="cbd-redis-drill-", dir=tmp_dir))
-    server: ThrowawayRedis | None = None
     try:
-        say(f"Drill: fetching {report['backup_uri']}")
-        path = fetch_snapshot(storage, manifest, workdir, identities)
-        fetched = time.monotonic()
-        server = ThrowawayRedis(workdir, server_bin=server_bin)  # an RDB loads at start; a logical one is replayed
-        if report["format"] != "rdb":
-            _copy_into_throwaway(path, server)
-        loaded = time.monotonic()
-        counts = {str(db): n for db, n in server.keyspace().items()}
-        expected = {str(db): int(n) for db, n in manifest.data["contents"]["keys_per_db"].items()}
-        problems = []
-        for db in sorted(set(expected) | set(counts), key=int):
-            want, got, tol = expected.get(db, 0), counts.get(db, 0), count_tolerance(manifest, db)
-            if abs(got - want) > tol:
-                problems.append(f"db{db}: manifest says {want:,} keys, the restore holds {got:,} (tolerance {tol:,})")
-        report.update(
-            passed=not problems,
-            problems=problems,
-            keys_expected=expected,
-            keys_restored=counts,
-            keys=sum(counts.values()),
-            fetch_seconds=round(fetched - t0, 3),
-            load_seconds=round(loaded - fetched, 3),
-            duration_seconds=round(time.monotonic() - t0, 3),
-        )
+        with Workdir("cbd-redis-drill-", tmp_dir) as work:
+            say(f"Drill: fetching {report['backup_uri']}")
+            path = fetch_snapshot(storage, manifest, work.path, identities)
+            fetched = time.monotonic()
+            server = work.start_server(server_bin)  # an RDB loads at start; a logical one is replayed
+            if report["format"] != "rdb":
+                _copy_into_throwaway(path, server)
+            loaded = time.monotonic()
+            counts = {str(db): n for db, n in server.keyspace().items()}
+            expected = {str(db): int(n) for db, n in manifest.data["contents"]["keys_per_db"].items()}
+            problems = _count_problems(manifest, expected, counts)
+            report.update(
+                passed=not problems,
+                problems=problems,
+                keys_expected=expected,
+                keys_restored=counts,
+                keys=sum(counts.values()),
+                fetch_seconds=round(fetched - t0, 3),
+                load_seconds=round(loaded - fetched, 3),
+                duration_seconds=round(time.monotonic() - t0, 3),
+            )
     except BackupError as exc:
         report.update(passed=False, problems=[str(exc)], duration_seconds=round(time.monotonic() - t0, 3))
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     report["finished_at"] = iso(utc_now())
     REPORTS.write_report(storage, source, partition, report)
     return report
+
+
+def _count_problems(manifest: Manifest, expected: dict[str, int], counts: dict[str, int]) -> list[str]:
+    problems = []
+    for db in sorted(set(expected) | set(counts), key=int):
+        want, got, tol = expected.get(db, 0), counts.get(db, 0), count_tolerance(manifest, db)
+        if abs(got - want) > tol:
+            problems.append(f"db{db}: manifest says {want:,} keys, the restore holds {got:,} (tolerance {tol:,})")
+    return problems
 
 
 def _copy_into_throwaway(path: Path, server: ThrowawayRedis) -> None:

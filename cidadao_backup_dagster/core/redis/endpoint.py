@@ -146,13 +146,13 @@ def explain(endpoint: RedisEndpoint, exc: BaseException, doing: str = "talking t
     """A BackupError an operator can act on, from a redis-py or socket exception; never with a password."""
     msg = endpoint.redact(str(exc)) or type(exc).__name__
     where = endpoint.display()
-    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in msg or "NOAUTH" in msg:
+    if isinstance(exc, redis.AuthenticationError):  # redis-py raises it for WRONGPASS and NOAUTH
         return RedisAccessError(
             f"Redis at {where} rejected the credentials while {doing} it ({msg}). Fix: check the user and "
             f"password in {endpoint.variable} (redis://user:password@host:port; a server without ACL users takes "
             "redis://:password@host:port)"
         )
-    if isinstance(exc, redis.exceptions.NoPermissionError) or msg.startswith("NOPERM"):
+    if isinstance(exc, redis.exceptions.NoPermissionError):
         return RedisAccessError(
             f"The Redis user of {where} lacks a permission needed for {doing} it ({msg}). Fix: grant it, e.g. "
             "ACL SETUSER <user> +info +config|get +lastsave +sync +replconf +scan +dump +pttl +time +select"

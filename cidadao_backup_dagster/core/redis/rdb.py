@@ -159,7 +159,6 @@ RDB_MAGIC = b"REDIS"
 OP_FUNCTION2, OP_MODULE_AUX, OP_IDLE, OP_FREQ = 0xF5, 0xF7, 0xF8, 0xF9
 OP_AUX, OP_RESIZEDB, OP_EXPIRETIME_MS, OP_EXPIRETIME, OP_SELECTDB, OP_EOF = 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF
 MIN_CHECKSUM_VERSION = 5  # RDB 5 (Redis 2.6) added the trailing CRC64
-KNOWN_MAX_VERSION = 12  # Redis 7.4 / 8.x
 
 
 class _Incomplete(Exception):
@@ -348,13 +347,6 @@ class RdbVerifier:
                 f"CRC64 mismatch: the RDB says {expected:016x}, its bytes give {computed:016x} (corrupt)"
             )
         return check
-
-
-def check_rdb_stream(f: BinaryIO, chunk: int = 1 << 20) -> RdbCheck:
-    verifier = RdbVerifier()
-    while data := f.read(chunk):
-        verifier.feed(data)
-    return verifier.finish()
 
 
 # --------------------------------------------------------------------------------- logical format

@@ -13,11 +13,8 @@ confirmed flush first snapshots the target (see flush.py)."""
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..artifacts.manifest import Manifest
 from ..artifacts.pipeline import EncryptionStage
@@ -25,7 +22,7 @@ from ..artifacts.storage import MiB, Storage
 from .endpoint import Logger, RedisEndpoint, count_keys
 from .flush import IfNotEmpty, flush_all, snapshot_before_flush, target_state
 from .records import _records_from_logical, _records_from_server, copy_records
-from .server import ThrowawayRedis, redis_binary
+from .server import Workdir, redis_binary
 from .snapshots import fetch_snapshot, snapshot_format
 
 log = logging.getLogger(__name__)
@@ -92,15 +89,13 @@ def restore_snapshot(
     fmt = snapshot_format(manifest)
     if fmt == "rdb":
         redis_binary("redis-server", server_bin)  # a clear error now rather than after the download
-    workdir = Path(tempfile.mkdtemp(prefix="cbd-redis-restore-", dir=tmp_dir))
-    server: ThrowawayRedis | None = None
-    try:
+    with Workdir("cbd-redis-restore-", tmp_dir) as work:
         say(f"Fetching {storage.uri(manifest.artifact_key)} ({manifest.stored_bytes / MiB:,.1f} MiB), checking SHA-256")
-        path = fetch_snapshot(storage, manifest, workdir, identities)
+        path = fetch_snapshot(storage, manifest, work.path, identities)
         fetched = time.monotonic()
         if fmt == "rdb":
             say("Loading the RDB into a throwaway redis-server")
-            server = ThrowawayRedis(workdir, server_bin=server_bin)
+            server = work.start_server(server_bin)
             expected = server.keyspace()
             batches = _records_from_server(server, sorted(expected), batch)
             absolute = False
@@ -121,10 +116,6 @@ def restore_snapshot(
         say(f"Copying {sum(expected.values()):,} keys into {target.display()} (DUMP/RESTORE pipelines)")
         stats = copy_records(batches, target, absolute=absolute, say=say)
         copied = time.monotonic()
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     in_target = count_keys(target)
     reference = stats.restored if fmt == "logical" else expected
     mismatches = verify_counts(reference, in_target, stats.short_ttl, merged=action == "merge")

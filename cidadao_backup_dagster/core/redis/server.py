@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,3 +112,24 @@ class ThrowawayRedis:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Workdir:
+    """A private temporary folder for one restore or drill (its prefix is what the scratch sweeper looks for),
+    removed on exit together with the throwaway server started in it."""
+
+    def __init__(self, prefix: str, tmp_dir: str | None):
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_dir))
+        self.server: ThrowawayRedis | None = None
+
+    def start_server(self, server_bin: str | None) -> ThrowawayRedis:
+        self.server = ThrowawayRedis(self.path, server_bin=server_bin)
+        return self.server
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -11,7 +11,8 @@ from ...core.artifacts.manifest import Manifest
 from ...core.artifacts.pipeline import Progress
 from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
-from ...core.exports.export import ExportSchemaError, ExportSpec, ResolvedTable, Window, export_partitions
+from ...core.exports.export import export_partitions
+from ...core.exports.spec import ExportSchemaError, ExportSpec, ResolvedTable, Window
 from ..failures import failure
 from ..partitions import WEEKLY, SnapshotConfig, guard_late
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource

@@ -10,7 +10,8 @@ import dagster as dg
 
 from ...core.artifacts.manifest import Manifest, utc_now, valid_manifests
 from ...core.artifacts.storage import Storage
-from ...core.exports.export import drift_verdict, export_freshness, inspect_export, row_count_verdict
+from ...core.exports.health import drift_verdict, export_freshness, row_count_verdict
+from ...core.exports.inspect import inspect_export
 from ...core.monitoring.health import Verdict
 from ..artifact_checks import (
     ERROR,

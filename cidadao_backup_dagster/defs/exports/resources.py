@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import ConfigurationError
-from ...core.exports.export import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec, parse_columns, parse_table
+from ...core.exports.spec import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec, parse_columns, parse_table
 from ..resources import env_or
 
 
