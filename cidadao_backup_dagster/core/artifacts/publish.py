@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ... import __version__
 from ..errors import BackupError
-from .manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
+from .manifest import FORMAT_VERSION, Manifest, data_object_name, iso, partition_prefix, publish, utc_now
 from .pipeline import StreamStats
 from .storage import MiB, ObjectWriter, Storage, write_error_hint, write_error_type
 
@@ -144,7 +144,7 @@ def manifest_data(
 ) -> dict[str, Any]:
     """A manifest's JSON: `kind`, `partition` (then `head`), `series`, the sections in order, `run` last."""
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "kind": kind,
         "partition": partition,
         **(head or {}),

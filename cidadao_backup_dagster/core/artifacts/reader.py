@@ -56,7 +56,7 @@ class ReadOutcome:
 
 
 def is_encrypted(manifest: Manifest) -> bool:
-    return bool(manifest.data["artifact"].get("encryption"))
+    return manifest.encrypted
 
 
 def drain(reader) -> None:
@@ -81,7 +81,7 @@ def read_artifact(
     identities: list | None = None,
 ) -> ReadOutcome:
     """Stream the artifact once; `sink` receives the plaintext (decompressed) bytes."""
-    encrypted = is_encrypted(manifest)
+    encrypted = manifest.encrypted
     dobj = zstandard.ZstdDecompressor().decompressobj()
     raw_sha, raw_bytes, error = hashlib.sha256(), 0, None
     if encrypted and not identities:

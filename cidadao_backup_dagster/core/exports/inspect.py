@@ -13,7 +13,7 @@ from typing import Any
 
 from ..artifacts.crypto import DecryptingReader
 from ..artifacts.manifest import Manifest
-from ..artifacts.reader import HashingReader, is_encrypted, read_stored_only
+from ..artifacts.reader import HashingReader, read_stored_only
 from ..artifacts.storage import MiB, Storage
 from ..artifacts.verify_result import check_stored_size
 from ..errors import BackupError
@@ -128,7 +128,7 @@ def inspect_export(
     contents = manifest.data.get("contents", {})
     columns = [c["name"] for c in contents.get("columns", [])]
     is_csv = manifest.data.get("kind", "").endswith("csv") or ".csv.gz" in key
-    encrypted = is_encrypted(manifest)
+    encrypted = manifest.encrypted
     if encrypted and not identities:
         stored = read_stored_only(storage, manifest)
         result.stored_bytes, result.shallow = stored.stored_bytes, True

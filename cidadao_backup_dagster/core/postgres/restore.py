@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ..artifacts.manifest import Manifest, all_valid_manifests, list_partitions, newest_valid
-from ..artifacts.reader import is_encrypted, read_artifact
+from ..artifacts.reader import read_artifact
 from ..artifacts.storage import MiB, Storage
 from ..errors import BackupError, RefusedError
 from ..protection.scratch import SCRATCH_PREFIXES, STAGING_PREFIX, create_scratch_database, scratch_name
@@ -91,7 +91,7 @@ def _parse_instant(text: str) -> datetime:
 def fetch_archive(storage: Storage, manifest: Manifest, tmp_dir: str | None = None, identities=None) -> Path:
     """Download (decrypt) and decompress into a temporary file, checking both SHA-256s against the manifest.
     The caller deletes the file. Nothing is restored from bytes that did not match."""
-    if is_encrypted(manifest) and not identities:
+    if manifest.encrypted and not identities:
         raise BackupError(
             f"{storage.uri(manifest.artifact_key)} is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity "
             "file to restore it"
