@@ -13,7 +13,7 @@ from typing import Any
 
 from ..artifacts.crypto import DecryptingReader
 from ..artifacts.manifest import Manifest
-from ..artifacts.reader import HashingReader, read_stored_only
+from ..artifacts.reader import HashingReader, drain, read_stored_only
 from ..artifacts.storage import MiB, Storage
 from ..artifacts.verify_result import check_stored_size
 from ..errors import BackupError
@@ -104,8 +104,7 @@ class _InflatingReader(io.RawIOBase):
         """Hash the rest of the stored object (after a reader stopped early, e.g. on a decode error)."""
         if self._decrypt is not None:
             self._decrypt.close()
-        while self._stored.read(MiB):
-            pass
+        drain(self._stored)
 
     @property
     def complete(self) -> bool:

@@ -195,7 +195,8 @@ def _count_matching(src: psycopg.Connection, schema: str, table: str, where: str
             "the backup's copy. Use an expression that only reads. Nothing was written"
         ) from None
     except psycopg.Error as exc:
-        several = "multiple commands" in str(exc)
+        # SQLSTATE 42601 covers both a plain syntax error and a second statement: only the text tells them apart.
+        several = isinstance(exc, psycopg.errors.SyntaxError) and "multiple commands" in str(exc)
         problem = "is more than one statement" if several else f"does not work on {qualified}: {exc}".strip()
         raise (RefusedError if several else BackupError)(f"The filter {where!r} {problem}") from None
 
