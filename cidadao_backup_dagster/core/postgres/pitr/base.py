@@ -17,13 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from ...artifacts.manifest import Manifest, data_object_name, iso, partition_prefix, publish, utc_now
+import zstandard
+
+from ...artifacts.manifest import Manifest, iso, utc_now
 from ...artifacts.pipeline import EncryptionStage, stream_to_writer
-from ...artifacts.storage import MiB, Storage, write_error_hint, write_error_type
+from ...artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, tool_versions
+from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, pg_error_type
-from ..backup import BackupSettings, safe_name
+from ..backup import BackupSettings
 from ..client import PgConnection, binary_version
-from .entries import artifact_entry, tools_entry
 from .layout import base_series, format_lsn, iso_us, parse_lsn, segment_name, segno_of
 from .server import check_client, current_position, ensure_slot, replication_preflight, slot_name_for
 
@@ -144,7 +146,7 @@ def base_backup(
     ensure_slot(conn, slot)  # from here the server keeps the WAL this base will need, until the archive has it
     series = base_series(source)
     suffix = ".tar.zst.age" if encryption else ".tar.zst"
-    key = f"{partition_prefix(series, partition)}/{data_object_name(safe_name(source), partition, suffix)}"
+    key = data_key(series, partition, source, suffix)
     label = f"cbd {source} {partition}"
     args = [
         basebackup,
@@ -160,64 +162,63 @@ def base_backup(
         "--checkpoint=fast",
         f"--label={label[:60]}",
     ]
-    stderr = tempfile.TemporaryFile()
-    writer = storage.open_write(key)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=conn.env())
-    try:
-        tap = TarTap(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
-        stats = stream_to_writer(
-            tap,
-            writer,
-            level=settings.zstd_level,
-            threads=settings.zstd_threads,
-            encryption=encryption,  # type: ignore[arg-type]
-        )
-        rc = proc.wait()
-        stderr.seek(0)
-        err = conn.redact(stderr.read().decode(errors="replace")).strip()
-        if rc != 0:
-            raise pg_error_type(err)(f"pg_basebackup failed (exit code {rc}): {err[-1500:] or 'no error text'}")
-        missing = {"backup_label", "backup_manifest"} - set(tap.found)
-        if missing:
-            raise BackupError(f"pg_basebackup's tar lacks {', '.join(sorted(missing))}; nothing was published")
-        backup_label = parse_backup_label(tap.found["backup_label"].decode())
-        timeline, start_lsn, end_lsn = wal_range(tap.found["backup_manifest"])
-        if start_lsn != backup_label.start_lsn or timeline != backup_label.timeline:
-            raise BackupError("backup_label and backup_manifest disagree on the start of the base backup")
-        _end_lsn_now, finished_server_time = current_position(conn)
-        writer.commit()
-    except BaseException as exc:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        writer.abort()
-        if isinstance(exc, Exception) and not isinstance(exc, BackupError):
-            raise write_error_type(exc)(
-                f"Writing {storage.uri(key)} failed ({type(exc).__name__}: {conn.redact(str(exc))}); the partial "
-                "upload was removed and earlier backups are untouched" + write_error_hint(exc)
-            ) from exc
-        raise
-    finally:
-        stderr.close()
+    obj = NewObject(storage, key, redact=conn.redact, untouched="earlier backups are untouched")
+
+    def produce(writer):
+        stderr = tempfile.TemporaryFile()
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=conn.env())
+        try:
+            tap = TarTap(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
+            stats = stream_to_writer(
+                tap,  # type: ignore[arg-type]
+                writer,
+                level=settings.zstd_level,
+                threads=settings.zstd_threads,
+                encryption=encryption,
+            )
+            rc = proc.wait()
+            stderr.seek(0)
+            err = conn.redact(stderr.read().decode(errors="replace")).strip()
+            if rc != 0:
+                raise pg_error_type(err)(f"pg_basebackup failed (exit code {rc}): {err[-1500:] or 'no error text'}")
+            missing = {"backup_label", "backup_manifest"} - set(tap.found)
+            if missing:
+                raise BackupError(f"pg_basebackup's tar lacks {', '.join(sorted(missing))}; nothing was published")
+            label = parse_backup_label(tap.found["backup_label"].decode())
+            timeline, start_lsn, end_lsn = wal_range(tap.found["backup_manifest"])
+            if start_lsn != label.start_lsn or timeline != label.timeline:
+                raise BackupError("backup_label and backup_manifest disagree on the start of the base backup")
+            _now_lsn, finished = current_position(conn)  # before the commit: a failure leaves no object
+            return stats, label, (timeline, start_lsn, end_lsn), finished
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            stderr.close()
+
+    stats, backup_label, (timeline, start_lsn, end_lsn), finished_server_time = obj.write(produce)
     size = info.segment_size
     decrypt = "age -d -i key.txt <file> | zstd -d" if encryption else "zstd -dc <file>"
-    manifest = Manifest(
-        {
-            "format_version": 1,
-            "kind": "postgres-base-backup",
-            "partition": partition,
-            "series": series,
-            "artifact": artifact_entry(
-                storage,
-                key,
-                "pg_basebackup tar of the main tablespace (-X none, backup_manifest inside), zstd-compressed",
-                f"{decrypt} | tar -x -C <new data dir>; pg_verifybackup -n <new data dir>; then "
-                "restore_command + recovery_target_time + recovery.signal (docs/pitr.md)",
-                settings,
-                encryption_info if encryption else None,
+    return obj.publish(
+        series,
+        manifest_data(
+            kind="postgres-base-backup",
+            partition=partition,
+            series=series,
+            extra=extra,
+            artifact=artifact_entry(
+                obj,
                 stats,
+                describe={
+                    "format": "pg_basebackup tar of the main tablespace (-X none, backup_manifest inside), "
+                    "zstd-compressed",
+                    "restore_hint": f"{decrypt} | tar -x -C <new data dir>; pg_verifybackup -n <new data dir>; then "
+                    "restore_command + recovery_target_time + recovery.signal (docs/pitr.md)",
+                },
+                compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
+                encryption=encryption_info if encryption else None,
             ),
-            "source": {
+            source={
                 "url": conn.display(),
                 "host": conn.host,
                 "port": conn.port,
@@ -228,7 +229,7 @@ def base_backup(
                 "server_major": info.major,
                 "superuser": info.superuser,
             },
-            "base": {
+            base={
                 "timeline": timeline,
                 "start_lsn": format_lsn(start_lsn),
                 "end_lsn": format_lsn(end_lsn),
@@ -239,15 +240,13 @@ def base_backup(
                 "label": backup_label.label,
                 "backup_start_time": backup_label.start_time,
             },
-            "tools": tools_entry(pg_basebackup=binary_version(basebackup)),
-            "timings": {
+            tools=tool_versions({"pg_basebackup": binary_version(basebackup)}, zstandard=zstandard.__version__),
+            timings={
                 "started_at": iso(started_at),
                 # Consistent from its end LSN on: the earliest instant this base can recover to (server clock).
                 "snapshot_at": iso_us(finished_server_time),
                 "finished_at": iso(utc_now()),
                 "total_seconds": round(time.monotonic() - t0, 3),
             },
-            **({"run": extra} if extra else {}),
-        }
+        ),
     )
-    return publish(storage, series, manifest)

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ...artifacts.manifest import Manifest, iso, parse_manifest, publish, run_token, utc_now
+import zstandard
+
+from ...artifacts.manifest import Manifest, iso, parse_manifest, run_token, utc_now
 from ...artifacts.pipeline import EncryptionStage, stream_to_writer
+from ...artifacts.publish import NewObject, artifact_entry, manifest_data, tool_versions
 from ...artifacts.reader import is_encrypted, read_artifact
-from ...artifacts.storage import Storage, write_error_hint, write_error_type
+from ...artifacts.storage import Storage
 from ...errors import BackupError, DamagedArtifact, PermanentError, pg_error_type
 from ..backup import BackupSettings
 from ..client import PgConnection
-from .entries import artifact_entry, tools_entry
 from .layout import (
     HISTORY,
     PARTIAL_SUFFIX,
@@ -309,46 +311,46 @@ def _publish_file(
 ) -> Manifest:
     series = wal_series(c.source, timeline)
     suffix = ".zst.age" if c.encryption else ".zst"
-    key = wal_object_key(series, partition, run_token(), suffix)
-    writer = c.storage.open_write(key)
-    try:
+    obj = NewObject(
+        c.storage,
+        wal_object_key(series, partition, run_token(), suffix),
+        redact=c.conn.redact,
+        untouched="the archive is as it was",
+    )
+
+    def produce(writer):
         with open(path, "rb") as f:
-            stats = stream_to_writer(
+            return stream_to_writer(
                 f, writer, level=c.settings.zstd_level, threads=c.settings.zstd_threads, encryption=c.encryption
             )
-        writer.commit()
-    except BaseException as exc:
-        writer.abort()
-        if isinstance(exc, Exception) and not isinstance(exc, BackupError):
-            raise write_error_type(exc)(
-                f"Writing {c.storage.uri(key)} failed ({type(exc).__name__}: {exc}); the partial upload was removed "
-                "and the archive is as it was" + write_error_hint(exc)
-            ) from exc
-        raise
+
+    stats = obj.write(produce)
     size = c.info.segment_size
     decrypt = "age -d -i key.txt <file> | zstd -d -o" if c.encryption else "zstd -d <file> -o"
-    manifest = Manifest(
-        {
-            "format_version": 1,
-            "kind": "postgres-wal",
-            "partition": partition,
-            "series": series,
-            "artifact": artifact_entry(
-                c.storage,
-                key,
-                "PostgreSQL WAL file, zstd-compressed",
-                f"{decrypt} <restore dir>/{file_name}; restore_command = 'cp <restore dir>/%f %p'",
-                c.settings,
-                c.encryption_info if c.encryption else None,
+    return obj.publish(
+        series,
+        manifest_data(
+            kind="postgres-wal",
+            partition=partition,
+            series=series,
+            extra=c.extra,
+            artifact=artifact_entry(
+                obj,
                 stats,
+                describe={
+                    "format": "PostgreSQL WAL file, zstd-compressed",
+                    "restore_hint": f"{decrypt} <restore dir>/{file_name}; restore_command = 'cp <restore dir>/%f %p'",
+                },
+                compression={"codec": "zstd", "level": c.settings.zstd_level, "checksum": True},
+                encryption=c.encryption_info if c.encryption else None,
             ),
-            "source": {
+            source={
                 "url": c.conn.display(),
                 "system_identifier": c.info.system_identifier,
                 "server_version": c.info.server_version,
                 "server_version_num": c.info.server_version_num,
             },
-            "wal": {
+            wal={
                 "file": file_name,
                 "timeline": timeline,
                 "segno": segno,
@@ -360,14 +362,12 @@ def _publish_file(
                 "first_xact_at": iso_us(xacts.first_at) if xacts and xacts.first_at else None,
                 "last_xact_at": iso_us(xacts.last_at) if xacts and xacts.last_at else None,
             },
-            "tools": tools_entry(),
-            "timings": {
+            tools=tool_versions(zstandard=zstandard.__version__),
+            timings={
                 "started_at": iso(c.started_at),
                 # What the archive holds up to this file is recoverable to this instant.
                 "snapshot_at": iso_us(c.recoverable_until),
                 "finished_at": iso(utc_now()),
             },
-            **({"run": c.extra} if c.extra else {}),
-        }
+        ),
     )
-    return publish(c.storage, series, manifest)
