@@ -302,6 +302,43 @@ def test_replication_refusals_name_each_fix(cluster, source):
         cluster.sql(f"DROP ROLE {nohba}")
 
 
+# ------------------------------------------------------------------------------------------ encrypted
+
+
+def test_encrypted_archive_resumes_without_the_identity_and_restores_with_it(cluster, source, tmp_path, restore_tmp):
+    """age recipients only on the worker: the second run cannot read the stored partial, streams that segment
+    again from its first byte (a placeholder stands in), and the restore decrypts with the identity."""
+    from pyrage import x25519
+
+    from cidadao_backup_dagster.core.artifacts.crypto import encryption_stage, fingerprint
+
+    identity = x25519.Identity.generate()
+    sealed = {
+        "encryption": encryption_stage([identity.to_public()]),
+        "encryption_info": {"format": "age-encryption.org/v1", "recipients": [fingerprint(identity.to_public())]},
+    }
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 10)
+    base = base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS, **sealed)
+    assert base.artifact_key.endswith(".tar.zst.age")
+    insert(cluster, source, 11, 20)
+    first = archive_wal(conn, storage, source=source, settings=SETTINGS, **sealed)
+    insert(cluster, source, 21, 30)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items", source)
+    second = archive_wal(conn, storage, source=source, settings=SETTINGS, **sealed)
+    assert first.partial and second.resumed_from == first.partial
+    assert all(m.artifact_key.endswith(".zst.age") for m in [*first.manifests, *second.manifests])
+
+    with pytest.raises(RefusedError, match="encrypted"):
+        restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp))
+    with restore_to_instant(
+        storage, source=source, target_time=instant, identities=[identity], tmp_dir=str(restore_tmp)
+    ) as server:
+        assert ids(server.conn(source)) == list(range(1, 31))
+
+
 # ------------------------------------------------------------------------------------------ runbook
 
 
