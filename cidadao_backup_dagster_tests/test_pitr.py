@@ -36,7 +36,7 @@ from cidadao_backup_dagster.core.postgres.pitr import (
     slot_name_for,
     wal_series,
 )
-from cidadao_backup_dagster.core.postgres.pitr.health import archive_status, slot_verdict
+from cidadao_backup_dagster.core.postgres.pitr.health import archive_status, slot_verdict, superseded_partials
 from cidadao_backup_dagster.core.postgres.pitr.server import SlotState
 from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
@@ -218,6 +218,19 @@ def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path,
     # A third run with nothing new resumes from the newest partial and changes nothing it relies on.
     third = archive_wal(conn, storage, source=source, settings=SETTINGS)
     assert third.resumed_from == second.partial and third.segments == []
+
+    # Retention's plan: the first segment's partial (now complete) and the shorter copy of the newest partial
+    # go; what stays still recovers everything (proven by the restore below, after the deletion).
+    series = wal_series(source, second.timeline)
+    doomed = superseded_partials(storage, source, second.timeline, 16 * 1024 * 1024)
+    index = index_series(storage, series)
+    assert set(index.manifests[first.partial]) <= set(doomed)
+    newest = index.manifests[second.partial]
+    assert len(newest) == 2 and len(set(newest) & set(doomed)) == 1
+    assert doomed.index(index.manifests[first.partial][0]) < doomed.index(index.objects[first.partial][0])
+    for key in doomed:
+        storage.delete(key)
+    assert superseded_partials(storage, source, second.timeline, 16 * 1024 * 1024) == []
 
     instant = third.recoverable_until  # no commit archived after it: recovery replays everything
     with restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp)) as server:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ...artifacts.manifest import _newest_valid_of, all_valid_manifests, utc_now
+from ...artifacts.manifest import _newest_valid_of, all_valid_manifests, index_series, parse_manifest, utc_now
 from ...artifacts.storage import Storage
 from .layout import Gap, WalFile, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
 from .server import SlotState
@@ -100,3 +100,36 @@ def slot_verdict(slot: SlotState | None, name: str, warn_bytes: int, error_bytes
     if retained > warn_bytes:
         return SlotVerdict(False, "WARN", f"Slot {name} holds {mib} of WAL on the server")
     return SlotVerdict(True, "WARN", f"Slot {name} holds {mib} of WAL ({slot.wal_status})")
+
+
+# ------------------------------------------------------------------------------------------ retention (planning)
+
+
+def superseded_partials(storage: Storage, source: str, timeline: int, segment_size: int) -> list[str]:
+    """Keys of partial WAL objects and their manifests that hold nothing the archive lacks, manifests first (a
+    reader never meets a manifest whose object is gone): every partial of a segment archived complete, and of
+    the newest partial segment every copy but the one reaching furthest. A partial of a segment that is not
+    complete is never listed, even behind a newer one: it may be the only copy of that WAL.
+
+    Read-only: for retention, which runs under an identity allowed to delete (the backup worker is not)."""
+    listing = list_archive(storage, source, timeline, segment_size)
+    index = index_series(storage, listing.series)
+    manifests: list[str] = []
+    objects: list[str] = []
+    for segno, keys in listing.partials.items():
+        partition = segment_name(timeline, segno, segment_size) + ".partial"
+        if segno in listing.complete and segno in listing.stored:
+            manifests.extend(keys)
+            objects.extend(index.objects.get(partition, []))
+        elif segno == listing.newest_partial:
+            best = newest_partial(storage, keys)
+            if best is None:
+                continue  # none readable: keep them all, someone must look
+            for key in keys:
+                if key == best.manifest.key:
+                    continue
+                manifest = parse_manifest(storage, key)  # an unreadable one stops the plan (StorageReadError)
+                manifests.append(key)
+                if manifest.artifact_key != best.manifest.artifact_key:
+                    objects.append(manifest.artifact_key)
+    return [*manifests, *objects]
