@@ -37,6 +37,7 @@ from cidadao_backup_dagster.core.postgres.pitr import (
     wal_series,
 )
 from cidadao_backup_dagster.core.postgres.pitr.health import archive_status, slot_verdict, superseded_partials
+from cidadao_backup_dagster.core.postgres.pitr.layout import WalFile
 from cidadao_backup_dagster.core.postgres.pitr.server import SlotState
 from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
@@ -241,18 +242,23 @@ def test_a_second_run_resumes_from_the_stored_partial(cluster, source, tmp_path,
 # ------------------------------------------------------------------------------------------ faults
 
 
-def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, source, tmp_path, restore_tmp):
+def test_a_missing_segment_is_a_named_gap_refused_past_it_and_harmless_before(cluster, source, tmp_path, restore_tmp):
     storage = LocalStorage(tmp_path / "backups")
     conn = cluster.conn(source)
     insert(cluster, source, 1, 10)
     base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
-    for first in (11, 21, 31):
+    insert(cluster, source, 11, 20)
+    early = server_now(cluster)
+    for first in (21, 31, 41):
         insert(cluster, source, first, first + 9)
         cluster.sql("SELECT pg_switch_wal()")
     instant = server_now(cluster)
     run = archive_wal(conn, storage, source=source, settings=SETTINGS)
-    assert len(run.segments) >= 3
-    victim = run.segments[1]
+    # The victim: the segment after the one holding the first commit after `early` (where a recovery to `early`
+    # stops reading), so `early` stays recoverable and `instant` does not.
+    complete = sorted((WalFile(m) for m in run.manifests if m.data["wal"]["partial"] is False), key=lambda w: w.segno)
+    stop = next(i for i, w in enumerate(complete) if w.last_xact_at and w.last_xact_at > early)
+    victim = complete[stop + 1].info["file"]
     manifest = parse_manifest(storage, index_series(storage, wal_series(source, run.timeline)).manifests[victim][-1])
     storage.delete(manifest.artifact_key)
 
@@ -264,6 +270,12 @@ def test_a_missing_segment_is_a_named_gap_and_the_restore_is_refused(cluster, so
     with pytest.raises(WalGap, match=victim):
         restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(restore_tmp))
     assert restore_dirs(restore_tmp) == []  # refused before anything was fetched or written
+
+    # WAL past the stop point is never read: an instant before the gap is recovered, without fetching beyond it.
+    plan = plan_recovery(storage, source=source, target_time=early)
+    assert plan.stop_at_target and plan.wal[-1].info["file"] == complete[stop].info["file"]
+    with restore_to_instant(storage, source=source, target_time=early, tmp_dir=str(restore_tmp)) as server:
+        assert ids(server.conn(source)) == list(range(1, 21))
 
 
 def test_a_wrong_server_major_is_refused_before_anything_is_touched(cluster, source, tmp_path, restore_tmp):

@@ -126,17 +126,25 @@ def plan_recovery(
             f"The WAL archive {where} holds nothing from {b['start_segment']} on, which base {base.partition} needs. "
             "Run the WAL archive first"
         )
-    gaps = find_gaps(set(files), partial_segno if partial else None, timeline, size, start, newest)
+    archived = {**files, **({partial_segno: partial} if partial is not None else {})}
+    # recovery_target_time stops before the first commit after the instant; with none archived, PostgreSQL would
+    # end recovery "before the target was reached" (an error), while replaying all of it is exactly the instant.
+    # WAL past the segment holding the first such commit is never read: not fetched, and a gap there is harmless.
+    unknown = any(w.info.get("xact_count") is None for w in archived.values())  # archived without pg_waldump
+    stop_segno = next(
+        (s for s in sorted(archived) if s >= end and (t := archived[s].last_xact_at) is not None and t > target),
+        None,
+    )
+    last = newest if unknown or stop_segno is None else stop_segno
+    gaps = find_gaps(set(files), partial_segno if partial else None, timeline, size, start, last)
     if gaps:
         raise WalGap(gaps, where)
-    if newest < end:
+    if last < end:
         raise RefusedError(
-            f"The WAL archive {where} reaches {segment_name(timeline, newest, size)}; base {base.partition} needs "
+            f"The WAL archive {where} reaches {segment_name(timeline, last, size)}; base {base.partition} needs "
             f"{b['start_segment']} .. {b['end_segment']}. Run the WAL archive first"
         )
-    wal = [files[s] for s in range(start, newest + 1) if s in files]
-    if partial is not None and partial_segno == newest:
-        wal.append(partial)
+    wal = [archived[s] for s in range(start, last + 1)]
     sysid = base.data["source"]["system_identifier"]
     strangers = [w.info["file"] for w in wal if w.manifest.data["source"]["system_identifier"] != sysid]
     if strangers:
@@ -144,17 +152,13 @@ def plan_recovery(
             f"WAL {strangers[0]} in {where} comes from another cluster (system identifier differs from base "
             f"{base.partition}'s {sysid}): refusing to replay it"
         )
-    until = max(w.recoverable_until for w in wal)
+    until = max(w.recoverable_until for w in archived.values())
     if target > until:
         raise RefusedError(
             f"The WAL archive of {source} is recoverable until {iso(until)}; {iso(target)} is later. Run the WAL "
             "archive (postgres_wal_archive) and try again"
         )
-    # recovery_target_time stops before the first commit after the instant; with none archived, PostgreSQL would
-    # end recovery "before the target was reached" (an error), while replaying all of it is exactly the instant.
-    stop = any(w.last_xact_at is not None and w.last_xact_at > target for w in wal) or any(
-        w.info.get("xact_count") is None for w in wal
-    )
+    stop = unknown or stop_segno is not None
     return RecoveryPlan(source, target, base, wal, bin_dir, stop, until)
 
 
