@@ -1,26 +1,29 @@
-"""The code location: `dagster dev -w workspace.yaml` or `-m cidadao_backup_dagster.definitions`.
+"""The code location: `dg dev`, `dagster dev -w workspace.yaml` or `-m cidadao_backup_dagster.definitions`.
 
 Backups, checks, drills and recovery jobs are generated per source (defs/sources.py): one PostgreSQL
-database and one Redis from DATABASE_URL / REDIS_URL, or every source listed in BACKUP_SOURCES_FILE."""
+database and one Redis from DATABASE_URL / REDIS_URL, or every source listed in BACKUP_SOURCES_FILE.
+The environment is read once, here, into defs/settings.py's Settings (docs/configuration.md)."""
 
 import dagster as dg
 
 from .core.sources import Sources
 from .defs import exports, monitoring, postgres, protection, recovery, redis
 from .defs.resources import build_resources
-from .defs.sources import DomainDefs, PgBinding, RedisBinding, configured_sources
+from .defs.settings import Settings
+from .defs.sources import DomainDefs, PgBinding, RedisBinding
 
 HEALTH_CHECKS_JOB = "backup_health_checks_job"
 
 
-def build_domains(sources: Sources) -> list[DomainDefs]:
-    pg = [PgBinding.of(spec) for spec in sources.postgres]
-    rd = [RedisBinding.of(spec) for spec in sources.redis]
+def build_domains(settings: Settings) -> list[DomainDefs]:
+    sources = settings.sources
+    pg = [PgBinding.of(spec, settings) for spec in sources.postgres]
+    rd = [RedisBinding.of(spec, settings) for spec in sources.redis]
     return [
         *(postgres.build(b) for b in pg),
         *(recovery.build(b) for b in pg),
         *(redis.build(b) for b in rd),
-        DomainDefs(exports.defs, exports.health_checks, exports.artifact_classes),
+        exports.build(PgBinding.of(sources.export_source, settings)),
     ]
 
 
@@ -42,14 +45,16 @@ def build_health_checks(checks: list):
     return job, schedule
 
 
-def build_defs(sources: Sources | None = None) -> dg.Definitions:
-    """Definitions with resources read from the environment as it is now (tests and the quick start
-    call this after setting variables; the code location uses `defs` below)."""
-    sources = sources or configured_sources()
-    domains = build_domains(sources)
+def build_defs(sources: Sources | None = None, settings: Settings | None = None) -> dg.Definitions:
+    """Definitions with settings read from the environment as it is now (tests and the quick start
+    call this after setting variables; the code location uses `defs` below). `sources` replaces
+    BACKUP_SOURCES_FILE's (the BackupSources component passes its own)."""
+    settings = settings or Settings.from_environ(sources=sources)
+    domains = build_domains(settings)
     classes = [c for d in domains for c in d.artifact_classes]
-    resources = {**build_resources(sources), **exports.build_export_resources()}
-    protection_defs = protection.build_defs(classes, [t for d in domains for t in d.storage_targets])
+    resources = {**build_resources(settings), **exports.build_export_resources(settings)}
+    targets = [t for d in domains for t in d.storage_targets]
+    protection_defs = protection.build_defs(classes, targets, settings)
     parts = [*(d.defs for d in domains), protection_defs]
     checks = [c for part in parts for c in part.asset_checks or []]
     health_job, health_schedule = build_health_checks(
@@ -58,7 +63,7 @@ def build_defs(sources: Sources | None = None) -> dg.Definitions:
     return dg.Definitions.merge(
         *parts,
         monitoring.build_defs(classes, set(resources), checks),
-        protection.build_sweeper_defs(sources),
+        protection.build_sweeper_defs(settings),
         dg.Definitions(jobs=[health_job], schedules=[health_schedule], resources=resources),
     )
 

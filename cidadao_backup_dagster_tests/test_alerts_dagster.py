@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
-from dagster_slack import SlackResource
 
 from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
@@ -65,7 +64,7 @@ def put_backup(storage, partition, taken_at, size=3000):
 
 
 def run_checks(defs, instance, *names, partition=None):
-    checks = [c for c in daily_checks if any(k.name in names for k in c.check_keys)]
+    checks = [c for c in daily_checks() if any(k.name in names for k in c.check_keys)]
     job = dg.define_asset_job("alert_test_checks", selection=dg.AssetSelection.checks(*checks))
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("alert_test_checks")
     tags = {"dagster/partition": partition} if partition else {}
@@ -188,7 +187,7 @@ def test_slack_through_dagster_slack(env, receiver):
     """Slack's Web API stood in for by the local server: chat.postMessage with the bot token."""
     token = "xoxb-test-not-a-real-token"
     alerts = AlertSettings(
-        slack=SlackResource(token=token), slack_channel="#backups", slack_api_url=f"{receiver.url}/api/"
+        slack_token=token, slack_channel="#backups", slack_api_url=f"{receiver.url}/api/"
     )
     defs = build_defs()
     put_backup(env, "2026-11-20", datetime.now(UTC) - timedelta(days=3))

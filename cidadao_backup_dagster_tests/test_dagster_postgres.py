@@ -123,7 +123,7 @@ def test_rerun_of_a_partition_keeps_both_backups_and_the_newest_is_current(env, 
 
 def run_checks(partition, *check_names):
     defs = build_defs()
-    checks = [c for c in daily_checks if any(k.name in check_names for k in c.check_keys)]
+    checks = [c for c in daily_checks() if any(k.name in check_names for k in c.check_keys)]
     job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks(*checks))
     resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("only_checks")
     # A checks-only selection has no assets to infer partitions from: pass the partition as the run tag,
@@ -281,14 +281,13 @@ def test_production_instance_yaml_uses_postgres_storage_and_one_dump_at_a_time(m
 
 
 def test_cli_materialize_one_partition(env, tmp_path):
-    """The README's `dagster asset materialize ... --partition` path, through the real CLI."""
+    """The README's `dg launch --assets ... --partition` path, through the real CLI."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "cidadao_backup_dagster.definitions",
-        "--select", "postgres_daily_backup", "--partition", "2026-11-22",
+        str(Path(sys.executable).with_name("dg")), "launch", "-m", "cidadao_backup_dagster.definitions",
+        "--assets", "postgres_daily_backup", "--partition", "2026-11-22",
     ]  # fmt: skip
     out = subprocess.run(
         cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, cwd=tmp_path

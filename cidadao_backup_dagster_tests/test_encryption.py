@@ -112,7 +112,7 @@ def test_damaged_encrypted_artifact_fails_integrity_and_restore(encrypted_env, m
     manifest["artifact"]["stored_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     manifest["artifact"]["stored_bytes"] = len(data)
     manifest_path.write_text(json.dumps(manifest))
-    integrity = [c for c in daily_checks if any(k.name == "integrity" for k in c.check_keys)]
+    integrity = [c for c in daily_checks() if any(k.name == "integrity" for k in c.check_keys)]
     job = dg.define_asset_job("only_integrity", selection=dg.AssetSelection.checks(*integrity))
     result = (
         dg.Definitions.merge(build_defs(), dg.Definitions(jobs=[job]))

@@ -23,6 +23,8 @@ from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import HEALTH_CHECKS_JOB, build_defs
 from cidadao_backup_dagster.defs import exports
+from cidadao_backup_dagster.defs.settings import Settings
+from cidadao_backup_dagster.defs.sources import PgBinding
 from cidadao_backup_dagster.demo import SCHEMA, seed
 
 from .conftest import newest_manifest_path
@@ -84,6 +86,17 @@ def run_job(name, *, partition=None, tags=None):
     )
 
 
+def export_domain():
+    """The exports' definitions as build_defs() builds them from the environment now."""
+    settings = Settings.from_environ()
+    return exports.build(PgBinding.of(settings.sources.export_source, settings))
+
+
+def investigations_checks():
+    key = dg.AssetKey("investigations_json_export")
+    return [c for c in export_domain().defs.asset_checks if all(k.asset_key == key for k in c.check_keys)]
+
+
 def run_checks(checks_defs, partition, *names):
     """Only the named checks, for one partition (the run tag the UI sets when it launches a check)."""
     chosen = [c for c in checks_defs if any(k.name in names for k in c.check_keys)]
@@ -131,7 +144,7 @@ def test_export_definitions_shape(env):
         assert node.op.pool == asset  # one run of an export at a time
         assert node.backfill_policy == dg.BackfillPolicy.single_run()  # a backfilled range is one run
         assert node.required_resource_keys >= {"postgres_source", "backup_storage", "export_policy"}
-    integrity = next(c for c in exports.investigations_checks if any(k.name == "integrity" for k in c.check_keys))
+    integrity = next(c for c in investigations_checks() if any(k.name == "integrity" for k in c.check_keys))
     assert integrity.check_specs_by_output_name and all(s.blocking for s in integrity.check_specs)
     schedules = {s.name: s for s in repo.schedule_defs}
     for name in ("investigations_json_export_schedule", "agent_instances_csv_export_schedule"):
@@ -235,7 +248,10 @@ def test_schedules_launch_runs_that_land(env, source_url):
 
         def tick(schedule, *when):
             moment = datetime(*when, tzinfo=UTC)
-            with dg.build_schedule_context(instance=instance, scheduled_execution_time=moment) as context:
+            repo = defs.get_repository_def()  # resolves a RunRequest(partition_key=...)
+            with dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=moment, repository_def=repo
+            ) as context:
                 (request,) = schedule.evaluate_tick(context).run_requests
             return request
 
@@ -280,14 +296,14 @@ def test_row_missing_fails_row_count_and_an_edited_file_fails_integrity(env, sou
     lines = gzip.decompress(stored(env, manifest.artifact_key)).splitlines(keepends=True)
 
     _rewrite_consistently(env, manifest, b"".join(lines[:-1]))
-    checks = by_name(run_checks(exports.investigations_checks, "2026-11-24", "integrity", "row_count"))
+    checks = by_name(run_checks(investigations_checks(), "2026-11-24", "integrity", "row_count"))
     assert checks["integrity"].passed  # the file matches its manifest...
     row_count = checks["row_count"]  # ...but a row of the source is not in it
     assert not row_count.passed and row_count.severity == dg.AssetCheckSeverity.ERROR
     assert row_count.description.startswith("1 row missing") and "40" in row_count.description
 
     (env / "backups" / manifest.artifact_key).write_bytes(gzip.compress(b"".join(lines[2:])))  # one more row gone
-    result = run_checks(exports.investigations_checks, "2026-11-24", "integrity")
+    result = run_checks(investigations_checks(), "2026-11-24", "integrity")
     integrity = by_name(result)["integrity"]
     assert not integrity.passed and integrity.severity == dg.AssetCheckSeverity.ERROR
     assert "SHA-256" in integrity.description and "38 lines, the manifest says 39" in integrity.description
@@ -346,7 +362,7 @@ def test_stale_export_fires_freshness_and_a_backfill_does_not_hide_it(env, sourc
     now = datetime.now(UTC)
     _fake_export(storage, series(source_url), "2026-11-20", 1000, now - age)  # the newest partition, stale
     _fake_export(storage, series(source_url), "2026-10-01", 1000, now)  # an old day, backfilled just now
-    result = run_checks(exports.health_checks, None, "freshness")
+    result = run_checks(export_domain().health_checks, None, "freshness")
     fresh = by_name(result)["freshness"]
     assert not fresh.passed and fresh.severity == getattr(dg.AssetCheckSeverity, severity)
     assert "2026-11-20" in fresh.description
@@ -406,8 +422,8 @@ def test_cli_backfills_a_range_in_one_run(env, tmp_path, source_url):
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize", "-m", "cidadao_backup_dagster.definitions",
-        "--select", "investigations_json_export", "--partition-range", "2026-11-22...2026-11-24",
+        str(Path(sys.executable).with_name("dg")), "launch", "-m", "cidadao_backup_dagster.definitions",
+        "--assets", "investigations_json_export", "--partition-range", "2026-11-22...2026-11-24",
     ]  # fmt: skip
     out = subprocess.run(
         cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, cwd=tmp_path
@@ -441,7 +457,7 @@ def test_encrypted_exports_decrypt_with_the_stock_age_cli_and_verify_deeply_with
     assert len(frame) == 40 and list(frame.columns) == COLUMNS
 
     monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(key))
-    deep = by_name(run_checks(exports.investigations_checks, "2026-11-24", "integrity", "row_count"))
+    deep = by_name(run_checks(investigations_checks(), "2026-11-24", "integrity", "row_count"))
     assert deep["integrity"].passed and deep["integrity"].description.startswith("Every byte re-read")
     assert deep["row_count"].passed and deep["row_count"].description == "40 records = the source's 40 at export time"
 

@@ -128,7 +128,7 @@ def test_report_asset_renders_rows_with_check_status_and_skips_unconfigured(env)
     now = datetime.now(UTC)
     history(env, now)
     defs = build_defs()
-    checks = [c for c in daily_checks if any(k.name == "freshness" for k in c.check_keys)]
+    checks = [c for c in daily_checks() if any(k.name == "freshness" for k in c.check_keys)]
     job = dg.define_asset_job("report_test_checks", selection=dg.AssetSelection.checks(*checks))
     with dg.instance_for_test() as instance:
         dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("report_test_checks").execute_in_process(

@@ -3,6 +3,7 @@ worker secret reaches it, so none can be printed), and a recover_rows filter is 
 evaluated only on the scratch copy (stacked statements, comment and parenthesis tricks are refused before
 anything runs; writes fail as read-only; the scratch server can be another one, DRILL_DATABASE_URL)."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -108,7 +109,7 @@ def test_hook_environment_is_minimal(monkeypatch):
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
     monkeypatch.setenv("PGPASSWORD", "worker-pgpassword")
     target = PgConnection.from_url("postgresql://app:p%40ss@db.internal:5433/restored")
-    hook_env, unset = hook_environment(target, ["AWS_SECRET_ACCESS_KEY", "MISSING_ONE"])
+    hook_env, unset = hook_environment(target, ["AWS_SECRET_ACCESS_KEY", "MISSING_ONE"], worker_env=os.environ)
     assert hook_env["DATABASE_URL"] == "postgresql://app:p%40ss@db.internal:5433/restored"
     assert hook_env["LC_ALL"] == "C.UTF-8"
     assert hook_env["AWS_SECRET_ACCESS_KEY"] == SECRETS["AWS_SECRET_ACCESS_KEY"]  # listed: passed through

@@ -41,8 +41,8 @@ def env(monkeypatch, tmp_path, make_database):
 
 def materialize(env, partition, *extra, start="2025-01-01"):
     cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize", "-m", "cidadao_backup_dagster.definitions",
-        "--select", "postgres_daily_backup", "--partition", partition, *extra,
+        str(Path(sys.executable).with_name("dg")), "launch", "-m", "cidadao_backup_dagster.definitions",
+        "--assets", "postgres_daily_backup", "--partition", partition, *extra,
     ]  # fmt: skip
     run_env = {**os.environ, "DAGSTER_HOME": str(env["home"]), "BACKUP_PARTITIONS_START": start}
     return subprocess.run(cmd, env=run_env, capture_output=True, text=True, cwd=env["tmp"])
@@ -120,8 +120,8 @@ def test_grace_rules_are_pure_and_configurable():
 
 def test_new_deployment_partitions_start_at_the_configured_date():
     code = (
-        "from cidadao_backup_dagster.defs.partitions import DAILY, WEEKLY, HOURLY;"
-        "print(DAILY.get_first_partition_key(), WEEKLY.get_first_partition_key(), HOURLY.get_first_partition_key())"
+        "from cidadao_backup_dagster.defs.settings import Settings; p = Settings.from_environ().partitions;"
+        "print(*(d.get_first_partition_key() for d in (p.daily, p.weekly, p.hourly)))"
     )
     env = {k: v for k, v in os.environ.items() if k != "BACKUP_PARTITIONS_START"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

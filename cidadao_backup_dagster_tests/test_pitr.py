@@ -481,27 +481,27 @@ def pitr_env(cluster, source, restore_tmp, monkeypatch) -> Path:
 def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatch):
     from cidadao_backup_dagster.defs.postgres.pitr import pitr_enabled
     from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job, build_restore_job
-    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+    from cidadao_backup_dagster.defs.sources import default_pg
 
     monkeypatch.delenv("POSTGRES_PITR", raising=False)
     assert not pitr_enabled()
     fields = (
-        build_restore_job(DEFAULT_PG)
+        build_restore_job(default_pg())
         .graph.node_named("restore_postgres_op")
         .definition.config_schema.config_type.fields
     )
     assert "target_time" not in fields and "backup" in fields
     monkeypatch.setenv("POSTGRES_PITR", "on")
     fields = (
-        build_restore_job(DEFAULT_PG)
+        build_restore_job(default_pg())
         .graph.node_named("restore_postgres_op")
         .definition.config_schema.config_type.fields
     )
     assert "target_time" in fields
-    rows = build_recover_rows_job(DEFAULT_PG).graph.node_named("recover_rows_op").definition.config_schema
+    rows = build_recover_rows_job(default_pg()).graph.node_named("recover_rows_op").definition.config_schema
     assert "as_of" in rows.config_type.fields
     monkeypatch.delenv("POSTGRES_PITR")
-    rows = build_recover_rows_job(DEFAULT_PG).graph.node_named("recover_rows_op").definition.config_schema
+    rows = build_recover_rows_job(default_pg()).graph.node_named("recover_rows_op").definition.config_schema
     assert "as_of" not in rows.config_type.fields and "where" in rows.config_type.fields
     monkeypatch.setenv("POSTGRES_PITR", "maybe")
     with pytest.raises(ConfigurationError, match="POSTGRES_PITR"):
@@ -513,20 +513,19 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
     """POSTGRES_PITR=on: the base backup and WAL archive assets, then restore_postgres with target_time."""
     import dagster as dg
 
-    from cidadao_backup_dagster.defs.partitions import WEEKLY
     from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
     from cidadao_backup_dagster.defs.recovery.jobs import build_restore_job
     from cidadao_backup_dagster.defs.resources import build_resources
-    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+    from cidadao_backup_dagster.defs.sources import default_pg
 
-    domain = pitr_defs.build(DEFAULT_PG)
-    wal, base = pitr_defs.build_wal_asset(DEFAULT_PG), pitr_defs.build_base_asset(DEFAULT_PG)
+    domain = pitr_defs.build(default_pg())
+    wal, base = pitr_defs.build_wal_asset(default_pg()), pitr_defs.build_base_asset(default_pg())
     schedules = {s.name: s.cron_schedule for s in domain.defs.schedules}
     assert schedules["postgres_wal_archive_schedule"] == "*/5 * * * *"
     resources = build_resources()
 
     insert(cluster, source, 1, 25)
-    partition = WEEKLY.get_last_partition_key()
+    partition = default_pg().partitions.weekly.get_last_partition_key()
     result = dg.materialize(
         [base],
         resources=resources,
@@ -537,7 +536,7 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
     insert(cluster, source, 26, 35)
     instant = server_now(cluster)
     cluster.sql("DELETE FROM items", source)
-    checks = pitr_defs.build_wal_checks(DEFAULT_PG, wal)
+    checks = pitr_defs.build_wal_checks(default_pg(), wal)
     result = dg.materialize([wal, *checks], resources=resources)
     assert result.success
     verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -549,7 +548,7 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
 
     target = f"{source}_asof"
     try:
-        outcome = build_restore_job(DEFAULT_PG).execute_in_process(
+        outcome = build_restore_job(default_pg()).execute_in_process(
             run_config={
                 "ops": {
                     "restore_postgres_op": {"config": {"target_time": instant.isoformat(), "target_database": target}}
@@ -583,7 +582,7 @@ def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster
     """The issue's scenario: DELETE at 18:00, recover_rows as_of 17:59 -> the rows are back in the live table."""
     from cidadao_backup_dagster.defs.recovery.jobs import build_recover_rows_job
     from cidadao_backup_dagster.defs.resources import build_resources
-    from cidadao_backup_dagster.defs.sources import DEFAULT_PG
+    from cidadao_backup_dagster.defs.sources import default_pg
 
     work = pitr_env
     storage = LocalStorage(restore_tmp / "backups")
@@ -596,7 +595,7 @@ def test_recover_rows_as_of_brings_deleted_rows_back_into_the_live_table(cluster
     insert(cluster, source, 51, 55)  # written after the DELETE: stays
     archive_wal(conn, storage, source=source, settings=SETTINGS)
 
-    job = build_recover_rows_job(DEFAULT_PG)
+    job = build_recover_rows_job(default_pg())
     config = {"table": "items", "where": "id <= 50", "as_of": instant.isoformat(), "dry_run": False}
     outcome = job.execute_in_process(
         run_config={"ops": {"recover_rows_op": {"config": config}}}, resources=build_resources()

@@ -321,7 +321,7 @@ def test_post_restore_command_sees_the_restored_database(demo_source, pg_admin_u
 
 
 def test_restore_job_from_the_cli_with_a_config_file(demo_source, env, tmp_path, pg_admin_url, drop_later):
-    """`dagster job execute -c config.yaml`, the Launchpad's twin."""
+    """`dg launch --job restore_postgres -c config.yaml`, the Launchpad's twin."""
     target = unique_name("cbd_cli")
     drop_later.append(target)
     config = tmp_path / "restore.yaml"
@@ -329,8 +329,8 @@ def test_restore_job_from_the_cli_with_a_config_file(demo_source, env, tmp_path,
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
-    cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "cidadao_backup_dagster.definitions"]
-    cmd += ["-j", "restore_postgres", "-c", str(config)]
+    cmd = [str(Path(sys.executable).with_name("dg")), "launch", "-m", "cidadao_backup_dagster.definitions"]
+    cmd += ["--job", "restore_postgres", "-c", str(config)]
     out = subprocess.run(cmd, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     with psycopg.connect(url_with_dbname(pg_admin_url, target)) as conn:

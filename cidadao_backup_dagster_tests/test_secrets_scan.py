@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from dagster_slack import SlackResource
 
 from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
@@ -206,7 +205,7 @@ def test_mistyped_urls_leak_nowhere(make_database, redis_server, monkeypatch, tm
         with dg.instance_for_test(temp_dir=str(home)) as instance:
             defs = build_defs()
             alerts = AlertSettings(
-                slack=SlackResource(token=environment["SLACK_BOT_TOKEN"]),
+                slack_token=environment["SLACK_BOT_TOKEN"],
                 slack_channel="#backups",
                 slack_api_url=f"{receiver.url}/api/",
                 webhook_url=f"{receiver.url}/{hook}",
@@ -260,8 +259,8 @@ def test_mistyped_urls_leak_nowhere(make_database, redis_server, monkeypatch, tm
         (cli_home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
 
         def cli(select, partition, **env):
-            cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "cidadao_backup_dagster.definitions",
-                   "--select", ",".join(select), "--partition", partition, "--config-json", IN_PROCESS]  # fmt: skip
+            cmd = [str(Path(sys.executable).with_name("dg")), "launch", "-m", "cidadao_backup_dagster.definitions",
+                   "--assets", ",".join(select), "--partition", partition, "--config-json", IN_PROCESS]  # fmt: skip
             out = subprocess.run(cmd, env={**os.environ, "DAGSTER_HOME": str(cli_home), **env},
                                  capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
             assert "RUN_FAILURE" in out.stdout + out.stderr or "RUN_SUCCESS" in out.stdout + out.stderr, out.stderr

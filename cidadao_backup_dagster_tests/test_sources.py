@@ -12,6 +12,7 @@ import pytest
 from cidadao_backup_dagster.core.errors import ConfigurationError
 from cidadao_backup_dagster.core.sources import PostgresSourceSpec, RedisSourceSpec, load_sources
 from cidadao_backup_dagster.definitions import build_defs
+from cidadao_backup_dagster.defs.settings import Settings
 from cidadao_backup_dagster.defs.sources import PgBinding, RedisBinding
 
 from .conftest import newest_manifest_path, unique_name, url_with_dbname
@@ -56,13 +57,16 @@ def test_without_a_file_there_is_one_implicit_source_of_each():
 def test_pools_name_the_server_never_its_credentials(monkeypatch):
     monkeypatch.setenv("REPORTS_DATABASE_URL", "postgresql://app:s3cret@db.internal:6543/reports")
     monkeypatch.setenv("QUEUE_REDIS_URL", "rediss://:s3cret@queue.internal/0")
-    reports = PgBinding.of(PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL"))
-    queue = RedisBinding.of(RedisSourceSpec(name="queue", url_env="QUEUE_REDIS_URL"))
+    settings = Settings.from_environ()
+    reports = PgBinding.of(PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL"), settings)
+    queue = RedisBinding.of(RedisSourceSpec(name="queue", url_env="QUEUE_REDIS_URL"), settings)
     assert reports.pool == "postgres_dump/db.internal:6543"
     assert queue.pool == "redis_snapshot/queue.internal:6379"
-    named = PgBinding.of(PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL", server="primary"))
+    named = PgBinding.of(
+        PostgresSourceSpec(name="reports", url_env="REPORTS_DATABASE_URL", server="primary"), settings
+    )
     assert named.pool == "postgres_dump/primary"  # an explicit server groups sources behind one DNS name
-    assert PgBinding.of(PostgresSourceSpec()).pool == "postgres_dump"  # the one-source default keeps its pool
+    assert PgBinding.of(PostgresSourceSpec(), settings).pool == "postgres_dump"  # the one-source default keeps its pool
 
 
 @pytest.mark.parametrize(

@@ -75,95 +75,105 @@ def load_sources(path: str | None) -> Sources:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigurationError(VARIABLE, f"{path} is not valid YAML ({exc})", "fix the file's syntax") from None
+    return parse_sources(data, path, file=str(file))
+
+
+def parse_sources(data: object, path: str, *, file: str = "", variable: str = VARIABLE) -> Sources:
+    """The sources of a `postgres:` / `redis:` mapping read from `path` (a sources file, or a component's
+    defs.yaml): every check of the sources file applies, and errors name `variable` and `path`."""
     if not isinstance(data, dict):
-        raise ConfigurationError(VARIABLE, f"{path} must be a mapping", "write `postgres:` and/or `redis:` lists")
-    _no_unknown(path, "the top level", data, {"postgres", "redis"})
-    postgres = tuple(_parse(path, PostgresSourceSpec, "postgres", item) for item in _list(path, data, "postgres"))
-    redis = tuple(_parse(path, RedisSourceSpec, "redis", item) for item in _list(path, data, "redis"))
+        raise ConfigurationError(variable, f"{path} must be a mapping", "write `postgres:` and/or `redis:` lists")
+    _no_unknown(path, "the top level", data, {"postgres", "redis"}, variable)
+    postgres = tuple(
+        _parse(path, PostgresSourceSpec, "postgres", item, variable) for item in _list(path, data, "postgres", variable)
+    )
+    redis = tuple(
+        _parse(path, RedisSourceSpec, "redis", item, variable) for item in _list(path, data, "redis", variable)
+    )
     if not postgres and not redis:
-        raise ConfigurationError(VARIABLE, f"{path} lists no sources", "add a `postgres:` or `redis:` list")
+        raise ConfigurationError(variable, f"{path} lists no sources", "add a `postgres:` or `redis:` list")
     names = [s.name for s in (*postgres, *redis)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigurationError(
-            VARIABLE, f"{path}: source name(s) {', '.join(duplicates)} used twice", "give every source its own name"
+            variable, f"{path}: source name(s) {', '.join(duplicates)} used twice", "give every source its own name"
         )
     if sum(s.exports for s in postgres) > 1:
-        raise ConfigurationError(VARIABLE, f"{path}: more than one source has `exports: true`", "mark only one")
-    return Sources(postgres=postgres, redis=redis, file=str(file))
+        raise ConfigurationError(variable, f"{path}: more than one source has `exports: true`", "mark only one")
+    return Sources(postgres=postgres, redis=redis, file=file or path)
 
 
-def _list(path: str, data: dict, kind: str) -> list[dict]:
+def _list(path: str, data: dict, kind: str, variable: str) -> list[dict]:
     items = data.get(kind) or []
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ConfigurationError(VARIABLE, f"{path}: `{kind}` must be a list of mappings", "write `- name: ...` items")
+        raise ConfigurationError(variable, f"{path}: `{kind}` must be a list of mappings", "write `- name: ...` items")
     return items
 
 
-def _no_unknown(path: str, where: str, item: dict, known: set[str]) -> None:
+def _no_unknown(path: str, where: str, item: dict, known: set[str], variable: str) -> None:
     unknown = sorted(set(item) - known)
     if unknown:
         raise ConfigurationError(
-            VARIABLE, f"{path}: unknown key(s) {', '.join(unknown)} in {where}", f"use only {', '.join(sorted(known))}"
+            variable, f"{path}: unknown key(s) {', '.join(unknown)} in {where}", f"use only {', '.join(sorted(known))}"
         )
 
 
-def _parse(path: str, spec_type, kind: str, item: dict):
+def _parse(path: str, spec_type, kind: str, item: dict, variable: str):
     name = item.get("name")
     where = f"{kind} source {name!r}" if name else f"a {kind} source"
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigurationError(
-            VARIABLE,
+            variable,
             f"{path}: {where} needs a `name` of lowercase letters, digits and _ starting with a letter",
             "e.g. name: cidadao (it becomes part of asset keys and job names, so keep it stable)",
         )
     known = {f.name for f in fields(spec_type)}
     if "url" in item:
         raise ConfigurationError(
-            VARIABLE,
+            variable,
             f"{path}: {where} has a `url`; the file must not hold connection strings (they carry passwords)",
             "put the URL in an environment variable and name it with url_env: MY_DATABASE_URL",
         )
-    _no_unknown(path, where, item, known)
+    _no_unknown(path, where, item, known, variable)
     values = {"storage_prefix": name, **item}  # each listed source in its own folder unless told otherwise
     types = {f.name: f.type for f in fields(spec_type)}  # "str" | "float" | "bool" (postponed annotations)
     for key, value in item.items():
         if types[key] == "bool":
             if not isinstance(value, bool):
-                raise ConfigurationError(VARIABLE, f"{path}: {where}: {key} must be true or false", "fix the value")
+                raise ConfigurationError(variable, f"{path}: {where}: {key} must be true or false", "fix the value")
         elif types[key] == "float":
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(
-                    VARIABLE, f"{path}: {where}: {key} must be a positive number of days", f"e.g. {key}: 7"
+                    variable, f"{path}: {where}: {key} must be a positive number of days", f"e.g. {key}: 7"
                 )
             values[key] = float(value)
         elif not isinstance(value, str):
-            raise ConfigurationError(VARIABLE, f"{path}: {where}: {key} must be a string", f"quote it: {key}: '...'")
+            raise ConfigurationError(variable, f"{path}: {where}: {key} must be a string", f"quote it: {key}: '...'")
     spec = spec_type(**values)
     if not ENV_NAME.match(spec.url_env):
         raise ConfigurationError(
-            VARIABLE, f"{path}: {where}: url_env {spec.url_env!r} is not a variable name", "e.g. ANALYTICS_DATABASE_URL"
+            variable, f"{path}: {where}: url_env {spec.url_env!r} is not a variable name", "e.g. ANALYTICS_DATABASE_URL"
         )
     for key in [f.name for f in fields(spec) if f.name.endswith("_schedule")]:
-        _check_cron(path, where, key, getattr(spec, key))
+        _check_cron(path, where, key, getattr(spec, key), variable)
     if spec.storage_prefix.strip("/") != spec.storage_prefix or ".." in spec.storage_prefix.split("/"):
         raise ConfigurationError(
-            VARIABLE,
+            variable,
             f"{path}: {where}: storage_prefix {spec.storage_prefix!r} is not a relative path",
             "e.g. analytics",
         )
     if isinstance(spec, RedisSourceSpec) and spec.mode not in ("", *REDIS_MODES):
-        raise ConfigurationError(VARIABLE, f"{path}: {where}: mode {spec.mode!r}", f"use {', '.join(REDIS_MODES)}")
+        raise ConfigurationError(variable, f"{path}: {where}: mode {spec.mode!r}", f"use {', '.join(REDIS_MODES)}")
     return spec
 
 
 CRON_FIELD = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
 
 
-def _check_cron(path: str, where: str, key: str, value: str) -> None:
+def _check_cron(path: str, where: str, key: str, value: str, variable: str = VARIABLE) -> None:
     if len(value.split()) != 5 or not all(CRON_FIELD.match(f) for f in value.split()):
         raise ConfigurationError(
-            VARIABLE, f"{path}: {where}: {key} {value!r} is not a 5-field cron expression", "e.g. '0 3 * * *'"
+            variable, f"{path}: {where}: {key} {value!r} is not a 5-field cron expression", "e.g. '0 3 * * *'"
         )
 
 

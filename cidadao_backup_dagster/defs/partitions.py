@@ -1,11 +1,12 @@
 """Partitions of the snapshot-type assets (PostgreSQL daily/weekly, Redis hourly, the weekly agent_instances
 CSV) and the late-partition guard they all run first.
 
-The first partition is BACKUP_PARTITIONS_START (YYYY-MM-DD, set at deploy time): a new deployment then shows
-no wall of "missing" partitions inviting a backfill that would store today's data under old dates.
+The first partition is BACKUP_PARTITIONS_START (YYYY-MM-DD, set at deploy time; read by defs/settings.py): a new
+deployment then shows no wall of "missing" partitions inviting a backfill that would store today's data under old
+dates.
 """
 
-import os
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import dagster as dg
@@ -19,8 +20,7 @@ START_VARIABLE = "BACKUP_PARTITIONS_START"
 DEFAULT_START = "2026-11-01"  # the release that introduced it; deployments set their own go-live date
 
 
-def partitions_start() -> date:
-    text = os.getenv(START_VARIABLE, "").strip() or DEFAULT_START
+def parse_start(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
@@ -29,11 +29,20 @@ def partitions_start() -> date:
         ) from None
 
 
-_START = partitions_start()
-_FIRST_SUNDAY = _START + timedelta(days=(6 - _START.weekday()) % 7)
-DAILY = dg.DailyPartitionsDefinition(start_date=_START.isoformat(), timezone="UTC")
-WEEKLY = dg.WeeklyPartitionsDefinition(start_date=_FIRST_SUNDAY.isoformat(), day_offset=0, timezone="UTC")
-HOURLY = dg.HourlyPartitionsDefinition(start_date=f"{_START.isoformat()}-00:00", timezone="UTC")
+@dataclass(frozen=True)
+class BackupPartitions:
+    daily: dg.DailyPartitionsDefinition
+    weekly: dg.WeeklyPartitionsDefinition  # Sunday-to-Saturday, from the first Sunday on or after the start
+    hourly: dg.HourlyPartitionsDefinition
+
+
+def backup_partitions(start: date) -> BackupPartitions:
+    first_sunday = start + timedelta(days=(6 - start.weekday()) % 7)
+    return BackupPartitions(
+        daily=dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC"),
+        weekly=dg.WeeklyPartitionsDefinition(start_date=first_sunday.isoformat(), day_offset=0, timezone="UTC"),
+        hourly=dg.HourlyPartitionsDefinition(start_date=f"{start.isoformat()}-00:00", timezone="UTC"),
+    )
 
 
 class SnapshotConfig(dg.Config):

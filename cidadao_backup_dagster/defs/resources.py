@@ -1,8 +1,8 @@
-"""Resources: every setting comes from the environment through `dg.EnvVar`, validated where it is used,
-with errors that name the variable and the fix."""
+"""Resources: every setting comes from the environment through `dg.EnvVar` (set up by `build_resources` from the
+Settings read when the definitions are built), validated where it is used, with errors that name the variable
+and the fix."""
 
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -24,16 +24,10 @@ from ..core.secrets import (
     register_file,
     register_secret,
 )
-from ..core.sources import PostgresSourceSpec, RedisSourceSpec, Sources
+from ..core.sources import PostgresSourceSpec, RedisSourceSpec
 
-DEFAULT_LOCAL_STORAGE = Path(os.getenv("XDG_DATA_HOME", "~/.local/share")).expanduser() / "cidadao-backups"
-
-
-def env_or(variable: str, default, *, as_int: bool = False):
-    """`dg.EnvVar(variable)` when it is set (the UI then shows where the value came from), else `default`."""
-    if os.getenv(variable) in (None, ""):
-        return default
-    return dg.EnvVar.int(variable) if as_int else dg.EnvVar(variable)
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class PostgresSource(dg.ConfigurableResource):
@@ -70,6 +64,20 @@ class PostgresSource(dg.ConfigurableResource):
         return self.pg_bin_dir or ClientDirs.parse(self.pg_bin_dirs)
 
 
+class S3Settings(dg.Config):
+    """How the S3 client is made (dagster-aws's S3Resource builds it). Plain config rather than a nested resource:
+    Dagster 1.13 initializes nested resources through the deprecated InitResourceContext.dagster_run."""
+
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (AWS_ENDPOINT_URL); None = AWS")
+    region_name: str | None = Field(default=None, description="Region (AWS_DEFAULT_REGION, else AWS_REGION)")
+    max_attempts: int = Field(default=10, description="botocore 'standard' retries: 5xx, SlowDown, throttling")
+
+    def get_client(self):
+        return S3Resource(
+            endpoint_url=self.endpoint_url, region_name=self.region_name, max_attempts=self.max_attempts
+        ).get_client()
+
+
 class BackupStorage(dg.ConfigurableResource):
     """Where artifacts go: `s3://bucket/prefix` (AWS S3, Supabase Storage, MinIO, R2) or `file:///path`."""
 
@@ -87,7 +95,7 @@ class BackupStorage(dg.ConfigurableResource):
         default="", description="KMS key id, ARN or alias for aws:kms (BACKUP_S3_SSE_KMS_KEY_ID); empty = aws/s3"
     )
     sse_variable: str = Field(default="BACKUP_S3_SSE", description="Environment variable named in SSE errors")
-    s3: S3Resource
+    s3: S3Settings = Field(default_factory=S3Settings, description="The S3 client's endpoint, region and retries")
 
     def open(self) -> Storage:
         if not self.url:
@@ -308,7 +316,7 @@ class AlertSettings(dg.ConfigurableResource):
     """Where the alert sensors send notifications: Slack (dagster-slack, a bot token and a channel), a generic
     webhook (JSON POST), both, or neither (then alerts are only logged in the sensors' ticks)."""
 
-    slack: SlackResource
+    slack_token: str = Field(default="", description="Slack bot token, xoxb-... with chat:write (SLACK_BOT_TOKEN)")
     slack_channel: str = Field(default="", description="Slack channel, e.g. #backups or C0123456 (SLACK_CHANNEL)")
     webhook_url: str = Field(
         default="", description="Generic webhook receiving a JSON POST per alert (ALERT_WEBHOOK_URL)"
@@ -328,7 +336,7 @@ class AlertSettings(dg.ConfigurableResource):
 
     def channels(self) -> Channels:
         """The configured channels; a half-configured Slack or a malformed URL is a ConfigurationError."""
-        token, channel = self.slack.token.strip(), self.slack_channel.strip()
+        token, channel = self.slack_token.strip(), self.slack_channel.strip()
         self.secrets()  # registers the token and the webhook URL for redaction
         if token and not channel:
             raise ConfigurationError("SLACK_CHANNEL", "is not set but SLACK_BOT_TOKEN is", "set #channel or its id")
@@ -341,7 +349,7 @@ class AlertSettings(dg.ConfigurableResource):
             raise ConfigurationError("ALERT_WEBHOOK_URL", "is not an http(s) URL", "set https://host/path")
         post = None
         if token:
-            client = self.slack.get_client()
+            client = SlackResource(token=token).get_client()
             if self.slack_api_url:
                 client.base_url = self.slack_api_url.rstrip("/") + "/"
 
@@ -358,7 +366,7 @@ class AlertSettings(dg.ConfigurableResource):
 
     def secrets(self) -> tuple[str, ...]:
         """The Slack token and the webhook URL (registered for redaction as well)."""
-        found = tuple(s for s in (self.slack.token.strip(), self.webhook_url.strip()) if s)
+        found = tuple(s for s in (self.slack_token.strip(), self.webhook_url.strip()) if s)
         for secret in found:
             register_secret(secret)
         return found
@@ -367,15 +375,20 @@ class AlertSettings(dg.ConfigurableResource):
         return f"{self.dagster_url.rstrip('/')}/{path.lstrip('/')}" if self.dagster_url.strip() else None
 
 
-def build_resources(sources: Sources | None = None) -> dict[str, dg.ConfigurableResource]:
-    """Shared resources, and per source of `sources` (default: one from DATABASE_URL and one from REDIS_URL)
-    its connection and its storage (the shared URLs with the source's storage_prefix)."""
-    sources = sources or Sources()
+def build_resources(settings: "Settings | None" = None) -> dict[str, dg.ConfigurableResource]:
+    """Shared resources, and per source of `settings.sources` (default: one from DATABASE_URL and one from
+    REDIS_URL) its connection and its storage (the shared URLs with the source's storage_prefix). `settings`
+    defaults to the environment now (tests and tools that build resources alone)."""
+    if settings is None:
+        from .settings import Settings
+
+        settings = Settings.from_environ()
+    sources, env_or = settings.sources, settings.env_or
     # Every secret of the environment is known before anything runs: whatever message carries one masks it.
-    register_environment(os.environ)
-    register_file(os.getenv("BACKUP_AGE_IDENTITY_FILE"))
+    register_environment(settings.environ)
+    register_file(settings.get("BACKUP_AGE_IDENTITY_FILE") or None)
     install_log_redaction()
-    s3 = S3Resource(
+    s3 = S3Settings(
         endpoint_url=env_or("AWS_ENDPOINT_URL", None),
         region_name=env_or("AWS_DEFAULT_REGION", env_or("AWS_REGION", None)),
         max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
@@ -383,7 +396,7 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
 
     def storage(prefix: str = "") -> BackupStorage:
         return BackupStorage(
-            url=env_or("BACKUP_STORAGE_URL", f"file://{DEFAULT_LOCAL_STORAGE}"),
+            url=env_or("BACKUP_STORAGE_URL", f"file://{settings.local_storage}"),
             variable="BACKUP_STORAGE_URL",
             prefix=prefix,
             s3_sse=env_or("BACKUP_S3_SSE", "AES256"),
@@ -391,7 +404,7 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
             s3=s3,
         )
 
-    offsite_sse = "OFFSITE_S3_SSE" if os.getenv("OFFSITE_S3_SSE") else "BACKUP_S3_SSE"
+    offsite_sse = "OFFSITE_S3_SSE" if settings.get("OFFSITE_S3_SSE") else "BACKUP_S3_SSE"
 
     def offsite(prefix: str = "") -> BackupStorage:
         return BackupStorage(
@@ -457,7 +470,7 @@ def build_resources(sources: Sources | None = None) -> dict[str, dg.Configurable
             environment=env_or("CIDADAO_ENV", ""),
         ),
         "alerts": AlertSettings(
-            slack=SlackResource(token=env_or("SLACK_BOT_TOKEN", "")),
+            slack_token=env_or("SLACK_BOT_TOKEN", ""),
             slack_channel=env_or("SLACK_CHANNEL", ""),
             webhook_url=env_or("ALERT_WEBHOOK_URL", ""),
             min_severity=env_or("ALERT_MIN_SEVERITY", "warning"),

@@ -5,19 +5,19 @@ The implicit source (DATABASE_URL / REDIS_URL, no sources file) keeps the short 
 BACKUP_SOURCES_FILE as `analytics` gets asset `analytics/postgres_daily_backup`, job
 `analytics__restore_postgres` and resource `postgres_source__analytics`: stable as long as its name is."""
 
-import os
+from __future__ import annotations
+
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ..core.sources import (
-    PostgresSourceSpec,
-    RedisSourceSpec,
-    Sources,
-    check_distinct_series,
-    load_sources,
-    server_of,
-)
+from ..core.sources import PostgresSourceSpec, RedisSourceSpec, server_of
+from .retry import retry_policy
+
+if TYPE_CHECKING:
+    from .partitions import BackupPartitions
+    from .settings import Settings
 
 # One dump per database server at a time; dagster.yaml's pools.default_limit (1) applies to each pool.
 PG_DUMP_POOL = "postgres_dump"
@@ -25,15 +25,10 @@ PG_DUMP_POOL = "postgres_dump"
 REDIS_SNAPSHOT_POOL = "redis_snapshot"
 
 
-def configured_sources() -> Sources:
-    sources = load_sources(os.getenv("BACKUP_SOURCES_FILE", ""))
-    check_distinct_series(sources, dict(os.environ))
-    return sources
-
-
 @dataclass(frozen=True)
 class Binding:
     name: str  # "" for the implicit source
+    settings: Settings  # partitions, retries and the environment the definitions are built from
 
     @property
     def key_prefix(self) -> list[str]:
@@ -69,20 +64,30 @@ class Binding:
     def storage(self, resources):
         return getattr(resources, self.storage_key)
 
+    @property
+    def partitions(self) -> BackupPartitions:
+        return self.settings.partitions
+
+    def retry_policy(self, default_delay_s: float) -> dg.RetryPolicy:
+        return retry_policy(self.settings, default_delay_s)
+
+    def _server(self, server: str, url_env: str, default_port: int) -> str:
+        return server or server_of(self.settings.get(url_env), default_port)
+
 
 @dataclass(frozen=True)
 class PgBinding(Binding):
     spec: PostgresSourceSpec = PostgresSourceSpec()
 
     @classmethod
-    def of(cls, spec: PostgresSourceSpec) -> "PgBinding":
-        return cls(spec.name, spec)
+    def of(cls, spec: PostgresSourceSpec, settings: Settings) -> PgBinding:
+        return cls(spec.name, settings, spec)
 
     @property
     def pool(self) -> str:
         if not self.name:
             return PG_DUMP_POOL
-        return f"{PG_DUMP_POOL}/{self.spec.server or server_of(os.getenv(self.spec.url_env, ''), 5432)}"
+        return f"{PG_DUMP_POOL}/{self._server(self.spec.server, self.spec.url_env, 5432)}"
 
     @property
     def source_key(self) -> str:
@@ -108,14 +113,14 @@ class RedisBinding(Binding):
     spec: RedisSourceSpec = RedisSourceSpec()
 
     @classmethod
-    def of(cls, spec: RedisSourceSpec) -> "RedisBinding":
-        return cls(spec.name, spec)
+    def of(cls, spec: RedisSourceSpec, settings: Settings) -> RedisBinding:
+        return cls(spec.name, settings, spec)
 
     @property
     def pool(self) -> str:
         if not self.name:
             return REDIS_SNAPSHOT_POOL
-        return f"{REDIS_SNAPSHOT_POOL}/{self.spec.server or server_of(os.getenv(self.spec.url_env, ''), 6379)}"
+        return f"{REDIS_SNAPSHOT_POOL}/{self._server(self.spec.server, self.spec.url_env, 6379)}"
 
     @property
     def source_key(self) -> str:
@@ -129,8 +134,11 @@ class RedisBinding(Binding):
         return getattr(resources, self.source_key)
 
 
-DEFAULT_PG = PgBinding.of(PostgresSourceSpec())
-DEFAULT_REDIS = RedisBinding.of(RedisSourceSpec())
+def default_pg(settings: Settings | None = None) -> PgBinding:
+    """The implicit DATABASE_URL source, with settings from the environment now unless given (tests, tools)."""
+    from .settings import Settings
+
+    return PgBinding.of(PostgresSourceSpec(), settings or Settings.from_environ())
 
 
 @dataclass

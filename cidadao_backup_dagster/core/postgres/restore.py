@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -326,6 +326,7 @@ def restore_backup(
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
     post_restore_env: Sequence[str] = (),
+    worker_env: Mapping[str, str] | None = None,
     identities: list | None = None,
     run_id: str = "",
     say: Logger = log.info,
@@ -374,7 +375,7 @@ def restore_backup(
     if replaced:
         say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
     if post_restore_command:  # only against the swapped-in database, under its final name
-        _post_restore(post_restore_command, target, post_restore_workdir, post_restore_env, replaced, say)
+        _post_restore(post_restore_command, target, post_restore_workdir, post_restore_env, replaced, say, worker_env)
     return RestoreResult(
         target=target.display(),
         partition=manifest.partition,
@@ -423,10 +424,18 @@ def _restore_verified(
 
 
 def _post_restore(
-    command: str, target: PgConnection, workdir: str | None, passthrough: Sequence[str], replaced: str, say: Logger
+    command: str,
+    target: PgConnection,
+    workdir: str | None,
+    passthrough: Sequence[str],
+    replaced: str,
+    say: Logger,
+    worker_env: Mapping[str, str] | None,
 ) -> None:
     try:
-        run_post_restore(command, target, workdir=workdir, passthrough=passthrough, say=say)
+        run_post_restore(
+            command, target, workdir=workdir, passthrough=passthrough, worker_env=worker_env or {}, say=say
+        )
     except BackupError as exc:
         kept = f"; the previous database is kept as {replaced}" if replaced else ""
         raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
@@ -460,15 +469,18 @@ def check_hook_variables(names: Sequence[str]) -> None:
         )
 
 
-def hook_environment(target: PgConnection, passthrough: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+def hook_environment(
+    target: PgConnection, passthrough: Sequence[str] = (), *, worker_env: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
     """The post-restore hook's whole environment: PATH, HOME, LANG (LC_ALL when set), DATABASE_URL of the restored
     database (its password inside the URL, nowhere else), and the variables the operator named in `passthrough`.
     Never the worker's secrets (Slack token, webhook URL, AWS and Redis credentials, the source's URL).
-    Returns (environment, names asked for but not set)."""
+    `worker_env` is the worker's environment, passed in by the caller. Returns (environment, names asked for but
+    not set)."""
     check_hook_variables(passthrough)
-    env = {name: os.environ[name] for name in (*HOOK_BASE_VARIABLES, *passthrough) if name in os.environ}
+    env = {name: worker_env[name] for name in (*HOOK_BASE_VARIABLES, *passthrough) if name in worker_env}
     env["DATABASE_URL"] = target.url_with_password()
-    return env, [name for name in passthrough if name not in os.environ]
+    return env, [name for name in passthrough if name not in worker_env]
 
 
 def run_post_restore(
@@ -477,11 +489,12 @@ def run_post_restore(
     *,
     workdir: str | None,
     passthrough: Sequence[str] = (),
+    worker_env: Mapping[str, str],
     say: Logger,
 ) -> None:
     """Run e.g. `alembic upgrade head` with DATABASE_URL pointing at the restored database, in a minimal
     environment (see hook_environment); its output is shown with the target's password masked."""
-    env, unset = hook_environment(target, passthrough)
+    env, unset = hook_environment(target, passthrough, worker_env=worker_env)
     say(f"Running post-restore command: {command}")
     if unset:
         say(f"post_restore_env: {', '.join(unset)} not set in the worker's environment; the command runs without")

@@ -2,7 +2,7 @@
 pool as a weekly gzip CSV snapshot. The work is in `core.exports`; this module only declares."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -14,19 +14,18 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.exports.export import export_partitions
 from ...core.exports.spec import ExportSchemaError, ExportSpec, ResolvedTable, Window
 from ..failures import failure
-from ..partitions import WEEKLY, SnapshotConfig, guard_late
+from ..partitions import SnapshotConfig, guard_late
 from ..resources import BackupEncryption, BackupPolicy, BackupStorage, PostgresSource
-from ..retry import retry_policy
+from ..sources import PgBinding
 from .resources import ExportPolicy
 
 # BackfillPolicy is beta in Dagster 1.13, used deliberately: a backfilled month is one run and one snapshot.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 # Investigations are dated by created_at; the first daily partition is the start of the strategy's year.
-# Older rows (if a deployment has them) need an earlier start here.
-DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
-
-RETRY = retry_policy(default_delay_s=120)
+# Older rows (if a deployment has them) need an earlier start here. (Not BACKUP_PARTITIONS_START: this export
+# reads rows by their date, and a new deployment's database already holds the earlier ones.)
+DAILY_START = "2025-01-01"
 
 
 @dataclass(frozen=True)
@@ -35,11 +34,11 @@ class ExportAssetSpec:
 
     asset_name: str
     cadence: str  # path segment in storage: daily | weekly
-    partitions_def: dg.TimeWindowPartitionsDefinition
     time_partitioned: bool  # rows of the partition's window (daily) vs a full snapshot per partition (weekly)
     warn_age_field: str
     error_age_field: str
     description: str
+    partitions_def: dg.TimeWindowPartitionsDefinition | None = None  # set by `specs_for`
 
     def export_spec(self, policy: ExportPolicy) -> ExportSpec:
         return policy.investigations_spec() if self.time_partitioned else policy.agent_instances_spec()
@@ -48,7 +47,6 @@ class ExportAssetSpec:
 INVESTIGATIONS = ExportAssetSpec(
     asset_name="investigations_json_export",
     cadence="daily",
-    partitions_def=DAILY,
     time_partitioned=True,
     warn_age_field="daily_warn_age_hours",
     error_age_field="daily_error_age_hours",
@@ -63,7 +61,6 @@ INVESTIGATIONS = ExportAssetSpec(
 AGENT_INSTANCES = ExportAssetSpec(
     asset_name="agent_instances_csv_export",
     cadence="weekly",
-    partitions_def=WEEKLY,
     time_partitioned=False,
     warn_age_field="weekly_warn_age_hours",
     error_age_field="weekly_error_age_hours",
@@ -73,6 +70,15 @@ AGENT_INSTANCES = ExportAssetSpec(
         "the week ends. Same storage, manifest and row-count path as the daily JSON export."
     ),
 )
+
+
+def specs_for(binding: PgBinding) -> tuple[ExportAssetSpec, ExportAssetSpec]:
+    """(investigations, agent_instances) with their partitions: daily from DAILY_START, weekly the backups'."""
+    daily = dg.DailyPartitionsDefinition(start_date=DAILY_START, timezone="UTC")
+    return (
+        replace(INVESTIGATIONS, partitions_def=daily),
+        replace(AGENT_INSTANCES, partitions_def=binding.partitions.weekly),
+    )
 
 
 def series_for(spec: ExportAssetSpec, source: PostgresSource, policy: ExportPolicy) -> str:
@@ -115,7 +121,8 @@ def export_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
     return meta
 
 
-def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
+def build_export_asset(spec: ExportAssetSpec, binding: PgBinding) -> dg.AssetsDefinition:
+    """One export asset; its keys and names carry no source prefix (it reads `postgres_source`)."""
     @dg.asset(
         name=spec.asset_name,
         group_name="exports",
@@ -127,7 +134,7 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
         # One run per export at a time (dagster.yaml: default pool limit 1, run granularity): two runs
         # rewriting the same partition could delete each other's new object.
         pool=spec.asset_name,
-        retry_policy=RETRY,
+        retry_policy=binding.retry_policy(120),
         description=spec.description,
         tags={"cidadao/domain": "exports"},
     )
@@ -224,6 +231,3 @@ def build_export_asset(spec: ExportAssetSpec) -> dg.AssetsDefinition:
 
     return _export
 
-
-investigations_json_export = build_export_asset(INVESTIGATIONS)
-agent_instances_csv_export = build_export_asset(AGENT_INSTANCES)

@@ -3,12 +3,18 @@ limits of its checks. Deployments whose schema differs from the strategy's set t
 the values are parsed when a run starts, and the table and columns are checked against the database
 before anything is written."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from pydantic import Field
 
 from ...core.errors import ConfigurationError
 from ...core.exports.spec import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec, parse_columns, parse_table
-from ..resources import env_or
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 class ExportPolicy(dg.ConfigurableResource):
@@ -74,9 +80,10 @@ class ExportPolicy(dg.ConfigurableResource):
         return ExportSettings(gzip_level=self.gzip_level)
 
 
-def build_export_resources() -> dict[str, dg.ConfigurableResource]:
+def build_export_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Read when the definitions are built, like `build_resources()`: a variable set then is shown in the UI
     as coming from the environment; an unset one leaves the strategy's default."""
+    env_or = settings.env_or
     return {
         "export_policy": ExportPolicy(
             investigations_table=env_or("INVESTIGATIONS_EXPORT_TABLE", "investigations"),

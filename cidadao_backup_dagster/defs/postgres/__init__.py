@@ -1,12 +1,16 @@
 """PostgreSQL backups: per source, a daily and a weekly offsite asset with their checks, jobs and schedules."""
 
+from dataclasses import replace
+
 import dagster as dg
 
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.postgres.drill import newest_passing_report
+from ...core.sources import PostgresSourceSpec
 from ..protection.classes import ArtifactClass
 from ..schedules import latest_partition_schedule, source_asset_job
-from ..sources import DEFAULT_PG, DomainDefs, PgBinding
+from ..settings import Settings
+from ..sources import DomainDefs, PgBinding
 from .assets import DAILY_SPEC, WEEKLY_SPEC, build_backup_asset, series_for
 from .checks import build_backup_checks
 from .on_demand import build_on_demand_job, on_demand_series
@@ -18,8 +22,10 @@ def _is_freshness(checks_def) -> bool:
 
 def build(binding: PgBinding) -> DomainDefs:
     spec = binding.spec
-    daily, weekly = build_backup_asset(DAILY_SPEC, binding), build_backup_asset(WEEKLY_SPEC, binding)
-    daily_checks, weekly_checks = build_backup_checks(DAILY_SPEC, binding), build_backup_checks(WEEKLY_SPEC, binding)
+    daily_spec = replace(DAILY_SPEC, partitions_def=binding.partitions.daily)
+    weekly_spec = replace(WEEKLY_SPEC, partitions_def=binding.partitions.weekly)
+    daily, weekly = build_backup_asset(daily_spec, binding), build_backup_asset(weekly_spec, binding)
+    daily_checks, weekly_checks = build_backup_checks(daily_spec, binding), build_backup_checks(weekly_spec, binding)
     daily_job = source_asset_job(
         binding,
         "postgres_daily_backup_job",
@@ -81,14 +87,14 @@ def build(binding: PgBinding) -> DomainDefs:
                 latest_partition_schedule(
                     binding.named("postgres_daily_backup_schedule"),
                     daily_job,
-                    DAILY_SPEC.partitions_def,
+                    daily_spec.partitions_def,
                     spec.daily_schedule,
                     "Daily backup of the UTC day that just ended.",
                 ),
                 latest_partition_schedule(
                     binding.named("postgres_weekly_offsite_backup_schedule"),
                     weekly_job,
-                    WEEKLY_SPEC.partitions_def,
+                    weekly_spec.partitions_def,
                     spec.weekly_schedule,
                     "Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
                 ),
@@ -103,10 +109,9 @@ def build(binding: PgBinding) -> DomainDefs:
     )
 
 
-# The implicit source's definitions, for tests and tools that pick single checks.
-default = build(DEFAULT_PG)
-daily_checks = [
-    c
-    for c in default.defs.asset_checks
-    if all(k.asset_key == DEFAULT_PG.key(DAILY_SPEC.asset_name) for k in c.check_keys)
-]
+def daily_checks(settings: Settings | None = None) -> list[dg.AssetChecksDefinition]:
+    """The implicit source's daily-backup checks (built from the environment now), for tests and tools that
+    pick single checks."""
+    binding = PgBinding.of(PostgresSourceSpec(), settings or Settings.from_environ())
+    built = build(binding).defs.asset_checks or []
+    return [c for c in built if all(k.asset_key == binding.key(DAILY_SPEC.asset_name) for k in c.check_keys)]

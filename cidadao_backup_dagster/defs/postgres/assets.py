@@ -11,12 +11,9 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.backup import backup_postgres
 from ..audit import audited
 from ..failures import failure
-from ..partitions import DAILY, WEEKLY, SnapshotConfig, guard_late, late_metadata
+from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..resources import BackupStorage, PostgresSource
-from ..retry import retry_policy
 from ..sources import PgBinding
-
-RETRY = retry_policy(default_delay_s=120)
 
 
 @dataclass(frozen=True)
@@ -25,9 +22,9 @@ class BackupSpec:
 
     asset_name: str
     cadence: str  # path segment in storage: daily | weekly
-    partitions_def: dg.TimeWindowPartitionsDefinition
     offsite: bool  # written to offsite_storage instead of backup_storage
     description: str
+    partitions_def: dg.TimeWindowPartitionsDefinition | None = None  # per binding, from its settings
 
     def storage(self, binding: PgBinding, resources) -> BackupStorage:
         return binding.offsite(resources) if self.offsite else binding.storage(resources)
@@ -39,7 +36,6 @@ class BackupSpec:
 DAILY_SPEC = BackupSpec(
     asset_name="postgres_daily_backup",
     cadence="daily",
-    partitions_def=DAILY,
     offsite=False,
     description=(
         "Daily `pg_dump --format=custom` of DATABASE_URL taken from an exported snapshot, zstd-compressed and "
@@ -50,7 +46,6 @@ DAILY_SPEC = BackupSpec(
 WEEKLY_SPEC = BackupSpec(
     asset_name="postgres_weekly_offsite_backup",
     cadence="weekly",
-    partitions_def=WEEKLY,
     offsite=True,
     description=(
         "Weekly backup (Sunday-to-Saturday partitions) written to OFFSITE_STORAGE_URL: the strategy's manual "
@@ -95,7 +90,7 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
         partitions_def=spec.partitions_def,
         kinds={"postgres", "s3"},
         pool=binding.pool,
-        retry_policy=RETRY,
+        retry_policy=binding.retry_policy(120),
         description=spec.description + (f" Source `{binding.name}` ({binding.spec.url_env})." if binding.name else ""),
         tags={"cidadao/domain": "postgres", **binding.tags},
         required_resource_keys={*binding.resource_keys, "backup_policy", "encryption"},

@@ -2,8 +2,6 @@
 a weekly base backup asset, and the restore-as-of-an-instant path `restore_postgres` takes when given a
 `target_time`. Off by default: without the variable no asset, job, schedule or config field changes."""
 
-import os
-
 import dagster as dg
 
 from ...core.artifacts.manifest import iso
@@ -15,9 +13,9 @@ from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
 from ..failures import failure
-from ..partitions import WEEKLY, SnapshotConfig, guard_late, late_metadata
-from ..retry import retry_policy
+from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..schedules import latest_partition_schedule, source_asset_job
+from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
 
 PITR_VARIABLE = "POSTGRES_PITR"
@@ -29,12 +27,11 @@ DEFAULT_WAL_CRON = "*/5 * * * *"
 DEFAULT_BASE_CRON = "0 1 * * 0"  # Sundays 01:00 UTC, before the weekly offsite dump at 02:00
 MAX_AGE_VARIABLE = "POSTGRES_WAL_MAX_AGE_MINUTES"  # RPO check: default two 5-minute intervals
 SLOT_WARN_VARIABLE = "POSTGRES_SLOT_WARN_MB"  # slot check: WARN above, ERROR above 4x
-RETRY = retry_policy(default_delay_s=60)
 
 
-def pitr_enabled() -> bool:
-    """Read when the code location loads, like the sources file."""
-    value = (os.getenv(PITR_VARIABLE) or "off").strip().lower()
+def pitr_enabled(settings: Settings | None = None) -> bool:
+    """Read when the definitions are built, like the sources file (default: the environment now)."""
+    value = ((settings or Settings.from_environ()).get(PITR_VARIABLE) or "off").strip().lower()
     if value in ("on", "true", "yes", "1"):
         return True
     if value in ("off", "false", "no", "0"):
@@ -86,7 +83,7 @@ def build_wal_asset(binding: PgBinding) -> dg.AssetsDefinition:
         group_name=binding.group("postgres"),
         kinds={"postgres", "s3"},
         pool=binding.named(WAL_ASSET),  # one archive run per source at a time; never behind a long dump
-        retry_policy=RETRY,
+        retry_policy=binding.retry_policy(60),
         description="WAL archive run: pg_receivewal from the source's physical slot up to the server's current "
         "position, resuming from the partial segment in storage; each WAL file compressed, encrypted when "
         "recipients are set, hashed, manifest last (postgres/<source>/wal/<timeline>/). Metadata: LSN range, "
@@ -121,10 +118,10 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
     @dg.asset(
         key=binding.key(BASE_ASSET),
         group_name=binding.group("postgres"),
-        partitions_def=WEEKLY,
+        partitions_def=binding.partitions.weekly,
         kinds={"postgres", "s3"},
         pool=binding.pool,  # a whole-cluster read: not at the same time as a dump of that server
-        retry_policy=RETRY,
+        retry_policy=binding.retry_policy(60),
         description="Weekly base backup for point-in-time recovery: pg_basebackup -D - -Ft -X none streamed as one "
         "tar (with its backup_manifest) through the pipeline into postgres/<source>/base/. Usable with the WAL "
         "archive from its start LSN on.",
@@ -177,8 +174,8 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
     return _base
 
 
-def _number(variable: str, default: float) -> float:
-    text = os.getenv(variable) or ""
+def _number(settings: Settings, variable: str, default: float) -> float:
+    text = settings.get(variable)
     try:
         return float(text) if text else default
     except ValueError:
@@ -186,8 +183,8 @@ def _number(variable: str, default: float) -> float:
 
 
 def build_wal_checks(binding: PgBinding, wal: dg.AssetsDefinition) -> list:
-    max_age_min = _number(MAX_AGE_VARIABLE, 10)
-    warn_mb = _number(SLOT_WARN_VARIABLE, 1024)
+    max_age_min = _number(binding.settings, MAX_AGE_VARIABLE, 10)
+    warn_mb = _number(binding.settings, SLOT_WARN_VARIABLE, 1024)
     needs = {binding.source_key, binding.storage_key}
 
     def status(context):
@@ -278,8 +275,8 @@ def build(binding: PgBinding) -> DomainDefs:
     checks = build_wal_checks(binding, wal)
     wal_job = source_asset_job(binding, "postgres_wal_archive_job", wal, "Archive the source's WAL up to now.")
     base_job = source_asset_job(binding, "postgres_base_backup_job", base, "Weekly base backup for PITR.")
-    wal_cron = os.getenv(WAL_CRON_VARIABLE) or DEFAULT_WAL_CRON
-    base_cron = os.getenv(BASE_CRON_VARIABLE) or DEFAULT_BASE_CRON
+    wal_cron = binding.settings.get(WAL_CRON_VARIABLE, DEFAULT_WAL_CRON)
+    base_cron = binding.settings.get(BASE_CRON_VARIABLE, DEFAULT_BASE_CRON)
     return DomainDefs(
         defs=dg.Definitions(
             assets=[wal, base],
@@ -297,7 +294,7 @@ def build(binding: PgBinding) -> DomainDefs:
                 latest_partition_schedule(
                     binding.named("postgres_base_backup_schedule"),
                     base_job,
-                    WEEKLY,
+                    binding.partitions.weekly,
                     base_cron,
                     "Weekly base backup of the week that just ended.",
                 ),

@@ -3,8 +3,7 @@ immutability checks), built from the classes the domains declare; and the sweepe
 
 import dagster as dg
 
-from ...core.sources import Sources
-from ..resources import env_or
+from ..settings import Settings
 from ..sources import PgBinding
 from .classes import ArtifactClass
 from .retention import RetentionSettings, build_retention_job, build_retention_schedule
@@ -18,7 +17,9 @@ def build_storage_checks_for(targets: list[tuple[dg.AssetKey, str]]) -> list[dg.
     return [c for asset_key, storage_key in targets for c in build_storage_checks(asset_key, storage_key)]
 
 
-def build_defs(classes: list[ArtifactClass], targets: list[tuple[dg.AssetKey, str]]) -> dg.Definitions:
+def build_defs(
+    classes: list[ArtifactClass], targets: list[tuple[dg.AssetKey, str]], settings: Settings
+) -> dg.Definitions:
     """Retention over `classes`; bucket checks and lifecycle over the storages in `targets`."""
     job = build_retention_job(classes)
     storage_checks = build_storage_checks_for(targets)
@@ -29,12 +30,13 @@ def build_defs(classes: list[ArtifactClass], targets: list[tuple[dg.AssetKey, st
         schedules=[build_retention_schedule(job)],
         resources={
             "retention": RetentionSettings(
-                days=env_or("BACKUP_RETENTION_DAYS", ""), min_keep=env_or("RETENTION_MIN_KEEP", 3, as_int=True)
+                days=settings.env_or("BACKUP_RETENTION_DAYS", ""),
+                min_keep=settings.env_or("RETENTION_MIN_KEEP", 3, as_int=True),
             )
         },
     )
 
 
-def build_sweeper_defs(sources: Sources) -> dg.Definitions:
+def build_sweeper_defs(settings: Settings) -> dg.Definitions:
     """`sweep_scratch` and its schedule over every PostgreSQL source's server (and the drill server)."""
-    return build_sweeper([PgBinding.of(spec) for spec in sources.postgres])
+    return build_sweeper([PgBinding.of(spec, settings) for spec in settings.sources.postgres])

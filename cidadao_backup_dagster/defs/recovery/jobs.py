@@ -127,7 +127,8 @@ def picked(manifest) -> str:
 
 
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
-    config_type = RestorePostgresAsOfConfig if pitr.pitr_enabled() else RestorePostgresConfig  # off: as before
+    as_of = pitr.pitr_enabled(binding.settings)
+    config_type = RestorePostgresAsOfConfig if as_of else RestorePostgresConfig  # off: as before
 
     @dg.op(
         name=binding.named("restore_postgres_op"),
@@ -183,6 +184,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
             post_restore_env=config.post_restore_env,
+            worker_env=binding.settings.environ,
             identities=encryption.identities(),
             run_id=context.run.run_id,
             say=context.log.info,
@@ -218,7 +220,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
 
 
 def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
-    config_type = RecoverRowsAsOfConfig if pitr.pitr_enabled() else RecoverRowsConfig  # off: as before
+    config_type = RecoverRowsAsOfConfig if pitr.pitr_enabled(binding.settings) else RecoverRowsConfig  # off: as before
 
     @dg.op(
         name=binding.named("recover_rows_op"),

@@ -10,14 +10,11 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import backup_redis, partition_segment, safe_name
 from ..audit import audited
 from ..failures import failure
-from ..partitions import HOURLY, SnapshotConfig, guard_late, late_metadata
+from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..resources import RedisSource
-from ..retry import retry_policy
 from ..sources import RedisBinding
 
-# UTC hours since the strategy's date. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
-
-RETRY = retry_policy(default_delay_s=60)
+# UTC hours since BACKUP_PARTITIONS_START. Keys look like 2026-11-24-13:00; storage uses 2026-11-24-1300.
 
 
 def redis_series(source: RedisSource) -> str:
@@ -54,10 +51,10 @@ def build_snapshot_asset(binding: RedisBinding) -> dg.AssetsDefinition:
     @dg.asset(
         key=binding.key("redis_snapshot"),
         group_name=binding.group("redis"),
-        partitions_def=HOURLY,
+        partitions_def=binding.partitions.hourly,
         kinds={"redis", "s3"},
         pool=binding.pool,
-        retry_policy=RETRY,
+        retry_policy=binding.retry_policy(60),
         required_resource_keys={*binding.resource_keys, "backup_policy", "encryption"},
         description=(
             "Hourly point-in-time snapshot of REDIS_URL: the RDB fetched over the replication protocol (REPLCONF + "

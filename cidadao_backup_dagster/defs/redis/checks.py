@@ -19,7 +19,7 @@ from ..artifact_checks import ArtifactSeries, SizeLimits, build_artifact_checks
 from ..audit import audited
 from ..resources import RedisSource
 from ..sources import RedisBinding
-from .assets import HOURLY, redis_series
+from .assets import redis_series
 
 SNAPSHOT_DESCRIPTIONS = {
     "integrity": "Object exists; size and SHA-256 match the manifest; the zstd stream decodes to its end; the RDB's "
@@ -51,7 +51,7 @@ def snapshot_series(binding: RedisBinding) -> ArtifactSeries:
 
     return ArtifactSeries(
         noun="snapshot",
-        partitions_def=HOURLY,
+        partitions_def=binding.partitions.hourly,
         needs=frozenset({binding.source_key, binding.storage_key}),
         open=lambda r: (binding.storage(r).open(), redis_series(binding.source(r))),
         verify=verify,

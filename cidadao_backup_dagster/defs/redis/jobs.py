@@ -17,7 +17,7 @@ from ..failures import failure
 from ..resources import RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
-from .assets import HOURLY, redis_series
+from .assets import redis_series
 
 
 def build_snapshot_job(binding: RedisBinding, asset: dg.AssetsDefinition):
@@ -31,7 +31,7 @@ def build_snapshot_job(binding: RedisBinding, asset: dg.AssetsDefinition):
     schedule = latest_partition_schedule(
         binding.named("redis_snapshot_schedule"),
         job,
-        HOURLY,
+        binding.partitions.hourly,
         binding.spec.snapshot_schedule,
         "Hourly snapshot of the UTC hour that just ended.",
     )

@@ -12,7 +12,6 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.health import persistence_incident, read_persistence
 from ..resources import RedisSource
 from ..sources import RedisBinding
-from .assets import HOURLY
 
 
 def build_persistence_sensor(binding: RedisBinding, job) -> dg.SensorDefinition:
@@ -41,7 +40,7 @@ def build_persistence_sensor(binding: RedisBinding, job) -> dg.SensorDefinition:
             return dg.SensorResult(
                 skip_reason=dg.SkipReason(f"Incident {incident_id} already has its snapshot run"), cursor=incident_id
             )
-        partition = HOURLY.get_last_partition_key()  # the hour that just ended
+        partition = binding.partitions.hourly.get_last_partition_key()  # the hour that just ended
         context.log.warning(f"Redis persistence incident {incident_id}: {reason}. Requesting a snapshot of {partition}")
         return dg.SensorResult(
             run_requests=[
