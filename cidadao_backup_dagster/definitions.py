@@ -8,6 +8,7 @@ import dagster as dg
 
 from .core.sources import Sources
 from .defs import exports, monitoring, postgres, protection, recovery, redis
+from .defs.postgres import pitr
 from .defs.resources import build_resources
 from .defs.settings import Settings
 from .defs.sources import DomainDefs, PgBinding, RedisBinding
@@ -21,6 +22,7 @@ def build_domains(settings: Settings) -> list[DomainDefs]:
     rd = [RedisBinding.of(spec, settings) for spec in sources.redis]
     return [
         *(postgres.build(b) for b in pg),
+        *(pitr.build(b) for b in pg if pitr.pitr_enabled(settings)),  # opt-in: POSTGRES_PITR=on
         *(recovery.build(b) for b in pg),
         *(redis.build(b) for b in rd),
         exports.build(PgBinding.of(sources.export_source, settings)),

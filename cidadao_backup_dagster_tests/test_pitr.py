@@ -508,6 +508,23 @@ def test_pitr_is_off_by_default_and_restore_postgres_keeps_its_config(monkeypatc
         pitr_enabled()
 
 
+def test_the_code_location_has_pitr_only_when_asked(monkeypatch, tmp_path):
+    from cidadao_backup_dagster.definitions import build_defs
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    monkeypatch.setenv("BACKUP_STORAGE_URL", f"file://{tmp_path}/backups")
+    monkeypatch.delenv("POSTGRES_PITR", raising=False)
+    names = {s.name for s in build_defs().schedules}
+    assert "postgres_wal_archive_schedule" not in names and "postgres_daily_backup_schedule" in names
+    monkeypatch.setenv("POSTGRES_PITR", "on")
+    defs = build_defs()
+    assert {"postgres_wal_archive_schedule", "postgres_base_backup_schedule"} <= {s.name for s in defs.schedules}
+    repo = defs.get_repository_def()
+    assert repo.has_job("postgres_wal_archive_job") and repo.has_job("postgres_base_backup_job")
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"postgres_wal_archive", "postgres_base_backup"} <= keys
+
+
 @pytest.mark.usefixtures("pitr_env")
 def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(cluster, source, restore_tmp):
     """POSTGRES_PITR=on: the base backup and WAL archive assets, then restore_postgres with target_time."""
