@@ -22,7 +22,7 @@ def build_domains(settings: Settings) -> list[DomainDefs]:
     rd = [RedisBinding.of(spec, settings) for spec in sources.redis]
     return [
         *(postgres.build(b) for b in pg),
-        *(pitr.build(b) for b in pg if pitr.pitr_enabled(settings)),  # opt-in: POSTGRES_PITR=on
+        *(pitr.build(b) for b in pg if pitr.pitr_for(b)),  # opt-in: pitr: true, or POSTGRES_PITR=on
         *(recovery.build(b) for b in pg),
         *(redis.build(b) for b in rd),
         exports.build(PgBinding.of(sources.export_source, settings)),

@@ -524,6 +524,24 @@ def test_the_code_location_has_pitr_only_when_asked(monkeypatch, tmp_path):
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"postgres_wal_archive", "postgres_base_backup"} <= keys
 
+    # Per source: `pitr: true` in the sources file, the others as before.
+    monkeypatch.delenv("POSTGRES_PITR")
+    (tmp_path / "sources.yaml").write_text(
+        "postgres:\n  - name: main\n    pitr: true\n  - name: other\n    url_env: OTHER_DATABASE_URL\n"
+    )
+    monkeypatch.setenv("BACKUP_SOURCES_FILE", str(tmp_path / "sources.yaml"))
+    monkeypatch.setenv("OTHER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/template1")
+    repo = build_defs().get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert "main/postgres_wal_archive" in keys and "other/postgres_wal_archive" not in keys
+
+    def restore_fields(job: str) -> set[str]:
+        op = repo.get_job(job).graph.node_named(job.replace("restore_postgres", "restore_postgres_op"))
+        return set(op.definition.config_schema.config_type.fields)
+
+    assert "target_time" in restore_fields("main__restore_postgres")
+    assert "target_time" not in restore_fields("other__restore_postgres")
+
 
 @pytest.mark.usefixtures("pitr_env")
 def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(cluster, source, restore_tmp):

@@ -49,6 +49,7 @@ class PostgresSourceModel(dg.Model, dg.Resolvable):
         _PG.server
     )
     exports: Annotated[bool, doc("The investigations / agent_instances exports read this database (one)")] = _PG.exports
+    pitr: Annotated[bool, doc("Point-in-time recovery: WAL archive and base backups (docs/pitr.md)")] = _PG.pitr
 
 
 class RedisSourceModel(dg.Model, dg.Resolvable):

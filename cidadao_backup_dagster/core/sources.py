@@ -34,6 +34,7 @@ class PostgresSourceSpec:
     weekly_retention_days: float = 30
     server: str = ""  # pool id: dumps on one server wait for each other; "" = host:port of the URL
     exports: bool = False  # the investigations / agent_instances exports read this database
+    pitr: bool = False  # point-in-time recovery (WAL archive + base backups); POSTGRES_PITR=on turns it on for all
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def pitr_enabled(settings: Settings | None = None) -> bool:
     raise ConfigurationError(PITR_VARIABLE, f"{value!r} is neither on nor off", "set it to on or off (default)")
 
 
+def pitr_for(binding: PgBinding) -> bool:
+    """PITR for this source: `pitr: true` in the sources file (or component), or POSTGRES_PITR=on for all."""
+    return binding.spec.pitr or pitr_enabled(binding.settings)
+
+
 def _inputs(context, binding: PgBinding):
     """(connection, storage, settings, encryption stage, its manifest entry) or a failure that is not retried."""
     resources = context.resources

@@ -127,7 +127,7 @@ def picked(manifest) -> str:
 
 
 def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
-    as_of = pitr.pitr_enabled(binding.settings)
+    as_of = pitr.pitr_for(binding)
     config_type = RestorePostgresAsOfConfig if as_of else RestorePostgresConfig  # off: as before
 
     @dg.op(
@@ -220,7 +220,7 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
 
 
 def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
-    config_type = RecoverRowsAsOfConfig if pitr.pitr_enabled(binding.settings) else RecoverRowsConfig  # off: as before
+    config_type = RecoverRowsAsOfConfig if pitr.pitr_for(binding) else RecoverRowsConfig  # off: as before
 
     @dg.op(
         name=binding.named("recover_rows_op"),
