@@ -38,6 +38,7 @@ from cidadao_backup_dagster.core.postgres.pitr import (
 )
 from cidadao_backup_dagster.core.postgres.pitr.health import archive_status, slot_verdict, superseded_partials
 from cidadao_backup_dagster.core.postgres.pitr.layout import WalFile
+from cidadao_backup_dagster.core.postgres.pitr.recovery import recover_data_directory
 from cidadao_backup_dagster.core.postgres.pitr.server import SlotState
 from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
@@ -457,6 +458,43 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
 
 
+def test_a_data_directory_as_of_an_instant_starts_with_the_source_settings(cluster, source, restore_tmp):
+    storage = LocalStorage(restore_tmp / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 15)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 16, 25)
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    busy = restore_tmp / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(RefusedError, match="not an empty folder"):
+        recover_data_directory(storage, source=source, target_time=instant, destination=busy, tmp_dir=str(work))
+    assert restore_dirs(work) == [] and (busy / "keep.txt").read_text() == "mine"
+
+    data, plan, recovered_to = recover_data_directory(
+        storage, source=source, target_time=instant, destination=restore_tmp / "data", tmp_dir=str(work)
+    )
+    assert restore_dirs(work) == [] and plan.stop_at_target and recovered_to <= instant
+    settings = (data / "postgresql.conf").read_text()
+    assert "Throwaway" not in settings and f"port = {cluster.port}" in settings  # the source's own settings
+    assert not (data / "recovery.signal").exists()
+    port = free_port()
+    options = f"-p {port} -k {data} -c listen_addresses=''"  # the server user owns only `data` here
+    subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-o", options, "-l", data / "start.log", "-w", "start"]),
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        kept = PgConnection({"host": str(data), "port": str(port), "dbname": source, "user": "postgres"})
+        assert ids(kept) == list(range(1, 26))
+    finally:
+        subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", data, "-m", "fast", "stop"]), capture_output=True)
+
+
 # ------------------------------------------------------------------------------------------ Dagster layer
 
 
@@ -595,6 +633,17 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
         assert ids(cluster.conn(target)) == list(range(1, 36))
         (step,) = [e for e in outcome.all_events if e.event_type_value == "STEP_OUTPUT"]
         assert step.event_specific_data.metadata["base_backup"].value == partition
+
+        # output: data_directory leaves the whole cluster as a data directory instead.
+        config = {
+            "target_time": instant.isoformat(),
+            "output": "data_directory",
+            "data_directory": str(restore_tmp / "d"),
+        }
+        outcome = build_restore_job(default_pg()).execute_in_process(
+            run_config={"ops": {"restore_postgres_op": {"config": config}}}, resources=resources
+        )
+        assert outcome.success and (restore_tmp / "d" / "PG_VERSION").read_text().strip() == "15"
     finally:
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
 

@@ -8,6 +8,7 @@ from ...core.artifacts.manifest import iso
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
 from ...core.postgres.pitr.health import archive_status, slot_verdict
+from ...core.postgres.pitr.recovery import recover_data_directory
 from ...core.postgres.pitr.server import slot_state
 from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as_of_core
 from ...core.postgres.pitr.transfer import restore_database_as_of
@@ -315,6 +316,8 @@ def build(binding: PgBinding) -> DomainDefs:
 
 def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dg.Output:
     """`restore_postgres` with a `target_time`: the database as of that instant, from base backup + WAL."""
+    if config.output == "data_directory":
+        return _data_directory(context, config, binding)
     resources = context.resources
     source = binding.source(resources)
     recovery, encryption = resources.recovery, resources.encryption
@@ -408,5 +411,37 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
             "updated": dg.MetadataValue.int(rows.updated),
             "sample": dg.MetadataValue.json(rows.sample),
             "duration_s": dg.MetadataValue.float(rows.seconds),
+        },
+    )
+
+
+def _data_directory(context, config, binding: PgBinding) -> dg.Output:
+    """`restore_postgres` with `output: data_directory`: the cluster as of `target_time`, as a data directory."""
+    resources = context.resources
+    try:
+        if not config.data_directory:
+            raise ConfigurationError(
+                "data_directory", "is empty and output is data_directory", "name an absent or empty folder"
+            )
+        path, plan, recovered_to = recover_data_directory(
+            binding.storage(resources).open(),
+            source=binding.source(resources).series_name(),
+            target_time=config.target_time,
+            destination=config.data_directory,
+            identities=resources.encryption.identities(),
+            tmp_dir=resources.recovery.scratch_dir(),
+            say=context.log.info,
+        )
+    except (BackupError, ConfigurationError) as exc:
+        raise failure(exc, allow_retries=False) from None
+    return dg.Output(
+        None,
+        metadata={
+            "target": dg.MetadataValue.path(str(path)),
+            "target_time": dg.MetadataValue.text(config.target_time),
+            "recovered_to": dg.MetadataValue.text(recovered_to.isoformat() if recovered_to else ""),
+            "base_backup": dg.MetadataValue.text(plan.base.partition),
+            "server_major": dg.MetadataValue.int(plan.server_major),
+            "wal_files": dg.MetadataValue.int(len(plan.wal)),
         },
     )

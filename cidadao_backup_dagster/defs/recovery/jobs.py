@@ -76,6 +76,13 @@ class RestorePostgresAsOfConfig(RestorePostgresConfig):
         description="Restore the database as it was at this instant (ISO 8601, UTC: 2026-11-24T17:59:00Z) from a base "
         "backup and the WAL archive (POSTGRES_PITR=on). Empty = restore the dump chosen by backup/backup_set.",
     )
+    output: Literal["database", "data_directory"] = Field(
+        default="database",
+        description="With target_time: database = into target_database on the target server; data_directory = "
+        "the whole cluster left as a data directory at `data_directory` on the worker, for a self-hosted server of "
+        "the source's major version.",
+    )
+    data_directory: str = Field(default="", description="With output: data_directory: an absent or empty folder.")
 
 
 class RecoverRowsConfig(BackupChoice):

@@ -37,6 +37,7 @@ from .wal import newest_partial
 Logger = Callable[[str], None]
 DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"  # server binaries (postgres, pg_verifybackup) of one major
 SERVER_USER = "postgres"  # initdb/postgres refuse to run as root: a root worker runs the copy as this user
+SOURCE_CONFIG = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf")  # the source's, set aside meanwhile
 
 
 @dataclass
@@ -208,13 +209,27 @@ class RecoveredServer:
             self.proc.kill()
             self.proc.wait()
 
-    def cleanup(self, keep_data_dir: bool = False) -> None:
+    def cleanup(self) -> None:
         self.stop()
-        if keep_data_dir:
-            os.sync()  # the copy ran with fsync off
-            shutil.rmtree(self.work / "wal", ignore_errors=True)
-            return
         shutil.rmtree(self.work, ignore_errors=True)
+
+    def hand_over(self, destination: Path) -> Path:
+        """Stop the copy and move its data directory to `destination` with the source's own settings back in
+        place (the throwaway ones pointed at folders that are about to go), ready for a self-hosted server of
+        the same major version. Owned by the server user."""
+        self.stop()
+        data = self.data_dir
+        for name in SOURCE_CONFIG:
+            kept = data / f"{name}.source"
+            if kept.exists():
+                kept.replace(data / name)
+            elif name == "postgresql.conf":  # the source kept it elsewhere (Debian: /etc/postgresql)
+                (data / name).write_text("# The source's settings lived outside its data directory: add yours.\n")
+            else:
+                (data / name).unlink(missing_ok=True)
+        os.sync()  # the copy ran with fsync off: everything on disk before it is handed over
+        shutil.move(str(data), str(destination))
+        return destination
 
     def __enter__(self) -> RecoveredServer:
         return self
@@ -268,6 +283,39 @@ def restore_to_instant(
     return server
 
 
+def recover_data_directory(
+    storage: Storage,
+    *,
+    source: str,
+    target_time: str | datetime,
+    destination: str | Path,
+    identities: list | None = None,
+    bin_dir: str | None = None,
+    tmp_dir: str | None = None,
+    timeout: float = 3600,
+    say: Logger = lambda _msg: None,
+) -> tuple[Path, RecoveryPlan, datetime | None]:
+    """The cluster as of `target_time`, left as a data directory at `destination` (absent or an empty folder:
+    anything else is refused before the recovery starts). Returns (path, plan, last transaction replayed)."""
+    dest = Path(destination).expanduser().resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RefusedError(f"{dest} exists and is not an empty folder: refusing to put a data directory there")
+    if not dest.parent.is_dir():
+        raise RefusedError(f"{dest.parent} does not exist: create it, or pick another data_directory")
+    server = restore_to_instant(
+        storage, source=source, target_time=target_time, identities=identities, bin_dir=bin_dir, tmp_dir=tmp_dir,
+        timeout=timeout, say=say,
+    )  # fmt: skip
+    try:
+        if dest.exists():
+            dest.rmdir()  # empty, checked above: the move puts the data directory in its place
+        path = server.hand_over(dest)
+    finally:
+        server.cleanup()
+    say(f"Data directory as of {iso(server.plan.target_time)} at {path} (PostgreSQL {server.plan.server_major})")
+    return path, server.plan, server.recovered_to
+
+
 def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities) -> None:
     data.mkdir(mode=0o700)
     tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(data)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -307,10 +355,12 @@ def _fetch_wal(storage: Storage, plan: RecoveryPlan, wal_dir: Path, identities) 
 
 def _configure(server: RecoveredServer) -> None:
     data, plan = server.data_dir, server.plan
-    auto = data / "postgresql.auto.conf"
-    if auto.exists():  # the source's ALTER SYSTEM settings (preload libraries, paths) need not exist here
-        auto.rename(data / "postgresql.auto.conf.source")
-    auto.write_text("")
+    # The source's settings (preload libraries, paths, its pg_hba) need not fit here: set aside, put back by
+    # hand_over() when the data directory is kept.
+    for name in SOURCE_CONFIG:
+        if (data / name).exists():
+            (data / name).rename(data / f"{name}.source")
+    (data / "postgresql.auto.conf").write_text("")
     (data / "standby.signal").unlink(missing_ok=True)
     (data / "recovery.signal").write_text("")
     (data / "pg_hba.conf").write_text("local all all trust\n")  # the socket's folder is private to this process
