@@ -129,7 +129,7 @@ def build_export_asset(spec: ExportAssetSpec, binding: PgBinding) -> dg.AssetsDe
         partitions_def=spec.partitions_def,
         kinds={"postgres", "json" if spec.time_partitioned else "csv"},
         # A backfill of any range is ONE run: one snapshot, one COPY per partition, per-partition results
-        # (and `dagster asset materialize --partition-range` works, which needs single_run).
+        # (and `dg launch --partition-range` works, which needs single_run).
         backfill_policy=dg.BackfillPolicy.single_run(),
         # One run per export at a time (dagster.yaml: default pool limit 1, run granularity): two runs
         # rewriting the same partition could delete each other's new object.

@@ -1,4 +1,4 @@
-"""Recovery jobs an on-call engineer launches from the Launchpad (or `dagster job execute -c config.yaml`).
+"""Recovery jobs an on-call engineer launches from the Launchpad (or `dg launch --job <name> -c config.yaml`).
 
 `restore_postgres`: the strategy's scenarios 1 (corruption) and 3 (complete loss).
 `recover_rows`: scenario 2 (accidental DELETE).
