@@ -4,6 +4,7 @@ pool as a weekly gzip CSV snapshot. The work is in `core.exports`; this module o
 import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import dagster as dg
 
@@ -33,42 +34,42 @@ class ExportAssetSpec:
     """What differs between the two exports."""
 
     asset_name: str
-    cadence: str  # path segment in storage: daily | weekly
-    time_partitioned: bool  # rows of the partition's window (daily) vs a full snapshot per partition (weekly)
-    warn_age_field: str
-    error_age_field: str
+    cadence: str  # path segment in storage: daily (rows of the partition's window) | weekly (a full snapshot)
     description: str
     partitions_def: dg.TimeWindowPartitionsDefinition | None = None  # set by `specs_for`
+
+    @property
+    def time_partitioned(self) -> bool:
+        """Rows of the partition's window (daily) vs a full snapshot per partition (weekly)."""
+        return self.cadence == "daily"
+
+    @property
+    def warn_age_field(self) -> str:  # the ExportPolicy field of its freshness limits
+        return f"{self.cadence}_warn_age_hours"
+
+    @property
+    def error_age_field(self) -> str:
+        return f"{self.cadence}_error_age_hours"
 
     def export_spec(self, policy: ExportPolicy) -> ExportSpec:
         return policy.investigations_spec() if self.time_partitioned else policy.agent_instances_spec()
 
 
 INVESTIGATIONS = ExportAssetSpec(
-    asset_name="investigations_json_export",
-    cadence="daily",
-    time_partitioned=True,
-    warn_age_field="daily_warn_age_hours",
-    error_age_field="daily_error_age_hours",
-    description=(
-        "The day's investigations (UTC, by created_at) as gzip JSON Lines: one row_to_json object per line with "
-        "id, query, status, results, metadata, created_at (INVESTIGATIONS_EXPORT_COLUMNS); timestamps ISO 8601 "
-        "with offset, jsonb nested. Streamed with COPY into BACKUP_STORAGE_URL under exports/, with the exact "
-        "row count from the same snapshot; manifest.json last. The strategy's 'last 7 days' is the union of the "
-        "last seven partitions, and the schedule re-exports those seven every day so late updates land too."
-    ),
+    "investigations_json_export",
+    "daily",
+    "The day's investigations (UTC, by created_at) as gzip JSON Lines: one row_to_json object per line with "
+    "id, query, status, results, metadata, created_at (INVESTIGATIONS_EXPORT_COLUMNS); timestamps ISO 8601 "
+    "with offset, jsonb nested. Streamed with COPY into BACKUP_STORAGE_URL under exports/, with the exact "
+    "row count from the same snapshot; manifest.json last. The strategy's 'last 7 days' is the union of the "
+    "last seven partitions, and the schedule re-exports those seven every day so late updates land too.",
 )
 AGENT_INSTANCES = ExportAssetSpec(
-    asset_name="agent_instances_csv_export",
-    cadence="weekly",
-    time_partitioned=False,
-    warn_age_field="weekly_warn_age_hours",
-    error_age_field="weekly_error_age_hours",
-    description=(
-        "A full snapshot of agent_instances (the agent pool's state) as gzip CSV with a header, exactly what "
-        "`COPY agent_instances TO STDOUT WITH CSV HEADER` writes; one per Sunday-to-Saturday week, taken when "
-        "the week ends. Same storage, manifest and row-count path as the daily JSON export."
-    ),
+    "agent_instances_csv_export",
+    "weekly",
+    "A full snapshot of agent_instances (the agent pool's state) as gzip CSV with a header, exactly what "
+    "`COPY agent_instances TO STDOUT WITH CSV HEADER` writes; one per Sunday-to-Saturday week, taken when "
+    "the week ends. Same storage, manifest and row-count path as the daily JSON export.",
 )
 
 
@@ -121,8 +122,61 @@ def export_metadata(manifest: Manifest) -> dict[str, dg.MetadataValue]:
     return meta
 
 
+def _late_records(context, spec: ExportAssetSpec, keys: list[str], backup_policy, config) -> dict[str, dict]:
+    """Per key, the lateness record of a snapshot export (a full-table snapshot holds today's rows: old labels
+    would lie, so late ones are refused unless allowed); nothing for a time-partitioned export."""
+    if spec.time_partitioned:
+        return {}
+    return {
+        key: guard_late(context, key, spec.cadence, backup_policy, config, "table snapshots").record() for key in keys
+    }
+
+
+def _log_resolved(context, table: ResolvedTable) -> None:
+    names = ", ".join(c.name for c in table.columns)
+    context.log.info(f"{table.qualified}: exporting columns {names}")
+    if table.time_column is not None and not table.time_column_indexed:
+        context.log.warning(
+            f"{table.qualified}.{table.time_column.name} has no index: every daily partition scans the "
+            f"whole table. Consider CREATE INDEX ON {table.qualified} ({table.time_column.name})."
+        )
+
+
+def _log_progress(context, key: str, p: Progress) -> None:
+    context.log.info(
+        f"{key}: {p.raw_bytes / MiB:,.0f} MiB read, {p.stored_bytes / MiB:,.0f} MiB stored, "
+        f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
+    )
+
+
+def _log_done(context, ranged: bool, manifest: Manifest) -> None:
+    context.log.info(
+        f"{manifest.partition}: {manifest.export.records:,} rows, {manifest.stored_bytes:,} bytes -> "
+        f"{manifest.artifact.uri}"
+    )
+    if ranged:
+        context.add_asset_metadata(export_metadata(manifest), partition_key=manifest.partition)
+
+
+def _result(manifests: list[Manifest]) -> dg.MaterializeResult:
+    if len(manifests) == 1:
+        (manifest,) = manifests
+        return dg.MaterializeResult(
+            metadata=export_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
+        )
+    # A range: each partition got its own metadata as it was done; these figures describe the whole run.
+    return dg.MaterializeResult(
+        metadata={
+            "partitions_in_run": dg.MetadataValue.int(len(manifests)),
+            "rows_in_run": dg.MetadataValue.int(sum(m.export.records for m in manifests)),
+            "stored_bytes_in_run": dg.MetadataValue.int(sum(m.stored_bytes for m in manifests)),
+        }
+    )
+
+
 def build_export_asset(spec: ExportAssetSpec, binding: PgBinding) -> dg.AssetsDefinition:
     """One export asset; its keys and names carry no source prefix (it reads `postgres_source`)."""
+
     @dg.asset(
         name=spec.asset_name,
         group_name="exports",
@@ -157,38 +211,9 @@ def build_export_asset(spec: ExportAssetSpec, binding: PgBinding) -> dg.AssetsDe
             raise failure(exc, allow_retries=False) from None
         series = export_spec.series(conn.dbname, spec.cadence)
         keys = list(context.partition_keys)
-        late = {}
-        if not spec.time_partitioned:  # a full-table snapshot holds today's rows: old labels would lie
-            for key in keys:
-                lateness = guard_late(context, key, spec.cadence, backup_policy, config, "table snapshots")
-                late[key] = lateness.record()
-        where = storage.uri(series)
+        late = _late_records(context, spec, keys, backup_policy, config)
         span = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} partitions)"
-        context.log.info(f"Exporting {export_spec.table} of {conn.display()} for {span} into {where}/")
-
-        def resolved(table: ResolvedTable) -> None:
-            names = ", ".join(c.name for c in table.columns)
-            context.log.info(f"{table.qualified}: exporting columns {names}")
-            if table.time_column is not None and not table.time_column_indexed:
-                context.log.warning(
-                    f"{table.qualified}.{table.time_column.name} has no index: every daily partition scans the "
-                    f"whole table. Consider CREATE INDEX ON {table.qualified} ({table.time_column.name})."
-                )
-
-        def progress(key: str, p: Progress) -> None:
-            context.log.info(
-                f"{key}: {p.raw_bytes / MiB:,.0f} MiB read, {p.stored_bytes / MiB:,.0f} MiB stored, "
-                f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
-            )
-
-        def done(manifest: Manifest) -> None:
-            context.log.info(
-                f"{manifest.partition}: {manifest.export.records:,} rows, {manifest.stored_bytes:,} bytes -> "
-                f"{manifest.artifact.uri}"
-            )
-            if len(keys) > 1:
-                context.add_asset_metadata(export_metadata(manifest), partition_key=manifest.partition)
-
+        context.log.info(f"Exporting {export_spec.table} of {conn.display()} for {span} into {storage.uri(series)}/")
         try:
             manifests = export_partitions(
                 conn,
@@ -205,29 +230,15 @@ def build_export_asset(spec: ExportAssetSpec, binding: PgBinding) -> dg.AssetsDe
                     # a snapshot export allowed late on purpose says so (its snapshot_at is the real time)
                     **({"late_partitions": [k for k, r in late.items() if r["late"]]} if late else {}),
                 },
-                on_progress=progress,
-                on_resolved=resolved,
-                on_partition=done,
+                on_progress=partial(_log_progress, context),
+                on_resolved=partial(_log_resolved, context),
+                on_partition=partial(_log_done, context, len(keys) > 1),
             )
-        except ExportSchemaError as exc:
-            raise failure(exc, allow_retries=False) from None  # retrying cannot create a column
-        except ConfigurationError as exc:
+        # retrying cannot create a column, nor fix a setting
+        except (ExportSchemaError, ConfigurationError) as exc:
             raise failure(exc, allow_retries=False) from None
         except BackupError as exc:  # a missing bucket or a denied write is not retried; a 5xx is
             raise failure(exc) from None
-        if len(manifests) == 1:
-            (manifest,) = manifests
-            return dg.MaterializeResult(
-                metadata=export_metadata(manifest), data_version=dg.DataVersion(manifest.stored_sha256)
-            )
-        # A range: each partition got its own metadata above; these figures describe the whole run.
-        return dg.MaterializeResult(
-            metadata={
-                "partitions_in_run": dg.MetadataValue.int(len(manifests)),
-                "rows_in_run": dg.MetadataValue.int(sum(m.export.records for m in manifests)),
-                "stored_bytes_in_run": dg.MetadataValue.int(sum(m.stored_bytes for m in manifests)),
-            }
-        )
+        return _result(manifests)
 
     return _export
-

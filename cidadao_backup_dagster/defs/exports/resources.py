@@ -11,10 +11,43 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import ConfigurationError
-from ...core.exports.spec import INVESTIGATIONS_COLUMNS, ExportSettings, ExportSpec, parse_columns, parse_table
+from ...core.exports.spec import (
+    INVESTIGATIONS_COLUMNS,
+    ExportSettings,
+    ExportSpec,
+    Format,
+    parse_columns,
+    parse_table,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
+
+
+def _export_spec(
+    fmt: Format,
+    table: tuple[str, str],
+    columns: tuple[str, str],
+    time_column: tuple[str, str] | None = None,
+) -> ExportSpec:
+    """One export's spec from its settings, each (value, variable named in errors); no time column = a full
+    snapshot per partition. Checked in this order: table, time column, columns."""
+    (table_text, table_var), (columns_text, columns_var) = table, columns
+    parse_table(table_text, table_var)
+    time = {}
+    if time_column is not None:
+        name, time_var = time_column[0].strip(), time_column[1]
+        if not name:
+            raise ConfigurationError(time_var, "is empty", "name the timestamp column, e.g. created_at")
+        time = {"time_column": name, "time_column_variable": time_var}
+    return ExportSpec(
+        table=table_text.strip(),
+        fmt=fmt,
+        columns=parse_columns(columns_text, columns_var),
+        table_variable=table_var,
+        columns_variable=columns_var,
+        **time,
+    )
 
 
 class ExportPolicy(dg.ConfigurableResource):
@@ -47,31 +80,18 @@ class ExportPolicy(dg.ConfigurableResource):
     weekly_error_age_hours: float = Field(default=15 * 24, description="Weekly export: ERROR (two runs missed)")
 
     def investigations_spec(self) -> ExportSpec:
-        table_var, columns_var = "INVESTIGATIONS_EXPORT_TABLE", "INVESTIGATIONS_EXPORT_COLUMNS"
-        time_var = "INVESTIGATIONS_EXPORT_TIME_COLUMN"
-        parse_table(self.investigations_table, table_var)
-        time_column = self.investigations_time_column.strip()
-        if not time_column:
-            raise ConfigurationError(time_var, "is empty", "name the timestamp column, e.g. created_at")
-        return ExportSpec(
-            table=self.investigations_table.strip(),
-            fmt="jsonl",
-            columns=parse_columns(self.investigations_columns, columns_var),
-            time_column=time_column,
-            table_variable=table_var,
-            columns_variable=columns_var,
-            time_column_variable=time_var,
+        return _export_spec(
+            "jsonl",
+            (self.investigations_table, "INVESTIGATIONS_EXPORT_TABLE"),
+            (self.investigations_columns, "INVESTIGATIONS_EXPORT_COLUMNS"),
+            (self.investigations_time_column, "INVESTIGATIONS_EXPORT_TIME_COLUMN"),
         )
 
     def agent_instances_spec(self) -> ExportSpec:
-        table_var, columns_var = "AGENT_INSTANCES_EXPORT_TABLE", "AGENT_INSTANCES_EXPORT_COLUMNS"
-        parse_table(self.agent_instances_table, table_var)
-        return ExportSpec(
-            table=self.agent_instances_table.strip(),
-            fmt="csv",
-            columns=parse_columns(self.agent_instances_columns, columns_var),
-            table_variable=table_var,
-            columns_variable=columns_var,
+        return _export_spec(
+            "csv",
+            (self.agent_instances_table, "AGENT_INSTANCES_EXPORT_TABLE"),
+            (self.agent_instances_columns, "AGENT_INSTANCES_EXPORT_COLUMNS"),
         )
 
     def settings(self) -> ExportSettings:
