@@ -10,9 +10,10 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.protection.retention import Policy, delete_artifact, inventory, plan_retention
+from ...core.protection.retention import Plan, Policy, delete_artifact, inventory, plan_retention
 from ..audit import audited
 from .classes import ArtifactClass
+from .dry_run import DryRunConfig, daily_for_real
 
 
 class RetentionSettings(dg.ConfigurableResource):
@@ -38,8 +39,41 @@ class RetentionSettings(dg.ConfigurableResource):
         return Policy(keep_days=overrides.get(artifact_class.name, artifact_class.keep_days), min_keep=self.min_keep)
 
 
-class RetentionConfig(dg.Config):
-    dry_run: bool = Field(default=True, description="Show the plan only. The daily schedule runs with false.")
+class RetentionConfig(DryRunConfig):
+    """`apply_retention_op`'s run config: only `dry_run`."""
+
+
+def _apply_class(
+    context: dg.OpExecutionContext, artifact_class: ArtifactClass, now: datetime, dry_run: bool
+) -> tuple[str, Plan | None, str | None]:
+    """(the class's row of the plan table, its plan when one was made, why nothing was deleted when its storage
+    could not be read for sure)."""
+    resources, name = context.resources, artifact_class.name
+    try:
+        storage = getattr(resources, artifact_class.storage_key).open()
+        series = artifact_class.series(resources)
+        policy = resources.retention.policy(artifact_class)
+    except (ConfigurationError, BackupError) as exc:
+        context.log.warning(f"{name}: skipped ({exc})")
+        return f"| {name} | skipped | | {exc} |", None, None
+    try:
+        protected = artifact_class.protected(resources, context.log.warning)
+        plan = plan_retention(inventory(storage, series), policy, now, protected)
+    except Exception as exc:  # noqa: BLE001 - unsure means stop: any read error spares the whole class
+        cause = f"{type(exc).__name__}: {exc}"
+        context.log.error(f"{name}: nothing deleted, storage could not be read ({cause})")
+        return f"| {name} | stopped | | could not read: {cause} |", None, f"{name} ({cause})"
+    context.log.info(
+        f"{name} ({storage.uri(series)}), keep {policy.keep_days:g} days, floor "
+        f"{policy.min_keep}:\n" + "\n".join(plan.describe() or ["(nothing stored)"])
+    )
+    if not dry_run:
+        for artifact in plan.delete:
+            target = storage.uri(artifact.manifest_key or f"{series}/{artifact.partition}/")
+            with audited(context, storage, "delete", target) as audit:
+                audit["objects"] = delete_artifact(storage, series, artifact)
+    gone = ", ".join(a.label for a in plan.delete) or "—"
+    return f"| {name} | {len(plan.delete)} | {len(plan.keep)} | {gone} |", plan, None
 
 
 def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
@@ -51,49 +85,23 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
         tags={"cidadao/domain": "protection"},
     )
     def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> dg.Output:
-        resources, now = context.resources, datetime.now(UTC)
-        rows, totals = [], {"deleted": 0, "kept": 0}
+        now, rows, deleted, kept = datetime.now(UTC), [], 0, 0
         unsafe: list[str] = []  # classes whose storage could not be read for sure: nothing of theirs deleted
         for artifact_class in classes:
-            try:
-                storage = getattr(resources, artifact_class.storage_key).open()
-                series = artifact_class.series(resources)
-                policy = resources.retention.policy(artifact_class)
-            except (ConfigurationError, BackupError) as exc:
-                context.log.warning(f"{artifact_class.name}: skipped ({exc})")
-                rows.append(f"| {artifact_class.name} | skipped | | {exc} |")
-                continue
-            try:
-                protected = artifact_class.protected(resources, context.log.warning)
-                plan = plan_retention(inventory(storage, series), policy, now, protected)
-            except Exception as exc:  # noqa: BLE001 - unsure means stop: any read error spares the whole class
-                cause = f"{type(exc).__name__}: {exc}"
-                context.log.error(f"{artifact_class.name}: nothing deleted, storage could not be read ({cause})")
-                rows.append(f"| {artifact_class.name} | stopped | | could not read: {cause} |")
-                unsafe.append(f"{artifact_class.name} ({cause})")
-                continue
-            context.log.info(
-                f"{artifact_class.name} ({storage.uri(series)}), keep {policy.keep_days:g} days, floor "
-                f"{policy.min_keep}:\n" + "\n".join(plan.describe() or ["(nothing stored)"])
-            )
-            for artifact in plan.delete:
-                if config.dry_run:
-                    continue
-                target = storage.uri(artifact.manifest_key or f"{series}/{artifact.partition}/")
-                with audited(context, storage, "delete", target) as audit:
-                    audit["objects"] = delete_artifact(storage, series, artifact)
-            totals["deleted"] += len(plan.delete)
-            totals["kept"] += len(plan.keep)
-            gone = ", ".join(a.label for a in plan.delete) or "—"
-            rows.append(f"| {artifact_class.name} | {len(plan.delete)} | {len(plan.keep)} | {gone} |")
+            row, plan, stopped = _apply_class(context, artifact_class, now, config.dry_run)
+            rows.append(row)
+            if plan is not None:
+                deleted, kept = deleted + len(plan.delete), kept + len(plan.keep)
+            if stopped:
+                unsafe.append(stopped)
         verb = "would delete" if config.dry_run else "deleted"
         table = f"| class | {verb} | kept | partitions {verb} |\n|---|---|---|---|\n" + "\n".join(rows)
         metadata = {
             "dry_run": dg.MetadataValue.bool(config.dry_run),
             "plan": dg.MetadataValue.md(table),
-            "deleted": dg.MetadataValue.int(0 if config.dry_run else totals["deleted"]),
-            "planned_deletions": dg.MetadataValue.int(totals["deleted"]),
-            "kept": dg.MetadataValue.int(totals["kept"]),
+            "deleted": dg.MetadataValue.int(0 if config.dry_run else deleted),
+            "planned_deletions": dg.MetadataValue.int(deleted),
+            "kept": dg.MetadataValue.int(kept),
         }
         if unsafe:
             raise dg.Failure(
@@ -104,16 +112,7 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
                 metadata=metadata,
                 allow_retries=False,
             )
-        return dg.Output(
-            None,
-            metadata={
-                "dry_run": dg.MetadataValue.bool(config.dry_run),
-                "plan": dg.MetadataValue.md(table),
-                "deleted": dg.MetadataValue.int(0 if config.dry_run else totals["deleted"]),
-                "planned_deletions": dg.MetadataValue.int(totals["deleted"]),
-                "kept": dg.MetadataValue.int(totals["kept"]),
-            },
-        )
+        return dg.Output(None, metadata=metadata)
 
     @dg.job(
         name="apply_retention",
@@ -128,12 +127,4 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
 
 
 def build_retention_schedule(job: dg.JobDefinition) -> dg.ScheduleDefinition:
-    # 04:30 UTC: after the 03:00 daily backup and its checks.
-    return dg.ScheduleDefinition(
-        name="apply_retention_schedule",
-        job=job,
-        cron_schedule="30 4 * * *",
-        execution_timezone="UTC",
-        run_config={"ops": {"apply_retention_op": {"config": {"dry_run": False}}}},
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-    )
+    return daily_for_real(job, "30 4 * * *")  # 04:30 UTC: after the 03:00 daily backup and its checks

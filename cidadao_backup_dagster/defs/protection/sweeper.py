@@ -16,10 +16,10 @@ from ...core.postgres.client import PgConnection
 from ...core.protection.sweeper import DEFAULT_GRACE_HOURS, plan_sweep, remove, survey, temp_roots
 from ..audit import audit_storage, audited
 from ..sources import PgBinding
+from .dry_run import DryRunConfig, daily_for_real
 
 
-class SweepConfig(dg.Config):
-    dry_run: bool = Field(default=True, description="Show the plan only. The daily schedule runs with false.")
+class SweepConfig(DryRunConfig):
     grace_hours: float = Field(
         default=DEFAULT_GRACE_HOURS,
         description="Leave anything younger than this (hours). Keep it above the longest run (run monitoring "
@@ -104,12 +104,5 @@ def build_sweeper(bindings: list[PgBinding]) -> dg.Definitions:
         sweep_scratch_op()
 
     # 05:45 UTC: after the 05:00/05:30 monthly drills have started; the grace period spares any still running.
-    schedule = dg.ScheduleDefinition(
-        name="sweep_scratch_schedule",
-        job=sweep_scratch,
-        cron_schedule="45 5 * * *",
-        execution_timezone="UTC",
-        run_config={"ops": {"sweep_scratch_op": {"config": {"dry_run": False}}}},
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-    )
+    schedule = daily_for_real(sweep_scratch, "45 5 * * *")
     return dg.Definitions(jobs=[sweep_scratch], schedules=[schedule])
