@@ -74,6 +74,12 @@ def asset_key_of(asset: dg.AssetKey | dg.AssetsDefinition) -> dg.AssetKey:
     return asset.key if isinstance(asset, dg.AssetsDefinition) else asset
 
 
+def check_result(verdict: Verdict, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=verdict.passed, severity=severity, description=verdict.description, metadata=verdict.metadata
+    )
+
+
 def each_partition(
     context: dg.AssetCheckExecutionContext,
     asset_key: dg.AssetKey,
@@ -85,10 +91,7 @@ def each_partition(
     """One result for a one-partition run; one evaluation per partition for a ranged run (an
     AssetCheckResult would be recorded without a partition there)."""
     if context.has_partition_key:
-        verdict = evaluate(context.partition_key)
-        yield dg.AssetCheckResult(
-            passed=verdict.passed, severity=severity, description=verdict.description, metadata=verdict.metadata
-        )
+        yield check_result(evaluate(context.partition_key), severity)
         return
     for key in context.partition_keys:
         verdict = evaluate(key)
@@ -224,9 +227,7 @@ def freshness_check(asset: dg.AssetKey | dg.AssetsDefinition, series: ArtifactSe
         except ConfigurationError as exc:
             return dg.AssetCheckResult(passed=False, description=str(exc))
         verdict, level = _judge_freshness(series, context.resources, storage, prefix)
-        return dg.AssetCheckResult(
-            passed=verdict.passed, severity=SEVERITY[level], description=verdict.description, metadata=verdict.metadata
-        )
+        return check_result(verdict, SEVERITY[level])
 
     return freshness
 
@@ -274,12 +275,15 @@ class DrillSeries:
     descriptions: dict[str, str] = field(default_factory=dict)
 
 
-def _drill_report(drill: DrillSeries, context) -> tuple[DrillReport | None, dg.AssetCheckResult | None]:
+def _month_check(
+    drill: DrillSeries, context, judge: Callable[[DrillReport], tuple[Verdict, dg.AssetCheckSeverity]]
+) -> dg.AssetCheckResult:
+    """`judge(report)` of the month's newest drill report; a month without one fails."""
     month = context.partition_key
     report = drill.read_report(context.resources, month)
     if report is None:
-        return None, dg.AssetCheckResult(passed=False, description=f"No {drill.report_name} for {month}")
-    return report, None
+        return dg.AssetCheckResult(passed=False, description=f"No {drill.report_name} for {month}")
+    return check_result(*judge(report))
 
 
 def build_drill_checks(asset: dg.AssetKey | dg.AssetsDefinition, drill: DrillSeries) -> list[dg.AssetChecksDefinition]:
@@ -295,13 +299,7 @@ def build_drill_checks(asset: dg.AssetKey | dg.AssetsDefinition, drill: DrillSer
         required_resource_keys=set(drill.needs),
     )
     def drill_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        report, missing = _drill_report(drill, context)
-        if missing:
-            return missing
-        verdict = drill_passed_verdict(report, drill.noun)
-        return dg.AssetCheckResult(
-            passed=verdict.passed, severity=ERROR, description=verdict.description, metadata=verdict.metadata
-        )
+        return _month_check(drill, context, lambda report: (drill_passed_verdict(report, drill.noun), ERROR))
 
     @dg.asset_check(
         asset=key,
@@ -311,13 +309,11 @@ def build_drill_checks(asset: dg.AssetKey | dg.AssetsDefinition, drill: DrillSer
         required_resource_keys=set(drill.needs),
     )
     def drill_duration_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        report, missing = _drill_report(drill, context)
-        if missing:
-            return missing
-        verdict, level = drill_duration_verdict(report.duration_seconds, drill.rto_s)
-        return dg.AssetCheckResult(
-            passed=verdict.passed, severity=SEVERITY[level], description=verdict.description, metadata=verdict.metadata
-        )
+        def judge(report: DrillReport) -> tuple[Verdict, dg.AssetCheckSeverity]:
+            verdict, level = drill_duration_verdict(report.duration_seconds, drill.rto_s)
+            return verdict, SEVERITY[level]
+
+        return _month_check(drill, context, judge)
 
     @dg.asset_check(
         asset=key,
@@ -327,9 +323,6 @@ def build_drill_checks(asset: dg.AssetKey | dg.AssetsDefinition, drill: DrillSer
     )
     def recent_passing_drill(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         report = drill.newest_passing(context.resources)
-        verdict = drill_recency_verdict(report, utc_now(), drill.noun)
-        return dg.AssetCheckResult(
-            passed=verdict.passed, severity=ERROR, description=verdict.description, metadata=verdict.metadata
-        )
+        return check_result(drill_recency_verdict(report, utc_now(), drill.noun), ERROR)
 
     return [drill_passed, drill_duration_within_rto, recent_passing_drill]

@@ -8,7 +8,7 @@ BACKUP_SOURCES_FILE as `analytics` gets asset `analytics/postgres_daily_backup`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import dagster as dg
 
@@ -26,9 +26,19 @@ REDIS_SNAPSHOT_POOL = "redis_snapshot"
 
 
 @dataclass(frozen=True)
+class SourceKind:
+    """What differs between a PostgreSQL and a Redis source's bindings."""
+
+    pool: str  # the pool of its servers (one dump or snapshot per server at a time)
+    default_port: int  # the port a URL without one implies
+    source_resource: str  # base of its source resource key
+
+
+@dataclass(frozen=True)
 class Binding:
     name: str  # "" for the implicit source
     settings: Settings  # partitions, retries and the environment the definitions are built from
+    spec: PostgresSourceSpec | RedisSourceSpec | None = None  # each kind sets its own (and its default)
 
     @property
     def key_prefix(self) -> list[str]:
@@ -71,60 +81,23 @@ class Binding:
     def retry_policy(self, default_delay_s: float) -> dg.RetryPolicy:
         return retry_policy(self.settings, default_delay_s)
 
-    def _server(self, server: str, url_env: str, default_port: int) -> str:
-        return server or server_of(self.settings.get(url_env), default_port)
-
-
-@dataclass(frozen=True)
-class PgBinding(Binding):
-    spec: PostgresSourceSpec = PostgresSourceSpec()
+    kind: ClassVar[SourceKind]
 
     @classmethod
-    def of(cls, spec: PostgresSourceSpec, settings: Settings) -> PgBinding:
+    def of(cls, spec: PostgresSourceSpec | RedisSourceSpec, settings: Settings) -> Self:
         return cls(spec.name, settings, spec)
 
     @property
     def pool(self) -> str:
+        """The pool of the source's server: one dump (or snapshot) per server at a time."""
         if not self.name:
-            return PG_DUMP_POOL
-        return f"{PG_DUMP_POOL}/{self._server(self.spec.server, self.spec.url_env, 5432)}"
+            return self.kind.pool
+        server = self.spec.server or server_of(self.settings.get(self.spec.url_env), self.kind.default_port)
+        return f"{self.kind.pool}/{server}"
 
     @property
     def source_key(self) -> str:
-        return self.resource_key("postgres_source")
-
-    @property
-    def offsite_key(self) -> str:
-        return self.resource_key("offsite_storage")
-
-    @property
-    def resource_keys(self) -> set[str]:
-        return {self.source_key, self.storage_key, self.offsite_key}
-
-    def source(self, resources):
-        return getattr(resources, self.source_key)
-
-    def offsite(self, resources):
-        return getattr(resources, self.offsite_key)
-
-
-@dataclass(frozen=True)
-class RedisBinding(Binding):
-    spec: RedisSourceSpec = RedisSourceSpec()
-
-    @classmethod
-    def of(cls, spec: RedisSourceSpec, settings: Settings) -> RedisBinding:
-        return cls(spec.name, settings, spec)
-
-    @property
-    def pool(self) -> str:
-        if not self.name:
-            return REDIS_SNAPSHOT_POOL
-        return f"{REDIS_SNAPSHOT_POOL}/{self._server(self.spec.server, self.spec.url_env, 6379)}"
-
-    @property
-    def source_key(self) -> str:
-        return self.resource_key("redis_source")
+        return self.resource_key(self.kind.source_resource)
 
     @property
     def resource_keys(self) -> set[str]:
@@ -132,6 +105,29 @@ class RedisBinding(Binding):
 
     def source(self, resources):
         return getattr(resources, self.source_key)
+
+
+@dataclass(frozen=True)
+class PgBinding(Binding):
+    spec: PostgresSourceSpec = PostgresSourceSpec()
+    kind: ClassVar[SourceKind] = SourceKind(PG_DUMP_POOL, 5432, "postgres_source")
+
+    @property
+    def offsite_key(self) -> str:
+        return self.resource_key("offsite_storage")
+
+    def offsite(self, resources):
+        return getattr(resources, self.offsite_key)
+
+    @property
+    def resource_keys(self) -> set[str]:
+        return {*super().resource_keys, self.offsite_key}
+
+
+@dataclass(frozen=True)
+class RedisBinding(Binding):
+    spec: RedisSourceSpec = RedisSourceSpec()
+    kind: ClassVar[SourceKind] = SourceKind(REDIS_SNAPSHOT_POOL, 6379, "redis_source")
 
 
 def default_pg(settings: Settings | None = None) -> PgBinding:

@@ -16,6 +16,28 @@ HISTORY_PER_CHECK = 50  # newest executions read per check and tick (a tick norm
 COMPLETED = frozenset({"SUCCEEDED", "FAILED"})
 
 
+DESCRIPTIONS = {
+    "run_failure_alert_sensor": "Notifies (severity high) when a run of this code location fails: through Slack "
+    "when SLACK_BOT_TOKEN and SLACK_CHANNEL are set, ALERT_WEBHOOK_URL when set, else only in this log. A run "
+    "that Dagster will retry is not notified (its retry is); a run failed by a blocking check is left to "
+    "check_alert_sensor, so one incident gives one message.",
+    "check_alert_sensor": "Notifies failed asset checks once per incident (asset + check + partition, until it "
+    "passes again; again if it gets worse): critical = freshness ERROR (backup older than its limit), high = "
+    "Redis persistence (last_save, persistence_config) and any other ERROR check, warning = size_deviation and "
+    "other WARN checks. Slack / ALERT_WEBHOOK_URL / log, as the run failure sensor. State lives in the cursor.",
+}
+
+
+def _every_minute(name: str) -> dict:
+    """Both sensors: running by default, evaluated at most once a minute."""
+    return {
+        "name": name,
+        "minimum_interval_seconds": 60,
+        "default_status": dg.DefaultSensorStatus.RUNNING,
+        "description": DESCRIPTIONS[name],
+    }
+
+
 def _logger(context, level: str):
     return context.log.warning if level == "warning" else context.log.error
 
@@ -48,15 +70,7 @@ def _failure_text(event) -> str:
     return rest if sep and head.replace(".", "").replace("_", "").isalnum() else message
 
 
-@dg.run_failure_sensor(
-    name="run_failure_alert_sensor",
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Notifies (severity high) when a run of this code location fails: through Slack when "
-    "SLACK_BOT_TOKEN and SLACK_CHANNEL are set, ALERT_WEBHOOK_URL when set, else only in this log. A run that "
-    "Dagster will retry is not notified (its retry is); a run failed by a blocking check is left to "
-    "check_alert_sensor, so one incident gives one message.",
-)
+@dg.run_failure_sensor(**_every_minute("run_failure_alert_sensor"))
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertSettings):
     run = context.dagster_run
     if run.tags.get("dagster/will_retry", "").lower() == "true":
@@ -88,15 +102,7 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertS
     return dg.SkipReason(f"{alert.level} alert for run {run.run_id}: {', '.join(where)}")
 
 
-@dg.sensor(
-    name="check_alert_sensor",
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Notifies failed asset checks once per incident (asset + check + partition, until it passes "
-    "again; again if it gets worse): critical = freshness ERROR (backup older than its limit), high = Redis "
-    "persistence (last_save, persistence_config) and any other ERROR check, warning = size_deviation and other "
-    "WARN checks. Slack / ALERT_WEBHOOK_URL / log, as the run failure sensor. State lives in the cursor.",
-)
+@dg.sensor(**_every_minute("check_alert_sensor"))
 def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertSettings):
     if context.repository_def is None:
         return dg.SkipReason("No repository in this evaluation: nothing to watch")

@@ -19,3 +19,11 @@ def daily_for_real(job: dg.JobDefinition, cron: str) -> dg.ScheduleDefinition:
         run_config={"ops": {f"{job.name}_op": {"config": {"dry_run": False}}}},
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
+
+
+def finish(metadata: dict[str, dg.MetadataValue], problem: str = "") -> dg.Output:
+    """The op's output carrying its plan; with a `problem`, a Failure carrying the same metadata. Not retried:
+    what was done is done, and what was not is left to the next run."""
+    if problem:
+        raise dg.Failure(problem, metadata=metadata, allow_retries=False)
+    return dg.Output(None, metadata=metadata)

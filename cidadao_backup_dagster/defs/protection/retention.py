@@ -13,7 +13,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.protection.retention import Plan, Policy, delete_artifact, inventory, plan_retention
 from ..audit import audited
 from .classes import ArtifactClass
-from .dry_run import DryRunConfig, daily_for_real
+from .dry_run import DryRunConfig, daily_for_real, finish
 
 
 class RetentionSettings(dg.ConfigurableResource):
@@ -103,16 +103,13 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
             "planned_deletions": dg.MetadataValue.int(deleted),
             "kept": dg.MetadataValue.int(kept),
         }
-        if unsafe:
-            raise dg.Failure(
-                "Retention deleted nothing of these classes because their storage could not be read for sure: "
-                + "; ".join(unsafe)
-                + ". Fix the storage access (credentials, permissions, endpoint, identity) and run again; the "
-                "other classes were handled.",
-                metadata=metadata,
-                allow_retries=False,
-            )
-        return dg.Output(None, metadata=metadata)
+        problem = (
+            "Retention deleted nothing of these classes because their storage could not be read for sure: "
+            + "; ".join(unsafe)
+            + ". Fix the storage access (credentials, permissions, endpoint, identity) and run again; the "
+            "other classes were handled."
+        )
+        return finish(metadata, problem if unsafe else "")
 
     @dg.job(
         name="apply_retention",

@@ -16,7 +16,7 @@ from ...core.postgres.client import PgConnection
 from ...core.protection.sweeper import DEFAULT_GRACE_HOURS, plan_sweep, remove, survey, temp_roots
 from ..audit import audit_storage, audited
 from ..sources import PgBinding
-from .dry_run import DryRunConfig, daily_for_real
+from .dry_run import DryRunConfig, daily_for_real, finish
 
 
 class SweepConfig(DryRunConfig):
@@ -85,13 +85,9 @@ def build_sweeper(bindings: list[PgBinding]) -> dg.Definitions:
             "kept": dg.MetadataValue.int(len(plan.keep)),
             "skipped": dg.MetadataValue.int(len(plan.skipped)),
         }
-        if failed:  # the others were removed; what failed is left for the next sweep
-            raise dg.Failure(
-                f"{len(failed)} of {len(plan.remove)} removals failed: {'; '.join(failed)}",
-                metadata=metadata,
-                allow_retries=False,
-            )
-        return dg.Output(None, metadata=metadata)
+        # the others were removed; what failed is left for the next sweep
+        problem = f"{len(failed)} of {len(plan.remove)} removals failed: {'; '.join(failed)}" if failed else ""
+        return finish(metadata, problem)
 
     @dg.job(
         name="sweep_scratch",

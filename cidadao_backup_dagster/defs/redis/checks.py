@@ -15,7 +15,7 @@ from ...core.monitoring.health import Verdict
 from ...core.redis.backup import partition_segment
 from ...core.redis.health import last_save_verdict, persistence_config_verdict, read_persistence
 from ...core.redis.verify import verify_redis_artifact
-from ..artifact_checks import ArtifactSeries, SizeLimits, build_artifact_checks
+from ..artifact_checks import ERROR, WARN, ArtifactSeries, SizeLimits, build_artifact_checks, check_result
 from ..audit import audited
 from ..resources import RedisSource
 from ..sources import RedisBinding
@@ -69,21 +69,15 @@ def _persistence(redis_source: RedisSource):
     try:
         return read_persistence(redis_source.endpoint()), None
     except (ConfigurationError, BackupError) as exc:
-        return None, dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc))
+        return None, dg.AssetCheckResult(passed=False, severity=ERROR, description=str(exc))
 
 
 def _persistence_config(context, binding: RedisBinding) -> dg.AssetCheckResult:
     redis_source = binding.source(context.resources)
     persistence, failed = _persistence(redis_source)
     if failed:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description=failed.description)
-    verdict = persistence_config_verdict(persistence)
-    return dg.AssetCheckResult(
-        passed=verdict.passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=verdict.description,
-        metadata=verdict.metadata,
-    )
+        return dg.AssetCheckResult(passed=False, severity=WARN, description=failed.description)
+    return check_result(persistence_config_verdict(persistence), WARN)
 
 
 def _last_save(context, binding: RedisBinding) -> dg.AssetCheckResult:
@@ -91,13 +85,7 @@ def _last_save(context, binding: RedisBinding) -> dg.AssetCheckResult:
     persistence, failed = _persistence(redis_source)
     if failed:
         return failed
-    verdict = last_save_verdict(persistence.info, utc_now(), redis_source.max_last_save_age_s)
-    return dg.AssetCheckResult(
-        passed=verdict.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=verdict.description,
-        metadata=verdict.metadata,
-    )
+    return check_result(last_save_verdict(persistence.info, utc_now(), redis_source.max_last_save_age_s), ERROR)
 
 
 def build_snapshot_checks(binding: RedisBinding) -> tuple[list, list]:
