@@ -117,6 +117,7 @@ class PgBinding(Binding):
         return self.resource_key("offsite_storage")
 
     def offsite(self, resources):
+        """The weekly external copy's storage (OFFSITE_STORAGE_URL under the source's storage prefix)."""
         return getattr(resources, self.offsite_key)
 
     @property
