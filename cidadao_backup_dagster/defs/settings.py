@@ -6,6 +6,7 @@ lists every variable with its default."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,9 +17,43 @@ from types import MappingProxyType
 
 import dagster as dg
 
+from ..core.artifacts.storage import MIN_PART_SIZE, MiB
 from ..core.errors import ConfigurationError
 from ..core.sources import Sources, check_distinct_series, load_sources
 from .partitions import DEFAULT_START, START_VARIABLE, BackupPartitions, backup_partitions, parse_start
+
+PART_SIZE_VARIABLE = "BACKUP_S3_PART_SIZE_MB"
+DEFAULT_PART_SIZE_MB = 16
+PART_SIZE_RANGE = (MIN_PART_SIZE // MiB, 5 * 1024)  # S3's part minimum (5 MiB) and maximum (5 GiB)
+REDIS_MAX_AGE_VARIABLE = "REDIS_SNAPSHOT_MAX_AGE_H"
+
+
+def _number(
+    env: Mapping[str, str],
+    variable: str,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    whole: bool = False,
+    above: bool = False,
+) -> float:
+    """`variable` as a number in [low, high] (`above`: more than low), `default` when unset or empty; anything
+    else is a ConfigurationError naming it and the accepted range."""
+    text = (env.get(variable) or "").strip()
+    if not text:
+        return default
+    bounds = f"more than {low:g}" if high == math.inf else f"{low:g} to {high:g}"
+    fix = f"give {'a whole number' if whole else 'a number'} {bounds}, e.g. {variable}={default:g}"
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        raise ConfigurationError(
+            variable, f"{text!r} is not {'a whole number' if whole else 'a number'}", fix
+        ) from None
+    if not math.isfinite(value) or value < low or value > high or (above and value == low):
+        raise ConfigurationError(variable, f"{text} is out of range", fix)
+    return value
 
 
 @dataclass(frozen=True)
@@ -29,6 +64,8 @@ class Settings:
     retries: int  # BACKUP_RETRIES
     retry_delay_s: float | None  # BACKUP_RETRY_DELAY_S; None = each asset's own first wait
     local_storage: Path  # where BACKUP_STORAGE_URL points when unset
+    s3_part_size_mb: int = DEFAULT_PART_SIZE_MB  # BACKUP_S3_PART_SIZE_MB: every S3 multipart part (equal sizes)
+    redis_snapshot_max_age_h: float = 2.0  # REDIS_SNAPSHOT_MAX_AGE_H: Redis freshness ERROR past it (strategy)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, sources: Sources | None = None) -> Settings:
@@ -54,6 +91,8 @@ class Settings:
             retries=retries,
             retry_delay_s=delay,
             local_storage=Path(env.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "cidadao-backups",
+            s3_part_size_mb=int(_number(env, PART_SIZE_VARIABLE, DEFAULT_PART_SIZE_MB, *PART_SIZE_RANGE, whole=True)),
+            redis_snapshot_max_age_h=_number(env, REDIS_MAX_AGE_VARIABLE, 2.0, 0.0, math.inf, above=True),
         )
 
     def get(self, variable: str, default: str = "") -> str:

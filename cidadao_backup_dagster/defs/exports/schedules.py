@@ -13,6 +13,7 @@ TRAILING_DAYS = 7
 # The run tags a single-run backfill of a partition range carries (what the UI sets for a range).
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
+
 def trailing_days(scheduled: datetime, first_partition: date, days: int = TRAILING_DAYS) -> tuple[str, str]:
     """(first, last) partition keys: the `days` UTC days that ended by `scheduled`, clipped to the first partition."""
     last = scheduled.astimezone(UTC).date() - timedelta(days=1)

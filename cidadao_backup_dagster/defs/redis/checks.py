@@ -30,7 +30,7 @@ SNAPSHOT_DESCRIPTIONS = {
     "encrypted": "ERROR when a snapshot is stored unencrypted while CIDADAO_ENV=production (LGPD: the cache holds "
     "citizens' personal data too). Outside production an unencrypted snapshot passes with a note.",
     "freshness": "ERROR when the newest valid snapshot (by partition, from its manifest's snapshot time) is older "
-    "than 2 h (REDIS_SNAPSHOT_MAX_AGE_H). Backfilling an old hour does not count.",
+    "than REDIS_SNAPSHOT_MAX_AGE_H hours (2 by default, the strategy's). Backfilling an old hour does not count.",
 }
 
 

@@ -1,0 +1,36 @@
+"""Settings read once from the environment: the S3 part size and the Redis freshness limit."""
+
+import pytest
+
+from cidadao_backup_dagster.core.errors import ConfigurationError
+from cidadao_backup_dagster.defs.settings import Settings
+
+
+def test_defaults_when_unset_or_empty():
+    for env in ({}, {"BACKUP_S3_PART_SIZE_MB": "", "REDIS_SNAPSHOT_MAX_AGE_H": " "}):
+        settings = Settings.from_environ(env)
+        assert (settings.s3_part_size_mb, settings.redis_snapshot_max_age_h) == (16, 2.0)
+
+
+def test_values_are_read():
+    settings = Settings.from_environ({"BACKUP_S3_PART_SIZE_MB": "64", "REDIS_SNAPSHOT_MAX_AGE_H": "1.5"})
+    assert (settings.s3_part_size_mb, settings.redis_snapshot_max_age_h) == (64, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BACKUP_S3_PART_SIZE_MB", "4"),  # below S3's 5 MiB part minimum
+        ("BACKUP_S3_PART_SIZE_MB", "8.5"),
+        ("BACKUP_S3_PART_SIZE_MB", "6000"),  # above S3's 5 GiB part maximum
+        ("REDIS_SNAPSHOT_MAX_AGE_H", "0"),
+        ("REDIS_SNAPSHOT_MAX_AGE_H", "-1"),
+        ("REDIS_SNAPSHOT_MAX_AGE_H", "nan"),
+        ("REDIS_SNAPSHOT_MAX_AGE_H", "two"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_fix(variable, value):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_environ({variable: value})
+    assert info.value.variable == variable
+    assert "Fix:" in str(info.value)
