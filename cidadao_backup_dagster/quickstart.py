@@ -91,7 +91,7 @@ def _summary(result) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=DEMO_URL, help=f"demo database to create/back up ({DEMO_URL})")
     parser.add_argument(
@@ -101,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         "and given demo keys; another is only read)",
     )
     parser.add_argument("--partition", help="daily partition to back up and export (default: yesterday, UTC)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _prepare(args: argparse.Namespace):
+    """The demo database (created and seeded) and the local Redis; the database's connection, or None after
+    saying on stderr what is wrong."""
     from .core.errors import BackupError, ConfigurationError
     from .core.postgres.client import PgConnection
     from .demo import ensure_database, seed
@@ -117,27 +121,35 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Local Redis {LOCAL_REDIS_URL}: {change}")
     except (BackupError, ConfigurationError) as exc:
         print(f"quickstart: {exc}", file=sys.stderr)
-        return 2
+        return None
     except Exception as exc:  # noqa: BLE001 - e.g. Redis not running: say which and how to fix, no traceback
         print(f"quickstart: {type(exc).__name__}: {exc} (is Redis running? ./setup.sh starts it)", file=sys.stderr)
-        return 2
+        return None
+    return target
 
-    # Embedded defaults: the demo sources, the default local folder (unless BACKUP_STORAGE_URL is set), and no
-    # expected-size range (the strategy's 500 MB-2 GB would flag a small demo database).
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ["REDIS_URL"] = args.redis_url
-    os.environ.setdefault("BACKUP_EXPECTED_SIZE_MB", "off")
-    if not os.getenv("DAGSTER_HOME") and LOCAL_INSTANCE.is_dir():
-        os.environ["DAGSTER_HOME"] = str(LOCAL_INSTANCE)  # so `dagster dev` shows these runs later
 
+def _report_run(name: str, partition: str | None, result) -> bool:
+    """Print one run's outcome, what it made and its checks; True when it succeeded and every check passed."""
+    print(f"\n{name}{f' [{partition}]' if partition else ''}: run {result.run_id} "
+          f"{'succeeded' if result.success else 'FAILED'}")  # fmt: skip
+    green = result.success
+    print("\n".join(_summary(result)))
+    for evaluation in result.get_asset_check_evaluations():
+        state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        green &= evaluation.passed
+        print(f"    check {evaluation.check_name:<25} {state}: {evaluation.description}")
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"    step failed: {event.step_key}: {event.event_specific_data.error.message.strip()}")
+    return green
+
+
+def _run_steps(defs, day: str):
+    """Run every step in the local instance (else an ephemeral one): (all green, the health report's
+    materialization or None)."""
     import dagster as dg
 
-    from .definitions import build_defs
-
-    day = args.partition or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
-    defs = build_defs()
-    green = True
-    report = None
+    green, report = True, None
     instance = dg.DagsterInstance.get() if os.getenv("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
         for name, partition in STEPS:
@@ -152,19 +164,30 @@ def main(argv: list[str] | None = None) -> int:
                 raise_on_error=False,
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
-            print(f"\n{name}{f' [{partition}]' if partition else ''}: run {result.run_id} "
-                  f"{'succeeded' if result.success else 'FAILED'}")  # fmt: skip
-            green &= result.success
-            print("\n".join(_summary(result)))
-            for evaluation in result.get_asset_check_evaluations():
-                state = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
-                green &= evaluation.passed
-                print(f"    check {evaluation.check_name:<25} {state}: {evaluation.description}")
-            for event in result.all_events:
-                if event.is_step_failure:
-                    print(f"    step failed: {event.step_key}: {event.event_specific_data.error.message.strip()}")
+            green &= _report_run(name, partition, result)
             if name == "backup_health_report_job" and result.success:
                 (report,) = result.get_asset_materialization_events()
+    return green, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    target = _prepare(args)
+    if target is None:
+        return 2
+
+    # Embedded defaults: the demo sources, the default local folder (unless BACKUP_STORAGE_URL is set), and no
+    # expected-size range (the strategy's 500 MB-2 GB would flag a small demo database).
+    os.environ["DATABASE_URL"] = args.database_url
+    os.environ["REDIS_URL"] = args.redis_url
+    os.environ.setdefault("BACKUP_EXPECTED_SIZE_MB", "off")
+    if not os.getenv("DAGSTER_HOME") and LOCAL_INSTANCE.is_dir():
+        os.environ["DAGSTER_HOME"] = str(LOCAL_INSTANCE)  # so `dagster dev` shows these runs later
+
+    from .definitions import build_defs
+
+    day = args.partition or (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+    green, report = _run_steps(build_defs(), day)
     if report is not None:
         meta = report.step_materialization_data.materialization.metadata
         print("\n" + meta["report"].value)
