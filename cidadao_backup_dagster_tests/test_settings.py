@@ -17,18 +17,11 @@ def test_values_are_read():
     assert (settings.s3_part_size_mb, settings.redis_snapshot_max_age_h) == (64, 1.5)
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("BACKUP_S3_PART_SIZE_MB", "4"),  # below S3's 5 MiB part minimum
-        ("BACKUP_S3_PART_SIZE_MB", "8.5"),
-        ("BACKUP_S3_PART_SIZE_MB", "6000"),  # above S3's 5 GiB part maximum
-        ("REDIS_SNAPSHOT_MAX_AGE_H", "0"),
-        ("REDIS_SNAPSHOT_MAX_AGE_H", "-1"),
-        ("REDIS_SNAPSHOT_MAX_AGE_H", "nan"),
-        ("REDIS_SNAPSHOT_MAX_AGE_H", "two"),
-    ],
-)
+# 4: below S3's 5 MiB part minimum; 6000: above its 5 GiB part maximum
+BAD = {"BACKUP_S3_PART_SIZE_MB": ("4", "8.5", "6000"), "REDIS_SNAPSHOT_MAX_AGE_H": ("0", "-1", "nan", "two")}
+
+
+@pytest.mark.parametrize(("variable", "value"), [(name, value) for name, values in BAD.items() for value in values])
 def test_a_bad_value_names_the_variable_and_the_fix(variable, value):
     with pytest.raises(ConfigurationError) as info:
         Settings.from_environ({variable: value})
