@@ -11,7 +11,7 @@ from ..protection.classes import ArtifactClass
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
-from .assets import DAILY_SPEC, WEEKLY_SPEC, build_backup_asset, series_for
+from .assets import DAILY_SPEC, WEEKLY_SPEC, BackupSpec, build_backup_asset, series_for
 from .checks import build_backup_checks
 from .on_demand import build_on_demand_job, on_demand_series
 
@@ -20,25 +20,31 @@ def _is_freshness(checks_def) -> bool:
     return any(k.name == "freshness" for k in checks_def.check_keys)
 
 
-def build(binding: PgBinding) -> DomainDefs:
-    spec = binding.spec
-    daily_spec = replace(DAILY_SPEC, partitions_def=binding.partitions.daily)
-    weekly_spec = replace(WEEKLY_SPEC, partitions_def=binding.partitions.weekly)
-    daily, weekly = build_backup_asset(daily_spec, binding), build_backup_asset(weekly_spec, binding)
-    daily_checks, weekly_checks = build_backup_checks(daily_spec, binding), build_backup_checks(weekly_spec, binding)
-    daily_job = source_asset_job(
-        binding,
-        "postgres_daily_backup_job",
-        daily,
-        "Daily PostgreSQL backup with its integrity, size and freshness checks.",
+def _cadence(binding: PgBinding, spec: BackupSpec, cron: str, job_description: str, schedule_description: str):
+    """(asset, its checks, its job, its schedule) of one cadence; the job and the schedule are named after the
+    asset: postgres_daily_backup_job, postgres_daily_backup_schedule."""
+    asset, checks = build_backup_asset(spec, binding), build_backup_checks(spec, binding)
+    job = source_asset_job(binding, f"{spec.asset_name}_job", asset, job_description)
+    schedule = latest_partition_schedule(
+        binding.named(f"{spec.asset_name}_schedule"), job, spec.partitions_def, cron, schedule_description
     )
-    weekly_job = source_asset_job(
-        binding,
-        "postgres_weekly_offsite_backup_job",
-        weekly,
-        "Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
+    return asset, checks, job, schedule
+
+
+def _backup_class(binding: PgBinding, name: str, spec: BackupSpec, keep_days: float, max_age_hours) -> ArtifactClass:
+    """The artifact class of one cadence's backups, for retention, lifecycle and the health report."""
+    return ArtifactClass(
+        binding.class_name(name),
+        spec.storage_key(binding),
+        lambda r: series_for(spec, binding.source(r)),
+        keep_days,
+        resource_keys=(binding.source_key,),
+        asset=binding.key(spec.asset_name).to_user_string(),
+        alert_limit=max_age_hours,
     )
 
+
+def _artifact_classes(binding: PgBinding) -> list[ArtifactClass]:
     def drill_proven(resources, warn) -> set[str]:
         """The daily backup the latest passing restore drill proved: retention never deletes it."""
         source = binding.source(resources)
@@ -46,62 +52,58 @@ def build(binding: PgBinding) -> DomainDefs:
         report = DrillReport.of(newest_passing_report(binding.storage(resources).open(), names, warn))
         return {report.backup_partition} if report else set()
 
-    source_keys = (binding.source_key,)
+    spec = binding.spec
     # Strategy: daily backups kept 7 days, the weekly external copy 30 days (per source in the sources file).
-    classes = [
-        ArtifactClass(
-            binding.class_name("postgres_daily"),
-            binding.storage_key,
-            lambda r: series_for(DAILY_SPEC, binding.source(r)),
-            spec.daily_retention_days,
-            drill_proven,
-            resource_keys=source_keys,
-            asset=binding.key(DAILY_SPEC.asset_name).to_user_string(),
-            alert_limit=lambda r: r.backup_policy.daily_max_age_hours,
-        ),
-        ArtifactClass(
-            binding.class_name("postgres_weekly"),
-            binding.offsite_key,
-            lambda r: series_for(WEEKLY_SPEC, binding.source(r)),
-            spec.weekly_retention_days,
-            resource_keys=source_keys,
-            asset=binding.key(WEEKLY_SPEC.asset_name).to_user_string(),
-            alert_limit=lambda r: r.backup_policy.weekly_max_age_hours,
-        ),
+    daily = _backup_class(
+        binding, "postgres_daily", DAILY_SPEC, spec.daily_retention_days, lambda r: r.backup_policy.daily_max_age_hours
+    )
+    weekly = _backup_class(
+        binding,
+        "postgres_weekly",
+        WEEKLY_SPEC,
+        spec.weekly_retention_days,
+        lambda r: r.backup_policy.weekly_max_age_hours,
+    )
+    return [
+        replace(daily, protected=drill_proven),
+        weekly,
         # On-demand backups ("before the migration"): their own series, kept 30 days by default.
         ArtifactClass(
             binding.class_name("postgres_on_demand"),
             binding.storage_key,
             lambda r: on_demand_series(binding.source(r)),
             30,
-            resource_keys=source_keys,
+            resource_keys=(binding.source_key,),
         ),
     ]
+
+
+def build(binding: PgBinding) -> DomainDefs:
+    spec = binding.spec
+    # The strategy's daily backup at 03:00 UTC and its manual weekly one, Sundays 02:00 (defaults).
+    daily, daily_checks, daily_job, daily_schedule = _cadence(
+        binding,
+        replace(DAILY_SPEC, partitions_def=binding.partitions.daily),
+        spec.daily_schedule,
+        "Daily PostgreSQL backup with its integrity, size and freshness checks.",
+        "Daily backup of the UTC day that just ended.",
+    )
+    weekly, weekly_checks, weekly_job, weekly_schedule = _cadence(
+        binding,
+        replace(WEEKLY_SPEC, partitions_def=binding.partitions.weekly),
+        spec.weekly_schedule,
+        "Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
+        "Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
+    )
     return DomainDefs(
         defs=dg.Definitions(
             assets=[daily, weekly],
             asset_checks=[*daily_checks, *weekly_checks],
             jobs=[daily_job, weekly_job, build_on_demand_job(binding)],
-            schedules=[
-                # The strategy's daily backup at 03:00 UTC and its manual weekly one, Sundays 02:00 (defaults).
-                latest_partition_schedule(
-                    binding.named("postgres_daily_backup_schedule"),
-                    daily_job,
-                    daily_spec.partitions_def,
-                    spec.daily_schedule,
-                    "Daily backup of the UTC day that just ended.",
-                ),
-                latest_partition_schedule(
-                    binding.named("postgres_weekly_offsite_backup_schedule"),
-                    weekly_job,
-                    weekly_spec.partitions_def,
-                    spec.weekly_schedule,
-                    "Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
-                ),
-            ],
+            schedules=[daily_schedule, weekly_schedule],
         ),
         health_checks=[c for c in [*daily_checks, *weekly_checks] if _is_freshness(c)],
-        artifact_classes=classes,
+        artifact_classes=_artifact_classes(binding),
         storage_targets=[
             (binding.key(DAILY_SPEC.asset_name), binding.storage_key),
             (binding.key(WEEKLY_SPEC.asset_name), binding.offsite_key),

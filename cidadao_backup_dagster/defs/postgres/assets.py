@@ -5,11 +5,10 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ...core.artifacts.manifest import Manifest, Series, series_prefix
-from ...core.artifacts.pipeline import Progress
-from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.backup import backup_postgres
 from ..audit import audited
+from ..backup_runs import log_progress, run_record
 from ..failures import failure
 from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..resources import BackupStorage, PostgresSource
@@ -111,12 +110,6 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
         partition = context.partition_key
         context.log.info(f"Backing up {conn.display()} into {storage.uri(series + '/' + partition)}/")
 
-        def progress(p: Progress) -> None:
-            context.log.info(
-                f"pg_dump progress: {p.raw_bytes / MiB:,.0f} MiB read, {p.stored_bytes / MiB:,.0f} MiB stored, "
-                f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
-            )
-
         with audited(context, storage, "backup", storage.uri(f"{series}/{partition}/")) as audit:
             lateness = guard_late(context, partition, spec.cadence, backup_policy, config, "PostgreSQL backups")
             try:
@@ -128,12 +121,8 @@ def build_backup_asset(spec: BackupSpec, binding: PgBinding) -> dg.AssetsDefinit
                     settings=settings,
                     encryption=stage,
                     encryption_info=encryption_info,
-                    extra={
-                        "dagster_run_id": context.run.run_id,
-                        "asset": context.asset_key.to_user_string(),
-                        **lateness.record(),
-                    },
-                    on_progress=progress,
+                    extra=run_record(context, lateness),
+                    on_progress=log_progress(context, "pg_dump", "read"),
                 )
             except BackupError as exc:
                 raise failure(exc) from None

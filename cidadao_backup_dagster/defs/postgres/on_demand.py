@@ -13,6 +13,7 @@ from ...core.postgres.backup import backup_postgres
 from ...core.postgres.verify import verify_pg_artifact
 from ..audit import audited
 from ..failures import failure
+from ..op_jobs import op_job
 from ..resources import PostgresSource
 from ..sources import PgBinding
 from .assets import backup_metadata
@@ -67,14 +68,10 @@ def build_on_demand_job(binding: PgBinding) -> dg.JobDefinition:
         context.log.info(f"On-demand backup verified: {manifest.artifact.uri} ({label})")
         return dg.Output(None, metadata={**backup_metadata(manifest), "label": dg.MetadataValue.text(label)})
 
-    @dg.job(
-        name=binding.named("postgres_on_demand_backup"),
-        description="Back up the database now (e.g. before a migration), verified in the same run. Kept in its own "
-        "series with its own retention (postgres_on_demand, 30 days); restore it with restore_postgres, "
-        "backup_set: on_demand.",
-        tags={"cidadao/domain": "postgres", **binding.tags},
+    return op_job(
+        on_demand_op,
+        binding.named("postgres_on_demand_backup"),
+        "Back up the database now (e.g. before a migration), verified in the same run. Kept in its own series with "
+        "its own retention (postgres_on_demand, 30 days); restore it with restore_postgres, backup_set: on_demand.",
+        {"cidadao/domain": "postgres", **binding.tags},
     )
-    def on_demand_job():
-        on_demand_op()
-
-    return on_demand_job

@@ -3,6 +3,7 @@ restore drill."""
 
 import dagster as dg
 
+from ..drills import recent_drill_checks
 from ..sources import DomainDefs, PgBinding
 from .drill import build_drill
 from .jobs import build_recover_rows_job, build_restore_job
@@ -10,7 +11,7 @@ from .jobs import build_recover_rows_job, build_restore_job
 
 def build(binding: PgBinding) -> DomainDefs:
     drill, drill_checks, drill_job, drill_schedule = build_drill(binding)
-    recent = [c for c in drill_checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
+    recent = recent_drill_checks(drill_checks)
     return DomainDefs(
         defs=dg.Definitions(
             assets=[drill],

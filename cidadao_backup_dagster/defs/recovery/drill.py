@@ -5,15 +5,14 @@ import dagster as dg
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
-from ..artifact_checks import DrillSeries, build_drill_checks
 from ..audit import audit_storage, audited
+from ..drills import build_drill as build_drill_defs
+from ..drills import drill_result, drill_series
 from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import PostgresSource
-from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import PgBinding
-
-MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
+from .config import restore_tools
 
 
 def _source_name(source: PostgresSource) -> str:
@@ -28,7 +27,7 @@ def drill_names(source: PostgresSource) -> tuple[str, str]:
 
 def _drill(context, binding: PgBinding) -> DrillReport:
     postgres_source: PostgresSource = binding.source(context.resources)
-    recovery, encryption = context.resources.recovery, context.resources.encryption
+    recovery = context.resources.recovery
     try:
         source = postgres_source.connection()
         server = recovery.server(recovery.drill_server_url, source, "DRILL_DATABASE_URL")
@@ -40,35 +39,43 @@ def _drill(context, binding: PgBinding) -> DrillReport:
             source=_source_name(postgres_source),
             partition=context.partition_key,
             jobs=recovery.restore_jobs,
-            tmp_dir=recovery.scratch_dir(),
-            bin_dir=postgres_source.bin_dir,
-            identities=encryption.identities(),
-            say=context.log.info,
+            **restore_tools(context, postgres_source),
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
     return DrillReport.parse(report)
 
 
-def drill_series(binding: PgBinding) -> DrillSeries:
-    """How the drill checks read one source's drill reports."""
+def _restore_drill(context: dg.AssetExecutionContext, binding: PgBinding) -> dg.MaterializeResult:
+    with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
+        report = _drill(context, binding)
+        audit.update(
+            artifact=report.backup_uri,
+            result="ok" if report.passed else "failed",
+            duration_seconds=report.duration_seconds,
+            problems=list(report.problems),
+        )
+    return drill_result(
+        context,
+        report,
+        RTO_DATABASE_CORRUPTION_S,
+        proved={"backup_sha256": dg.MetadataValue.text(report.backup_sha256)},
+        restored={
+            "tables": dg.MetadataValue.int(report.tables or 0),
+            "rows": dg.MetadataValue.int(report.rows or 0),
+        },
+    )
 
-    def read(resources, partition: str) -> DrillReport | None:
-        storage = binding.storage(resources).open()
-        return DrillReport.of(read_report(storage, _source_name(binding.source(resources)), partition))
 
-    def newest_passing(resources) -> DrillReport | None:
-        storage = binding.storage(resources).open()
-        return DrillReport.of(newest_passing_report(storage, drill_names(binding.source(resources))))
-
-    return DrillSeries(
+def build_drill(binding: PgBinding):
+    """(drill asset, its checks, its job, its schedule) for one PostgreSQL source."""
+    series = drill_series(
+        binding,
+        read_report=lambda storage, source, month: read_report(storage, _source_name(source), month),
+        newest_passing=lambda storage, source: newest_passing_report(storage, drill_names(source)),
         noun="backup",
         report_name="drill report",
-        partitions_def=MONTHLY,
-        needs=frozenset({binding.source_key, binding.storage_key}),
         rto_s=RTO_DATABASE_CORRUPTION_S,
-        read_report=read,
-        newest_passing=newest_passing,
         descriptions={
             "drill_passed": "ERROR unless the drill restored the backup and every table's row count matched its "
             "manifest.",
@@ -78,53 +85,16 @@ def drill_series(binding: PgBinding) -> DrillSeries:
             "hope, not a backup.",
         },
     )
-
-
-def build_drill(binding: PgBinding):
-    """(drill asset, its checks, its job, its schedule) for one PostgreSQL source."""
-    needs = {binding.source_key, binding.storage_key}
-
-    @dg.asset(
-        key=binding.key("postgres_restore_drill"),
-        group_name=binding.group("recovery"),
-        partitions_def=MONTHLY,
-        kinds={"postgres"},
-        required_resource_keys={*needs, "recovery", "encryption"},
+    return build_drill_defs(
+        binding,
+        "postgres_restore_drill",
+        kind="postgres",
         description="Monthly drill: restores the newest valid daily backup into a scratch database, verifies the "
         "SHA-256 and every table's row count, times it against the 30-minute RTO, drops the scratch database, and "
         "stores a report under drills/ in BACKUP_STORAGE_URL.",
-        tags={"cidadao/domain": "recovery", **binding.tags},
+        run=_restore_drill,
+        series=series,
+        job=("postgres_restore_drill_job", "Monthly restore drill with its checks."),
+        # On the 1st at 05:00 UTC (after the 03:00 daily backup landed), the drill of the month that just ended.
+        schedule=("postgres_restore_drill_schedule", "0 5 1 * *", "Monthly restore drill."),
     )
-    def postgres_restore_drill(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
-            report = _drill(context, binding)
-            audit.update(
-                artifact=report.backup_uri,
-                result="ok" if report.passed else "failed",
-                duration_seconds=report.duration_seconds,
-                problems=list(report.problems),
-            )
-        verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.problems)
-        context.log.info(f"Drill {verdict} in {report.duration_seconds:.1f} s, proving {report.backup_uri}")
-        return dg.MaterializeResult(
-            metadata={
-                "passed": dg.MetadataValue.bool(report.passed),
-                "proved_backup": dg.MetadataValue.text(report.backup_partition),
-                "backup_uri": dg.MetadataValue.text(report.backup_uri),
-                "backup_sha256": dg.MetadataValue.text(report.backup_sha256),
-                "duration_s": dg.MetadataValue.float(report.duration_seconds),
-                "rto_s": dg.MetadataValue.int(RTO_DATABASE_CORRUPTION_S),
-                "tables": dg.MetadataValue.int(report.tables or 0),
-                "rows": dg.MetadataValue.int(report.rows or 0),
-            }
-        )
-
-    checks = build_drill_checks(postgres_restore_drill, drill_series(binding))
-    job = source_asset_job(
-        binding, "postgres_restore_drill_job", postgres_restore_drill, "Monthly restore drill with its checks."
-    )
-    # On the 1st at 05:00 UTC (after the 03:00 daily backup landed), the drill of the month that just ended.
-    schedule = latest_partition_schedule(
-        binding.named("postgres_restore_drill_schedule"), job, MONTHLY, "0 5 1 * *", "Monthly restore drill."
-    )
-    return postgres_restore_drill, checks, job, schedule

@@ -6,6 +6,7 @@ import dagster as dg
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.redis.backup import partition_segment
 from ...core.redis.drill import newest_passing_report
+from ..drills import recent_drill_checks
 from ..protection.classes import ArtifactClass
 from ..sources import DomainDefs, RedisBinding
 from .assets import build_snapshot_asset, redis_series
@@ -20,7 +21,7 @@ def build(binding: RedisBinding) -> DomainDefs:
     snapshot_checks, series_checks = build_snapshot_checks(binding)
     drill, drill_checks, drill_job, drill_schedule = build_drill(binding)
     snapshot_job, snapshot_schedule = build_snapshot_job(binding, snapshot)
-    recent_drill = [c for c in drill_checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
+    recent_drill = recent_drill_checks(drill_checks)
 
     def drill_proven(resources, warn) -> set[str]:
         """The snapshot the latest passing Redis drill proved: retention never deletes it."""

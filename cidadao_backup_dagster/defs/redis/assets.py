@@ -4,11 +4,10 @@
 import dagster as dg
 
 from ...core.artifacts.manifest import Manifest, series_prefix
-from ...core.artifacts.pipeline import Progress
-from ...core.artifacts.storage import MiB
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import backup_redis, partition_segment, safe_name
 from ..audit import audited
+from ..backup_runs import log_progress, run_record
 from ..failures import failure
 from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..resources import RedisSource
@@ -89,12 +88,6 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
         f"{storage.uri(series + '/' + partition_segment(partition))}/"
     )
 
-    def progress(p: Progress) -> None:
-        context.log.info(
-            f"Snapshot progress: {p.raw_bytes / MiB:,.0f} MiB received, {p.stored_bytes / MiB:,.0f} MiB stored, "
-            f"{p.mb_per_s:,.1f} MiB/s after {p.elapsed:,.0f} s"
-        )
-
     with audited(context, storage, "backup", storage.uri(f"{series}/{partition_segment(partition)}/")) as audit:
         lateness = guard_late(context, partition, "hourly", backup_policy, config, "Redis snapshots")
         try:
@@ -107,12 +100,8 @@ def _snapshot(context: dg.AssetExecutionContext, binding: RedisBinding, config: 
                 settings=settings,
                 encryption=stage,
                 encryption_info=encryption_info,
-                extra={
-                    "dagster_run_id": context.run.run_id,
-                    "asset": context.asset_key.to_user_string(),
-                    **lateness.record(),
-                },
-                on_progress=progress,
+                extra=run_record(context, lateness),
+                on_progress=log_progress(context, "Snapshot", "received"),
                 warn=context.log.warning,
             )
         except BackupError as exc:  # credentials/permissions, a missing bucket: a retry would fail the same way

@@ -12,15 +12,13 @@ from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
 from ...core.redis.drill import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
-from ..artifact_checks import DrillSeries, build_drill_checks
 from ..audit import audit_storage, audited
+from ..drills import build_drill as build_drill_defs
+from ..drills import drill_result, drill_series
 from ..failures import failure
 from ..resources import RedisSource
-from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
 from .assets import redis_series
-
-MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
 
 
 def _source(redis_source: RedisSource) -> str:
@@ -58,41 +56,27 @@ def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.Ma
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
     report = DrillReport.parse(found)
-    verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.problems)
-    context.log.info(f"Drill {verdict} in {report.duration_seconds:.1f} s, proving {report.backup_uri}")
-    return dg.MaterializeResult(
-        metadata={
-            "passed": dg.MetadataValue.bool(report.passed),
-            "proved_backup": dg.MetadataValue.text(report.backup_partition),
-            "backup_uri": dg.MetadataValue.text(report.backup_uri),
-            "format": dg.MetadataValue.text(report.format or ""),
-            "duration_s": dg.MetadataValue.float(report.duration_seconds),
-            "rto_s": dg.MetadataValue.int(RTO_REDIS_S),
+    return drill_result(
+        context,
+        report,
+        RTO_REDIS_S,
+        proved={"format": dg.MetadataValue.text(report.format or "")},
+        restored={
             "keys": dg.MetadataValue.int(report.keys or 0),
             "keys_per_db": dg.MetadataValue.json(report.keys_restored),
-        }
+        },
     )
 
 
-def drill_series(binding: RedisBinding) -> DrillSeries:
-    """How the drill checks read one Redis source's drill reports."""
-
-    def read(resources, partition: str) -> DrillReport | None:
-        storage = binding.storage(resources).open()
-        return DrillReport.of(read_report(storage, _source(binding.source(resources)), partition))
-
-    def newest_passing(resources) -> DrillReport | None:
-        storage = binding.storage(resources).open()
-        return DrillReport.of(newest_passing_report(storage, _source(binding.source(resources))))
-
-    return DrillSeries(
+def build_drill(binding: RedisBinding):
+    """(drill asset, its checks, its job, its schedule) for one Redis source."""
+    series = drill_series(
+        binding,
+        read_report=lambda storage, source, month: read_report(storage, _source(source), month),
+        newest_passing=lambda storage, source: newest_passing_report(storage, _source(source)),
         noun="snapshot",
         report_name="Redis drill report",
-        partitions_def=MONTHLY,
-        needs=frozenset({binding.source_key, binding.storage_key}),
         rto_s=RTO_REDIS_S,
-        read_report=read,
-        newest_passing=newest_passing,
         descriptions={
             "drill_passed": "ERROR unless the snapshot loaded and every database's key count matched the manifest "
             "(within the keys that carry a TTL, which may have expired since).",
@@ -101,30 +85,15 @@ def drill_series(binding: RedisBinding) -> DrillSeries:
             "recent_passing_drill": "ERROR when no Redis drill has passed in the last 35 days.",
         },
     )
-
-
-def build_drill(binding: RedisBinding):
-    """(drill asset, its checks, its job, its schedule) for one Redis source."""
-
-    @dg.asset(
-        key=binding.key("redis_restore_drill"),
-        group_name=binding.group("recovery"),
-        partitions_def=MONTHLY,
-        kinds={"redis"},
+    return build_drill_defs(
+        binding,
+        "redis_restore_drill",
+        kind="redis",
         description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
         "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
         "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL.",
-        tags={"cidadao/domain": "recovery", **binding.tags},
-        required_resource_keys={binding.source_key, binding.storage_key, "encryption", "recovery"},
+        run=_redis_restore_drill,
+        series=series,
+        job=("redis_restore_drill_job", "Monthly Redis restore drill with its checks."),
+        schedule=("redis_restore_drill_schedule", "30 5 1 * *", "Monthly Redis restore drill."),
     )
-    def redis_restore_drill(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return _redis_restore_drill(context, binding)
-
-    checks = build_drill_checks(redis_restore_drill, drill_series(binding))
-    job = source_asset_job(
-        binding, "redis_restore_drill_job", redis_restore_drill, "Monthly Redis restore drill with its checks."
-    )
-    schedule = latest_partition_schedule(
-        binding.named("redis_restore_drill_schedule"), job, MONTHLY, "30 5 1 * *", "Monthly Redis restore drill."
-    )
-    return redis_restore_drill, checks, job, schedule

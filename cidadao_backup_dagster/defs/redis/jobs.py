@@ -12,8 +12,8 @@ from ...core.redis.backup import safe_name
 from ...core.redis.flush import confirm_flush, flush_all, snapshot_before_flush
 from ...core.redis.restore import restore_snapshot
 from ...core.redis.snapshots import select_snapshot
-from ..audit import audit_storage, audited
 from ..failures import failure
+from ..op_jobs import optional_text, recovery_job
 from ..resources import RedisSource
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..sources import RedisBinding
@@ -82,65 +82,42 @@ class FlushRedisConfig(dg.Config):
 
 def build_recovery_jobs(binding: RedisBinding) -> list[dg.JobDefinition]:
     """restore_redis and flush_redis_cache for one Redis source."""
-    tags = {"cidadao/domain": "recovery", **binding.tags}
-    source = f" Source `{binding.name}`." if binding.name else ""
-
-    @dg.op(
-        name=binding.named("restore_redis_op"),
-        description="Pick a snapshot, check its SHA-256, load an RDB into a throwaway redis-server (a logical "
+    restore_redis = recovery_job(
+        binding,
+        "restore_redis",
+        description="Redis scenario 2 (instance loss): restore a snapshot into a Redis (new, or confirmed flush) "
+        "and verify key counts.",
+        op_description="Pick a snapshot, check its SHA-256, load an RDB into a throwaway redis-server (a logical "
         "snapshot needs none) and copy every key to the target with DUMP/RESTORE pipelines; verify key counts per "
         "database.",
-        tags=tags,
-        required_resource_keys={*binding.resource_keys, "encryption", "recovery"},
+        config_type=RestoreRedisConfig,
+        resource_keys={"encryption", "recovery"},
+        action="restore",
+        artifact_key="target",
+        run=_restore,
     )
-    def restore_redis_op(context: dg.OpExecutionContext, config: RestoreRedisConfig) -> dg.Output:
-        resources = context.resources
-        backup_storage = binding.storage(resources)
-        with audited(context, audit_storage(backup_storage), "restore") as audit:
-            output = _restore(
-                context, config, binding.source(resources), backup_storage, resources.encryption, resources.recovery
-            )
-            audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
-            return output
-
-    @dg.job(
-        name=binding.named("restore_redis"),
-        description="Redis scenario 2 (instance loss): restore a snapshot into a Redis (new, or confirmed flush) "
-        "and verify key counts." + source,
-        tags=tags,
+    flush_redis_cache = recovery_job(
+        binding,
+        "flush_redis_cache",
+        description="Redis scenario 1 (cache invalidation): FLUSHALL, confirmed by repeating the target's name.",
+        op_description="FLUSHALL on the target, only when confirm_target repeats its name (host:port), after a "
+        "verified snapshot of it (snapshot_first).",
+        config_type=FlushRedisConfig,
+        resource_keys={"encryption"},
+        action="flush",
+        artifact_key="target",
+        run=_flush,
     )
-    def restore_redis():
-        restore_redis_op()
-
-    @dg.op(
-        name=binding.named("flush_redis_cache_op"),
-        description="FLUSHALL on the target, only when confirm_target repeats its name (host:port), after a verified "
-        "snapshot of it (snapshot_first).",
-        tags=tags,
-        required_resource_keys={*binding.resource_keys, "encryption"},
-    )
-    def flush_redis_cache_op(context: dg.OpExecutionContext, config: FlushRedisConfig) -> dg.Output:
-        with audited(context, audit_storage(binding.storage(context.resources)), "flush") as audit:
-            output = _flush(context, config, binding, context.resources)
-            audit.update({k: v.value for k, v in output.metadata.items()}, artifact=output.metadata["target"].value)
-            return output
-
-    @dg.job(
-        name=binding.named("flush_redis_cache"),
-        description="Redis scenario 1 (cache invalidation): FLUSHALL, confirmed by repeating the target's name."
-        + source,
-        tags=tags,
-    )
-    def flush_redis_cache():
-        flush_redis_cache_op()
-
     return [restore_redis, flush_redis_cache]
 
 
-def _restore(context, config, redis_source, backup_storage, encryption, recovery) -> dg.Output:
+def _restore(context, config: RestoreRedisConfig, binding: RedisBinding) -> dg.Output:
+    resources = context.resources
+    redis_source: RedisSource = binding.source(resources)
+    encryption, recovery = resources.encryption, resources.recovery
     try:
         target = redis_source.target(config.target_url)
-        storage = backup_storage.open()
+        storage = binding.storage(resources).open()
         series = (
             series_prefix("redis", safe_name(config.source_name), "hourly")
             if config.source_name
@@ -188,16 +165,13 @@ def _restore(context, config, redis_source, backup_storage, encryption, recovery
             "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
             "load_s": dg.MetadataValue.float(result.load_seconds),
             "copy_s": dg.MetadataValue.float(result.copy_seconds),
-            **(
-                {"pre_flush_snapshot": dg.MetadataValue.text(result.pre_flush_snapshot)}
-                if result.pre_flush_snapshot
-                else {}
-            ),
+            **optional_text("pre_flush_snapshot", result.pre_flush_snapshot),
         },
     )
 
 
-def _flush(context, config: FlushRedisConfig, binding, resources) -> dg.Output:
+def _flush(context, config: FlushRedisConfig, binding: RedisBinding) -> dg.Output:
+    resources = context.resources
     redis_source: RedisSource = binding.source(resources)
     snapshot = None
     try:
@@ -220,6 +194,6 @@ def _flush(context, config: FlushRedisConfig, binding, resources) -> dg.Output:
             "target": dg.MetadataValue.text(target.display()),
             "keys_removed": dg.MetadataValue.int(total),
             "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
-            **({"pre_flush_snapshot": dg.MetadataValue.text(snapshot.artifact.uri)} if snapshot else {}),
+            **optional_text("pre_flush_snapshot", snapshot.artifact.uri if snapshot else None),
         },
     )

@@ -1,0 +1,106 @@
+"""What the PostgreSQL and the Redis restore drills share: monthly partitions, how their checks read the drill
+reports, the drill asset's result, and the checks, job and schedule around it."""
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from ..core.artifacts.drill_reports import DrillReport
+from .artifact_checks import DrillSeries, build_drill_checks
+from .schedules import latest_partition_schedule, source_asset_job
+from .sources import PgBinding, RedisBinding
+
+MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-02-01", timezone="UTC")
+
+Binding = PgBinding | RedisBinding
+
+
+def recent_drill_checks(checks: list) -> list:
+    """The series-wide `recent_passing_drill` checks, which must also run hourly on their own."""
+    return [c for c in checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
+
+
+def drill_series(
+    binding: Binding,
+    *,
+    read_report: Callable[..., dict | None],
+    newest_passing: Callable[..., dict | None],
+    noun: str,
+    report_name: str,
+    rto_s: float,
+    descriptions: dict[str, str],
+) -> DrillSeries:
+    """How the drill checks read one source's drill reports, with the domain's `read_report(storage, source
+    resource, month)` and `newest_passing(storage, source resource)`."""
+
+    def read(resources, partition: str) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(read_report(storage, binding.source(resources), partition))
+
+    def newest(resources) -> DrillReport | None:
+        storage = binding.storage(resources).open()
+        return DrillReport.of(newest_passing(storage, binding.source(resources)))
+
+    return DrillSeries(
+        noun=noun,
+        report_name=report_name,
+        partitions_def=MONTHLY,
+        needs=frozenset({binding.source_key, binding.storage_key}),
+        rto_s=rto_s,
+        read_report=read,
+        newest_passing=newest,
+        descriptions=descriptions,
+    )
+
+
+def drill_result(context, report: DrillReport, rto_s: int, proved: dict, restored: dict) -> dg.MaterializeResult:
+    """Log the verdict; the drill asset's result: the verdict, what it `proved` (beside the backup's partition and
+    URI), the time against the RTO, and what it `restored`."""
+    verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.problems)
+    context.log.info(f"Drill {verdict} in {report.duration_seconds:.1f} s, proving {report.backup_uri}")
+    return dg.MaterializeResult(
+        metadata={
+            "passed": dg.MetadataValue.bool(report.passed),
+            "proved_backup": dg.MetadataValue.text(report.backup_partition),
+            "backup_uri": dg.MetadataValue.text(report.backup_uri),
+            **proved,
+            "duration_s": dg.MetadataValue.float(report.duration_seconds),
+            "rto_s": dg.MetadataValue.int(rto_s),
+            **restored,
+        }
+    )
+
+
+def build_drill(
+    binding: Binding,
+    name: str,
+    *,
+    kind: str,
+    description: str,
+    run: Callable[[dg.AssetExecutionContext, Binding], dg.MaterializeResult],
+    series: DrillSeries,
+    job: tuple[str, str],
+    schedule: tuple[str, str, str],
+):
+    """(drill asset `name`, its checks, its job, its schedule) for one source: `job` is (name, description),
+    `schedule` (name, cron, description)."""
+
+    @dg.asset(
+        key=binding.key(name),
+        group_name=binding.group("recovery"),
+        partitions_def=MONTHLY,
+        kinds={kind},
+        required_resource_keys={binding.source_key, binding.storage_key, "recovery", "encryption"},
+        description=description,
+        tags={"cidadao/domain": "recovery", **binding.tags},
+    )
+    def drill(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return run(context, binding)
+
+    checks = build_drill_checks(drill, series)
+    drill_job = source_asset_job(binding, job[0], drill, job[1])
+    schedule_name, cron, schedule_description = schedule
+    drill_schedule = latest_partition_schedule(
+        binding.named(schedule_name), drill_job, MONTHLY, cron, schedule_description
+    )
+    return drill, checks, drill_job, drill_schedule
