@@ -375,90 +375,77 @@ class AlertSettings(dg.ConfigurableResource):
         return f"{self.dagster_url.rstrip('/')}/{path.lstrip('/')}" if self.dagster_url.strip() else None
 
 
-def build_resources(settings: "Settings | None" = None) -> dict[str, dg.ConfigurableResource]:
-    """Shared resources, and per source of `settings.sources` (default: one from DATABASE_URL and one from
-    REDIS_URL) its connection and its storage (the shared URLs with the source's storage_prefix). `settings`
-    defaults to the environment now (tests and tools that build resources alone)."""
-    if settings is None:
-        from .settings import Settings
-
-        settings = Settings.from_environ()
-    sources, env_or = settings.sources, settings.env_or
-    # Every secret of the environment is known before anything runs: whatever message carries one masks it.
-    register_environment(settings.environ)
-    register_file(settings.get("BACKUP_AGE_IDENTITY_FILE") or None)
-    install_log_redaction()
-    s3 = S3Settings(
-        endpoint_url=env_or("AWS_ENDPOINT_URL", None),
-        region_name=env_or("AWS_DEFAULT_REGION", env_or("AWS_REGION", None)),
-        max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
+def _storage(settings: "Settings", s3: S3Settings, prefix: str = "", *, offsite: bool = False) -> BackupStorage:
+    """BACKUP_STORAGE_URL, or OFFSITE_STORAGE_URL, under `prefix`."""
+    if offsite:
+        # the offsite bucket may be another provider: OFFSITE_S3_SSE (+ _KMS_KEY_ID), else the BACKUP_ pair
+        sse = "OFFSITE_S3_SSE" if settings.get("OFFSITE_S3_SSE") else "BACKUP_S3_SSE"
+        variable, default_url = "OFFSITE_STORAGE_URL", ""
+        hint = (
+            "set it to an external bucket, e.g. s3://cidadao-ai-backups-offsite/postgres "
+            "(the weekly copy must not live beside the daily ones)"
+        )
+    else:
+        sse, variable, default_url, hint = "BACKUP_S3_SSE", "BACKUP_STORAGE_URL", f"file://{settings.local_storage}", ""
+    return BackupStorage(
+        url=settings.env_or(variable, default_url),
+        variable=variable,
+        missing_hint=hint,
+        prefix=prefix,
+        s3_sse=settings.env_or(sse, "AES256"),
+        s3_sse_kms_key_id=settings.env_or(f"{sse}_KMS_KEY_ID", ""),
+        sse_variable=sse,
+        s3=s3,
     )
 
-    def storage(prefix: str = "") -> BackupStorage:
-        return BackupStorage(
-            url=env_or("BACKUP_STORAGE_URL", f"file://{settings.local_storage}"),
-            variable="BACKUP_STORAGE_URL",
-            prefix=prefix,
-            s3_sse=env_or("BACKUP_S3_SSE", "AES256"),
-            s3_sse_kms_key_id=env_or("BACKUP_S3_SSE_KMS_KEY_ID", ""),
-            s3=s3,
-        )
 
-    offsite_sse = "OFFSITE_S3_SSE" if settings.get("OFFSITE_S3_SSE") else "BACKUP_S3_SSE"
+def _postgres_source(settings: "Settings", spec: PostgresSourceSpec) -> PostgresSource:
+    env_or = settings.env_or
+    return PostgresSource(
+        database_url=env_or(spec.url_env, ""),
+        pg_bin_dir=env_or("PG_BIN_DIR", ""),
+        pg_bin_dirs=env_or("PG_BIN_DIRS", ""),
+        url_variable=spec.url_env,
+        name=spec.name or env_or("POSTGRES_SOURCE_NAME", "cidadao"),
+    )
 
-    def offsite(prefix: str = "") -> BackupStorage:
-        return BackupStorage(
-            url=env_or("OFFSITE_STORAGE_URL", ""),
-            variable="OFFSITE_STORAGE_URL",
-            missing_hint="set it to an external bucket, e.g. s3://cidadao-ai-backups-offsite/postgres "
-            "(the weekly copy must not live beside the daily ones)",
-            prefix=prefix,
-            # the offsite bucket may be another provider: OFFSITE_S3_SSE (+ _KMS_KEY_ID), else the BACKUP_ pair
-            s3_sse=env_or(offsite_sse, "AES256"),
-            s3_sse_kms_key_id=env_or(f"{offsite_sse}_KMS_KEY_ID", ""),
-            sse_variable=offsite_sse,
-            s3=s3,
-        )
 
-    def postgres(spec: PostgresSourceSpec) -> PostgresSource:
-        return PostgresSource(
-            database_url=env_or(spec.url_env, ""),
-            pg_bin_dir=env_or("PG_BIN_DIR", ""),
-            pg_bin_dirs=env_or("PG_BIN_DIRS", ""),
-            url_variable=spec.url_env,
-            name=spec.name or env_or("POSTGRES_SOURCE_NAME", "cidadao"),
-        )
+def _redis_source(settings: "Settings", spec: RedisSourceSpec) -> RedisSource:
+    env_or = settings.env_or
+    return RedisSource(
+        redis_url=env_or(spec.url_env, ""),
+        url_variable=spec.url_env,
+        name=spec.name or env_or("REDIS_SOURCE_NAME", "cache"),
+        mode=spec.mode or env_or("REDIS_SNAPSHOT_MODE", "auto"),
+        connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
+        socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
+        server_bin=env_or("REDIS_SERVER_BIN", ""),
+        target_password=env_or("REDIS_TARGET_PASSWORD", ""),
+    )
 
-    def redis(spec: RedisSourceSpec) -> RedisSource:
-        return RedisSource(
-            redis_url=env_or(spec.url_env, ""),
-            url_variable=spec.url_env,
-            name=spec.name or env_or("REDIS_SOURCE_NAME", "cache"),
-            mode=spec.mode or env_or("REDIS_SNAPSHOT_MODE", "auto"),
-            connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
-            socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
-            server_bin=env_or("REDIS_SERVER_BIN", ""),
-            target_password=env_or("REDIS_TARGET_PASSWORD", ""),
-        )
 
+def _per_source(settings: "Settings", s3: S3Settings) -> dict[str, dg.ConfigurableResource]:
+    """Each listed source's connection and storages (the shared URLs with its storage_prefix); the implicit Redis
+    source's connection."""
     per_source: dict[str, dg.ConfigurableResource] = {}
-    for spec in sources.postgres:
+    for spec in settings.sources.postgres:
         if spec.name:
-            per_source[f"postgres_source__{spec.name}"] = postgres(spec)
-            per_source[f"backup_storage__{spec.name}"] = storage(spec.storage_prefix)
-            per_source[f"offsite_storage__{spec.name}"] = offsite(spec.storage_prefix)
-    for spec in sources.redis:
+            per_source[f"postgres_source__{spec.name}"] = _postgres_source(settings, spec)
+            per_source[f"backup_storage__{spec.name}"] = _storage(settings, s3, spec.storage_prefix)
+            per_source[f"offsite_storage__{spec.name}"] = _storage(settings, s3, spec.storage_prefix, offsite=True)
+    for spec in settings.sources.redis:
         if spec.name:
-            per_source[f"redis_source__{spec.name}"] = redis(spec)
-            per_source[f"backup_storage__{spec.name}"] = storage(spec.storage_prefix)
+            per_source[f"redis_source__{spec.name}"] = _redis_source(settings, spec)
+            per_source[f"backup_storage__{spec.name}"] = _storage(settings, s3, spec.storage_prefix)
         else:
-            per_source["redis_source"] = redis(spec)
+            per_source["redis_source"] = _redis_source(settings, spec)
+    return per_source
+
+
+def _shared(settings: "Settings") -> dict[str, dg.ConfigurableResource]:
+    """The resources every source shares: backup policy, encryption, alerts and recovery settings."""
+    env_or = settings.env_or
     return {
-        # The exports (and the one-source default) read `postgres_source`; shared jobs write to `backup_storage`.
-        "postgres_source": postgres(sources.export_source),
-        "backup_storage": storage(),
-        "offsite_storage": offsite(),
-        **per_source,
         "backup_policy": BackupPolicy(
             zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
             expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
@@ -481,4 +468,31 @@ def build_resources(settings: "Settings | None" = None) -> dict[str, dg.Configur
             target_password=env_or("RESTORE_TARGET_PASSWORD", ""),
             drill_server_url=env_or("DRILL_DATABASE_URL", ""),
         ),
+    }
+
+
+def build_resources(settings: "Settings | None" = None) -> dict[str, dg.ConfigurableResource]:
+    """Shared resources, and per source of `settings.sources` (default: one from DATABASE_URL and one from
+    REDIS_URL) its connection and its storage (the shared URLs with the source's storage_prefix). `settings`
+    defaults to the environment now (tests and tools that build resources alone)."""
+    if settings is None:
+        from .settings import Settings
+
+        settings = Settings.from_environ()
+    # Every secret of the environment is known before anything runs: whatever message carries one masks it.
+    register_environment(settings.environ)
+    register_file(settings.get("BACKUP_AGE_IDENTITY_FILE") or None)
+    install_log_redaction()
+    s3 = S3Settings(
+        endpoint_url=settings.env_or("AWS_ENDPOINT_URL", None),
+        region_name=settings.env_or("AWS_DEFAULT_REGION", settings.env_or("AWS_REGION", None)),
+        max_attempts=10,  # botocore "standard" retry mode: backoff on 5xx, SlowDown and throttling
+    )
+    return {
+        # The exports (and the one-source default) read `postgres_source`; shared jobs write to `backup_storage`.
+        "postgres_source": _postgres_source(settings, settings.sources.export_source),
+        "backup_storage": _storage(settings, s3),
+        "offsite_storage": _storage(settings, s3, offsite=True),
+        **_per_source(settings, s3),
+        **_shared(settings),
     }
