@@ -6,7 +6,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from .audit import audit_storage, audited
-from .sources import Binding
+from .sources import Binding, PgBinding, RedisBinding
 
 
 def source_note(binding: Binding) -> str:
@@ -38,7 +38,7 @@ def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
 
 
 def recovery_job(
-    binding: Binding,
+    binding: PgBinding | RedisBinding,
     name: str,
     *,
     description: str,
@@ -47,7 +47,7 @@ def recovery_job(
     resource_keys: set[str],
     action: str,
     artifact_key: str,
-    run: Callable[[dg.OpExecutionContext, dg.Config, Binding], dg.Output],
+    run: Callable[[dg.OpExecutionContext, dg.Config, PgBinding | RedisBinding], dg.Output],
 ) -> dg.JobDefinition:
     """Job `name` (op `<name>_op`) running `run` under an audit record `action` whose artifact is the output's
     `artifact_key` metadata."""
