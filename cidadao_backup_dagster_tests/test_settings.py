@@ -27,3 +27,14 @@ def test_a_bad_value_names_the_variable_and_the_fix(variable, value):
         Settings.from_environ({variable: value})
     assert info.value.variable == variable
     assert "Fix:" in str(info.value)
+
+
+def test_the_values_reach_the_storage_and_redis_resources():
+    # The variables were once named in errors yet read by nothing: the resources must carry them.
+    from cidadao_backup_dagster.defs.resources import build_resources
+
+    env = {"BACKUP_S3_PART_SIZE_MB": "32", "REDIS_SNAPSHOT_MAX_AGE_H": "3", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    resources = build_resources(Settings.from_environ(env))
+    assert resources["backup_storage"].part_size_mb == 32
+    assert resources["offsite_storage"].part_size_mb == 32
+    assert resources["redis_source"].snapshot_max_age_hours == 3.0

@@ -395,6 +395,7 @@ def _storage(settings: "Settings", s3: S3Settings, prefix: str = "", *, offsite:
         s3_sse=settings.env_or(sse, "AES256"),
         s3_sse_kms_key_id=settings.env_or(f"{sse}_KMS_KEY_ID", ""),
         sse_variable=sse,
+        part_size_mb=settings.s3_part_size_mb,
         s3=s3,
     )
 
@@ -421,6 +422,7 @@ def _redis_source(settings: "Settings", spec: RedisSourceSpec) -> RedisSource:
         socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
         server_bin=env_or("REDIS_SERVER_BIN", ""),
         target_password=env_or("REDIS_TARGET_PASSWORD", ""),
+        snapshot_max_age_hours=settings.redis_snapshot_max_age_h,
     )
 
 
