@@ -74,8 +74,9 @@ class Cluster:
 
 
 @contextmanager
-def started_cluster(bindir: Path) -> Iterator[Cluster]:
-    """A cluster of `bindir`'s version on its own port and directory, replication allowed."""
+def started_cluster(bindir: Path, settings: str = "") -> Iterator[Cluster]:
+    """A cluster of `bindir`'s version on its own port and directory, replication allowed (`settings`: more
+    postgresql.conf lines)."""
     root = Path(tempfile.mkdtemp(prefix="pitr-test-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
@@ -90,7 +91,7 @@ def started_cluster(bindir: Path) -> Iterator[Cluster]:
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(
             f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-            "wal_level = replica\nmax_wal_senders = 8\nmax_replication_slots = 16\nfsync = off\n"
+            "wal_level = replica\nmax_wal_senders = 8\nmax_replication_slots = 16\nfsync = off\n" + settings
         )
     # Replication only for `postgres`: the refusal test needs a REPLICATION role pg_hba does not let in.
     (data / "pg_hba.conf").write_text(
@@ -376,20 +377,17 @@ def runbook_block() -> str:
     return found.group(1)
 
 
-def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_path):
-    storage = LocalStorage(tmp_path / "backups")
-    conn = cluster.conn(source)
-    insert(cluster, source, 1, 20)
-    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
-    insert(cluster, source, 21, 30)
-    # The runbook takes whole seconds: the next second boundary, with every insert before and the DELETE after.
+def whole_second(cluster: Cluster):
+    """The next second boundary on the server's clock, once passed: the runbook takes whole seconds."""
     instant = server_now(cluster).replace(microsecond=0) + timedelta(seconds=1)
     while server_now(cluster) <= instant:
         time.sleep(0.05)
-    cluster.sql("DELETE FROM items", source)
-    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    return instant
 
-    # Run as the OS user that owns the copy (PostgreSQL refuses root), on a copy of the storage folder.
+
+def run_runbook(storage: LocalStorage, source: str, instant, pgbin: Path, expected: list[int]) -> str:
+    """The runbook block, verbatim, as the OS user that owns the copy (PostgreSQL refuses root), on a copy of
+    the storage folder; the recovered copy must hold `expected`. Returns its output."""
     root = Path(tempfile.mkdtemp(prefix="pitr-test-runbook-"))
     work, port = root / "work", free_port()
     try:
@@ -400,7 +398,7 @@ def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_pat
             "BACKUP_DIR": str(root / "backups"),
             "SOURCE": source,
             "TARGET_TIME": instant.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "PGBIN": str(PG15),
+            "PGBIN": str(pgbin),
             "WORK": str(work),
             "PORT": str(port),
             "PATH": os.environ["PATH"],
@@ -411,14 +409,28 @@ def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_pat
         )
         log = (work / "postgres.log").read_text()[-2000:] if (work / "postgres.log").exists() else ""
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:] + log
-        assert "recovery stopping before commit" in out.stdout
-        assert "in recovery: false" in out.stdout
         recovered = PgConnection({"host": str(work), "port": str(port), "dbname": source, "user": "postgres"})
-        assert ids(recovered) == list(range(1, 31))
+        assert ids(recovered) == expected
+        return out.stdout
     finally:
         if (work / "data" / "postmaster.pid").exists():
-            subprocess.run(as_postgres([PG15 / "pg_ctl", "-D", work / "data", "-m", "immediate", "stop"]))
+            subprocess.run(as_postgres([pgbin / "pg_ctl", "-D", work / "data", "-m", "immediate", "stop"]))
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_stock_tools_runbook_restores_to_an_instant(cluster, source, tmp_path):
+    storage = LocalStorage(tmp_path / "backups")
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, 20)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 21, 30)
+    # The runbook takes whole seconds: the next second boundary, with every insert before and the DELETE after.
+    instant = whole_second(cluster)
+    cluster.sql("DELETE FROM items", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    out = run_runbook(storage, source, instant, PG15, list(range(1, 31)))
+    assert "recovery stopping before commit" in out
+    assert "in recovery: false" in out
 
 
 # ------------------------------------------------------------------------------------------ into a target server
@@ -618,6 +630,7 @@ def test_dagster_assets_archive_and_restore_postgres_recovers_to_an_instant(clus
     meta = materialization.metadata
     assert meta["recoverable_until"].value > instant.isoformat()[:19]
     assert meta["partial"].value.endswith(".partial") and meta["stored_bytes"].value > 0
+    assert 0 <= meta["rpo_seconds"].value <= 300  # the achieved RPO the scheduled runs show
 
     target = f"{source}_asof"
     try:
@@ -722,3 +735,142 @@ def test_restore_to_instant_on_postgresql_17(restore_tmp):
         ) as server:
             assert ids(server.conn(db)) == list(range(1, 21))
     assert restore_dirs(restore_tmp) == ["backups"]
+
+
+@pytest.fixture(scope="module")
+def pg17():
+    """A PostgreSQL 17 cluster with summarize_wal on (incremental base backups) and its binaries."""
+    from .pg_servers import pg17_bin_dir
+
+    bindir = pg17_bin_dir()
+    with started_cluster(bindir, "summarize_wal = on\n") as started:
+        yield started, bindir
+
+
+@pytest.fixture
+def source17(pg17):
+    pg, _bindir = pg17
+    name = unique_name("pitr17")
+    pg.sql(f"CREATE DATABASE {name}")
+    pg.sql("CREATE TABLE items (id int PRIMARY KEY, note text)", name)
+    try:
+        yield name
+    finally:
+        drop_slot(pg.conn(), slot_name_for(name))
+        pg.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_an_incremental_chain_on_17_is_combined_and_a_missing_member_refused(pg17, source17, restore_tmp):
+    """full, incremental, incremental: a restore combines the three; a gone member is named before anything."""
+    pg, bindir = pg17
+    settings = BackupSettings(pg_bin_dir=str(bindir))
+    storage = LocalStorage(restore_tmp / "backups")
+    conn, said = pg.conn(source17), []
+    insert(pg, source17, 1, 10)
+    full = base_backup(conn, storage, source=source17, partition="2026-11-16", settings=settings, say=said.append)
+    insert(pg, source17, 11, 20)
+    first = base_backup(conn, storage, source=source17, partition="2026-11-23", settings=settings, say=said.append)
+    insert(pg, source17, 21, 30)
+    second = base_backup(conn, storage, source=source17, partition="2026-11-30", settings=settings, say=said.append)
+    assert [m.data["base"]["kind"] for m in (full, first, second)] == ["full", "incremental", "incremental"]
+    assert second.data["base"]["parent"] == first.artifact_key and second.data["base"]["chain_length"] == 3
+    assert second.raw_bytes < full.raw_bytes / 2  # only what changed
+    insert(pg, source17, 31, 40)
+    instant = whole_second(pg)  # the runbook below takes whole seconds
+    pg.sql("DELETE FROM items", source17)
+    archive_wal(conn, storage, source=source17, settings=settings)
+
+    said.clear()
+    with restore_to_instant(
+        storage, source=source17, target_time=instant, bin_dir=str(bindir), tmp_dir=str(restore_tmp), say=said.append
+    ) as server:
+        assert ids(server.conn(source17)) == list(range(1, 41))
+        chain = [m.artifact_key for m in server.plan.chain]
+        assert chain == [full.artifact_key, first.artifact_key, second.artifact_key]
+    assert any("pg_combinebackup combined 3 backups" in line for line in said)
+    # The stock-tools runbook combines the chain too.
+    assert "recovery stopping before commit" in run_runbook(storage, source17, instant, bindir, list(range(1, 41)))
+
+    # The chain's full base gone: refused by name, nothing fetched or written.
+    storage.delete(full.artifact_key)
+    with pytest.raises(RefusedError, match=re.escape(full.artifact_key)):
+        restore_to_instant(storage, source=source17, target_time=instant, bin_dir=str(bindir), tmp_dir=str(restore_tmp))
+    assert restore_dirs(restore_tmp) == ["backups"]
+
+
+def test_dagster_incremental_chain_on_17_restores_to_an_instant(pg17, source17, restore_tmp, monkeypatch):
+    """PostgreSQL 17, summarize_wal on: full base, incremental base (the assets), one WAL run whose metadata shows
+    the achieved RPO, restore_postgres with target_time (Launchpad run config) -> exactly T's rows, combined."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
+    from cidadao_backup_dagster.defs.recovery.jobs import build_restore_job
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import default_pg
+
+    pg, bindir = pg17
+    work = restore_tmp / "work"
+    work.mkdir()
+    work.chmod(0o711)
+    for name, value in {
+        "POSTGRES_PITR": "on",
+        "DATABASE_URL": pg.url(source17),
+        "POSTGRES_SOURCE_NAME": source17,
+        "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
+        "PG_BIN_DIR": str(bindir),
+        "RESTORE_TMPDIR": str(work),
+    }.items():
+        monkeypatch.setenv(name, value)
+    wal, base = pitr_defs.build_wal_asset(default_pg()), pitr_defs.build_base_asset(default_pg())
+    resources = build_resources()
+
+    def base_run(partition: str) -> dict:
+        result = dg.materialize(
+            [base],
+            resources=resources,
+            partition_key=partition,
+            run_config={"ops": {base.op.name: {"config": {"allow_late": True}}}},
+        )
+        assert result.success
+        (materialization,) = result.asset_materializations_for_node(base.op.name)
+        return {k: v.value for k, v in materialization.metadata.items()}
+
+    older, newer = default_pg().partitions.weekly.get_partition_keys()[-2:]
+    insert(pg, source17, 1, 20)
+    assert base_run(older)["base_kind"] == "full"
+    insert(pg, source17, 21, 30)
+    incremental = base_run(newer)
+    assert (incremental["base_kind"], incremental["chain_length"]) == ("incremental", 2)
+    insert(pg, source17, 31, 40)
+    instant = server_now(pg)
+    pg.sql("DELETE FROM items", source17)
+    result = dg.materialize([wal], resources=resources)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node(wal.op.name)
+    meta = materialization.metadata
+    assert meta["recoverable_until"].value > instant.isoformat()[:19]
+    assert 0 <= meta["rpo_seconds"].value <= 300  # what the scheduled runs show: RPO <= 5 min
+
+    target = f"{source17}_asof"
+    instance = dg.DagsterInstance.ephemeral()
+    try:
+        outcome = build_restore_job(default_pg()).execute_in_process(
+            run_config={
+                "ops": {
+                    "restore_postgres_op": {"config": {"target_time": instant.isoformat(), "target_database": target}}
+                }
+            },
+            resources=resources,
+            instance=instance,
+        )
+        assert outcome.success
+        assert ids(pg.conn(target)) == list(range(1, 41))
+        (step,) = [e for e in outcome.all_events if e.event_type_value == "STEP_OUTPUT"]
+        restored = step.event_specific_data.metadata
+        assert restored["base_backup"].value == newer and restored["combined_members"].value == 2
+        assert len(restored["base_chain"].value) == 2
+        logs = [entry.user_message for entry in instance.all_logs(outcome.run_id)]
+        assert any("pg_combinebackup combined 2 backups" in line for line in logs)
+        assert restore_dirs(work) == []
+    finally:
+        pg.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")

@@ -6,7 +6,9 @@ import dagster as dg
 
 from ...core.artifacts.manifest import iso
 from ...core.errors import BackupError, ConfigurationError
+from ...core.postgres.client import ClientDirs
 from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
+from ...core.postgres.pitr.base import DEFAULT_INCREMENTALS
 from ...core.postgres.pitr.health import archive_status, slot_verdict
 from ...core.postgres.pitr.recovery import recover_data_directory
 from ...core.postgres.pitr.server import slot_state
@@ -28,6 +30,7 @@ DEFAULT_WAL_CRON = "*/5 * * * *"
 DEFAULT_BASE_CRON = "0 1 * * 0"  # Sundays 01:00 UTC, before the weekly offsite dump at 02:00
 MAX_AGE_VARIABLE = "POSTGRES_WAL_MAX_AGE_MINUTES"  # RPO check: default two 5-minute intervals
 SLOT_WARN_VARIABLE = "POSTGRES_SLOT_WARN_MB"  # slot check: WARN above, ERROR above 4x
+INCREMENTALS_VARIABLE = "POSTGRES_BASE_INCREMENTALS"  # PostgreSQL >= 17: incremental bases between two full ones
 
 
 def pitr_enabled(settings: Settings | None = None) -> bool:
@@ -75,6 +78,10 @@ def wal_metadata(result) -> dict[str, dg.MetadataValue]:
         "stored_bytes": dg.MetadataValue.int(meta["stored_bytes"]),
         # What the RPO is measured from: every transaction committed before it is archived.
         "recoverable_until": dg.MetadataValue.text(meta["recoverable_until"]),
+        # The achieved RPO: how far the newest recoverable instant lags behind the run's end (server clock). Until
+        # the next run it grows by the schedule's interval.
+        "rpo_seconds": dg.MetadataValue.float(meta["rpo_seconds"]),
+        "finished_at": dg.MetadataValue.text(meta["finished_at"]),
         "last_xact_at": dg.MetadataValue.text(meta["last_xact_at"] or ""),
         "resumed_from": dg.MetadataValue.text(meta["resumed_from"] or ""),
         "slot": dg.MetadataValue.text(meta["slot"] or ""),
@@ -121,6 +128,8 @@ def build_wal_asset(binding: PgBinding) -> dg.AssetsDefinition:
 
 
 def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
+    incrementals = int(_number(binding.settings, INCREMENTALS_VARIABLE, DEFAULT_INCREMENTALS))
+
     @dg.asset(
         key=binding.key(BASE_ASSET),
         group_name=binding.group("postgres"),
@@ -130,7 +139,8 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
         retry_policy=binding.retry_policy(60),
         description="Weekly base backup for point-in-time recovery: pg_basebackup -D - -Ft -X none streamed as one "
         "tar (with its backup_manifest) through the pipeline into postgres/<source>/base/. Usable with the WAL "
-        "archive from its start LSN on.",
+        "archive from its start LSN on. On PostgreSQL >= 17 with summarize_wal on, incremental (--incremental) "
+        f"chained to the previous base, a full one after {INCREMENTALS_VARIABLE} incrementals.",
         tags={"cidadao/domain": "postgres", **binding.tags},
         required_resource_keys={binding.source_key, binding.storage_key, "backup_policy", "encryption"},
     )
@@ -150,11 +160,13 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
                     encryption=stage,
                     encryption_info=info,
                     variable=binding.spec.url_env,
+                    incrementals=incrementals,
                     extra={
                         "dagster_run_id": context.run.run_id,
                         "asset": context.asset_key.to_user_string(),
                         **lateness.record(),
                     },
+                    say=context.log.info,
                 )
             except (BackupError, ConfigurationError) as exc:
                 raise failure(exc) from None
@@ -172,6 +184,9 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
                 "timeline": dg.MetadataValue.int(base.timeline),
                 "consistent_from": dg.MetadataValue.text(manifest.timings.snapshot_at),
                 "server_version": dg.MetadataValue.text(manifest.source.server_version or ""),
+                "base_kind": dg.MetadataValue.text(manifest.data["base"].get("kind", "full")),
+                "chain_length": dg.MetadataValue.int(manifest.data["base"].get("chain_length", 1)),
+                "parent": dg.MetadataValue.text(manifest.data["base"].get("parent") or ""),
                 **late_metadata(lateness),
             },
             data_version=dg.DataVersion(manifest.stored_sha256),
@@ -314,6 +329,22 @@ def build(binding: PgBinding) -> DomainDefs:
 # ------------------------------------------------------------------------------------------ restore_postgres
 
 
+def server_search(bin_dir) -> ClientDirs:
+    """The server binaries of the base's major are looked for in the configured client folder(s) first, then
+    in /usr/lib/postgresql/<major>/bin (PG_BIN_DIR may hold only the clients)."""
+    if isinstance(bin_dir, ClientDirs):
+        return bin_dir
+    return ClientDirs((bin_dir,) if bin_dir else ())
+
+
+def chain_metadata(plan) -> dict[str, dg.MetadataValue]:
+    """Which base backups the recovery started from: one full, or a chain pg_combinebackup combined."""
+    return {
+        "base_chain": dg.MetadataValue.json([m.artifact.uri for m in plan.members]),
+        "combined_members": dg.MetadataValue.int(len(plan.members) if len(plan.members) > 1 else 0),
+    }
+
+
 def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dg.Output:
     """`restore_postgres` with a `target_time`: the database as of that instant, from base backup + WAL."""
     if config.output == "data_directory":
@@ -335,6 +366,7 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
             no_owner=config.no_owner,
             tmp_dir=recovery.scratch_dir(),
             bin_dir=source.bin_dir,
+            server_bin_dir=server_search(source.bin_dir),
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
             post_restore_env=config.post_restore_env,
@@ -355,6 +387,7 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
             "base_backup": dg.MetadataValue.text(plan.base.partition),
             "base_uri": dg.MetadataValue.text(plan.base.artifact.uri),
             "wal_files": dg.MetadataValue.int(len(plan.wal)),
+            **chain_metadata(plan),
             "duration_s": dg.MetadataValue.float(restored.total_seconds),
             "tables": dg.MetadataValue.int(restored.tables),
             "rows": dg.MetadataValue.int(restored.rows),
@@ -386,6 +419,7 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
             sample_rows=config.sample_rows,
             tmp_dir=recovery.scratch_dir(),
             bin_dir=source.bin_dir,
+            server_bin_dir=server_search(source.bin_dir),
             identities=resources.encryption.identities(),
             say=context.log.info,
         )
@@ -403,6 +437,7 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
             "as_of": dg.MetadataValue.text(config.as_of),
             "recovered_to": dg.MetadataValue.text(result.recovered_to.isoformat() if result.recovered_to else ""),
             "base_backup": dg.MetadataValue.text(result.plan.base.partition),
+            **chain_metadata(result.plan),
             "dry_run": dg.MetadataValue.bool(rows.dry_run),
             "matched_in_backup": dg.MetadataValue.int(rows.matched_in_backup),
             "would_insert": dg.MetadataValue.int(rows.would_insert),
@@ -429,6 +464,7 @@ def _data_directory(context, config, binding: PgBinding) -> dg.Output:
             target_time=config.target_time,
             destination=config.data_directory,
             identities=resources.encryption.identities(),
+            bin_dir=server_search(binding.source(resources).bin_dir),
             tmp_dir=resources.recovery.scratch_dir(),
             say=context.log.info,
         )
@@ -443,5 +479,6 @@ def _data_directory(context, config, binding: PgBinding) -> dg.Output:
             "base_backup": dg.MetadataValue.text(plan.base.partition),
             "server_major": dg.MetadataValue.int(plan.server_major),
             "wal_files": dg.MetadataValue.int(len(plan.wal)),
+            **chain_metadata(plan),
         },
     )

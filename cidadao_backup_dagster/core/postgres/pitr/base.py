@@ -1,36 +1,49 @@
-"""A base backup: `pg_basebackup -D - -Ft -X none` streamed as one tar through the pipeline.
+"""A base backup: `pg_basebackup -D - -Ft -X none` streamed as one tar through the pipeline; on PostgreSQL >= 17
+with `summarize_wal = on`, an incremental one (`--incremental=<previous backup_manifest>`) chained to the
+newest base of the same cluster and timeline, until the chain holds `incrementals` of them and a full starts
+the next chain.
 
 With `-X none` the tar holds no WAL: the base is restorable only with the archived WAL from its start LSN to its
 end LSN (and on to the target instant). Its slot is ensured first, so the server keeps that WAL until the
 archive has it. pg_basebackup writing to stdout appends its `backup_manifest` (SHA-256 of every file) to the
 tar; the start and end LSN and the timeline are read from the tar's `backup_label` and `backup_manifest` as the
-bytes pass, and recorded in this project's manifest (written last).
+bytes pass, and recorded in this project's manifest (written last). A copy of that `backup_manifest` is stored
+beside the tar (zstd, never encrypted: a worker holding only age public keys must read it to chain the next
+incremental; it names files, sizes and checksums, no row data), recorded with its SHA-256 in `base.backup_manifest`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import IO
 
 import zstandard
 
-from ...artifacts.manifest import Manifest, iso, utc_now
-from ...artifacts.pipeline import EncryptionStage, stream_to_writer
+from ...artifacts.manifest import Manifest, all_valid_manifests, iso, utc_now
+from ...artifacts.pipeline import EncryptionStage, StreamStats, stream_to_writer
 from ...artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, tool_versions
+from ...artifacts.reader import read_artifact
 from ...artifacts.storage import MiB, Storage
-from ...errors import BackupError, pg_error_type
+from ...errors import BackupError, RefusedError, pg_error_type
 from ..backup import BackupSettings
 from ..client import PgConnection, binary_version
-from .layout import base_series, format_lsn, iso_us, parse_lsn, segment_name, segno_of
-from .server import check_client, current_position, ensure_slot, replication_preflight, slot_name_for
+from .layout import base_chain, base_series, format_lsn, iso_us, parse_lsn, segment_name, segno_of
+from .server import ServerInfo, check_client, current_position, ensure_slot, replication_preflight, slot_name_for
 
 BLOCK = 512
 CAPTURE_LIMIT = 64 * MiB  # backup_manifest grows with the file count; far below this for any real cluster
+DEFAULT_INCREMENTALS = 3  # with the weekly schedule: a full every 4th week, weekly incrementals between
+SIDECAR_SUFFIX = ".backup_manifest.zst"
+Logger = Callable[[str], None]
 
 
 class TarTap:
@@ -121,6 +134,88 @@ def wal_range(manifest_text: bytes) -> tuple[int, int, int]:
     return int(r["Timeline"]), parse_lsn(r["Start-LSN"]), parse_lsn(r["End-LSN"])
 
 
+def zstd_entry(obj: NewObject, stats: StreamStats, level: int, encryption_info: dict | None, **describe) -> dict:
+    """The manifest's `artifact` of a zstd object of PITR (`describe`: its format and restore hint)."""
+    compression = {"codec": "zstd", "level": level, "checksum": True}
+    return artifact_entry(obj, stats, describe=describe, compression=compression, encryption=encryption_info)
+
+
+# ------------------------------------------------------------------------------------------ the chain
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The base an incremental is taken against, and its backup_manifest (where the file was put)."""
+
+    manifest: Manifest
+    chain_length: int  # members up to and including it
+    backup_manifest: Path
+
+
+def choose_parent(
+    conn: PgConnection, storage: Storage, source: str, info: ServerInfo, incrementals: int, work: Path, say: Logger
+) -> Parent | None:
+    """The newest base when an incremental may follow it, else None (a full base), saying why."""
+    if info.major < 17 or incrementals <= 0:
+        return None
+    with conn.connect(autocommit=True) as c:
+        (summarize,) = c.execute("SELECT current_setting('summarize_wal')").fetchone()
+    if summarize != "on":
+        say("A full base backup: summarize_wal is off (turn it on for incremental base backups)")
+        return None
+    bases = [m for m in all_valid_manifests(storage, base_series(source)) if m.kind == "postgres-base-backup"]
+    if not bases:
+        return None
+    newest = bases[-1]
+    b = newest.data["base"]
+    length = int(b.get("chain_length") or 1)
+    why = None
+    if newest.data["source"].get("system_identifier") != info.system_identifier:
+        why = f"the newest base {newest.partition} is of another cluster"
+    elif int(b["timeline"]) != info.timeline:
+        why = f"the newest base {newest.partition} is of timeline {b['timeline']}, the server is on {info.timeline}"
+    elif not b.get("backup_manifest"):
+        why = f"the newest base {newest.partition} has no stored backup_manifest"
+    elif length - 1 >= incrementals:
+        why = f"the chain of {newest.partition} holds {length - 1} incremental(s), the most allowed"
+    if why is None:
+        try:
+            base_chain(storage, newest)
+            path = _fetch_backup_manifest(storage, newest, work)
+        except (BackupError, RefusedError) as exc:
+            why = f"the chain of {newest.partition} cannot be used ({exc})"
+    if why is not None:
+        say(f"A full base backup: {why}")
+        return None
+    say(f"An incremental base backup on {newest.artifact_key} (chain member {length + 1})")
+    return Parent(newest, length, path)
+
+
+def _fetch_backup_manifest(storage: Storage, base: Manifest, work: Path) -> Path:
+    entry = base.data["base"]["backup_manifest"]
+    sidecar = Manifest({"artifact": entry})
+    path = work / "parent_backup_manifest"
+    with open(path, "wb") as out:
+        problems = read_artifact(storage, sidecar, out.write).problems(sidecar)
+    if problems:
+        raise BackupError(f"{storage.uri(entry['key'])}: {'; '.join(problems)}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the backup
+
+
+@dataclass
+class _Taken:
+    stats: StreamStats
+    label: BackupLabel
+    timeline: int
+    start_lsn: int
+    end_lsn: int
+    finished: datetime  # the server's clock after the backup
+    sidecar: dict
+
+
 def base_backup(
     conn: PgConnection,
     storage: Storage,
@@ -132,12 +227,13 @@ def base_backup(
     encryption: EncryptionStage | None = None,
     encryption_info: dict | None = None,
     variable: str = "DATABASE_URL",
+    incrementals: int = DEFAULT_INCREMENTALS,
     extra: dict | None = None,
+    say: Logger = lambda _msg: None,
 ) -> Manifest:
-    """Take a base backup of the whole cluster into `postgres/<source>/base/<partition>/`. Returns its manifest,
-    written last. On any failure the upload is aborted and nothing is published."""
-    started_at = utc_now()
-    t0 = time.monotonic()
+    """Take a base backup of the whole cluster into `postgres/<source>/base/<partition>/` (incremental when it
+    may be, see the module). Returns its manifest, written last. On any failure nothing is published."""
+    started_at, t0 = utc_now(), time.monotonic()
     settings = settings or BackupSettings()
     storage.check_writable()
     info = replication_preflight(conn, bin_dir=settings.pg_bin_dir, variable=variable)
@@ -145,108 +241,123 @@ def base_backup(
     slot = slot or slot_name_for(source)
     ensure_slot(conn, slot)  # from here the server keeps the WAL this base will need, until the archive has it
     series = base_series(source)
-    suffix = ".tar.zst.age" if encryption else ".tar.zst"
-    key = data_key(series, partition, source, suffix)
-    label = f"cbd {source} {partition}"
-    args = [
-        basebackup,
-        "--no-password",
-        "-d",
-        conn.conninfo(),
-        "-D",
-        "-",
-        "-Ft",
-        "-X",
-        "none",
-        "--manifest-checksums=SHA256",
-        "--checkpoint=fast",
-        f"--label={label[:60]}",
-    ]
-    obj = NewObject(storage, key, redact=conn.redact, untouched="earlier backups are untouched")
+    key = data_key(series, partition, source, ".tar.zst.age" if encryption else ".tar.zst")
+    with tempfile.TemporaryDirectory(prefix="cbd-pitr-base-") as tmp:
+        parent = choose_parent(conn, storage, source, info, incrementals, Path(tmp), say)
+        args = [
+            basebackup, "--no-password", "-d", conn.conninfo(), "-D", "-", "-Ft", "-X", "none",
+            "--manifest-checksums=SHA256", "--checkpoint=fast", f"--label={f'cbd {source} {partition}'[:60]}",
+            *([f"--incremental={parent.backup_manifest}"] if parent else []),
+        ]  # fmt: skip
+        obj = NewObject(storage, key, redact=conn.redact, untouched="earlier backups are untouched")
+        taken = obj.write(lambda writer: _stream(conn, args, writer, storage, key, settings, encryption))
+    chain = (
+        {"kind": "incremental", "parent": parent.manifest.artifact_key, "parent_manifest": parent.manifest.key,
+         "chain_length": parent.chain_length + 1}
+        if parent
+        else {"kind": "full", "parent": None, "parent_manifest": None, "chain_length": 1}
+    )  # fmt: skip
+    data = _manifest(
+        obj, taken, info, conn, settings, encryption_info if encryption else None, partition, series, slot, chain
+    )
+    data["tools"] = tool_versions({"pg_basebackup": binary_version(basebackup)}, zstandard=zstandard.__version__)
+    data["timings"] = {
+        "started_at": iso(started_at),
+        # Consistent from its end LSN on: the earliest instant this base can recover to (server clock).
+        "snapshot_at": iso_us(taken.finished),
+        "finished_at": iso(utc_now()),
+        "total_seconds": round(time.monotonic() - t0, 3),
+    }
+    if extra:
+        data["run"] = extra
+    return obj.publish(series, data)
 
-    def produce(writer):
-        stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=conn.env())
-        try:
-            tap = TarTap(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
-            stats = stream_to_writer(
-                tap,  # type: ignore[arg-type]
-                writer,
-                level=settings.zstd_level,
-                threads=settings.zstd_threads,
-                encryption=encryption,
-            )
-            rc = proc.wait()
-            stderr.seek(0)
-            err = conn.redact(stderr.read().decode(errors="replace")).strip()
-            if rc != 0:
-                raise pg_error_type(err)(f"pg_basebackup failed (exit code {rc}): {err[-1500:] or 'no error text'}")
-            missing = {"backup_label", "backup_manifest"} - set(tap.found)
-            if missing:
-                raise BackupError(f"pg_basebackup's tar lacks {', '.join(sorted(missing))}; nothing was published")
-            label = parse_backup_label(tap.found["backup_label"].decode())
-            timeline, start_lsn, end_lsn = wal_range(tap.found["backup_manifest"])
-            if start_lsn != label.start_lsn or timeline != label.timeline:
-                raise BackupError("backup_label and backup_manifest disagree on the start of the base backup")
-            _now_lsn, finished = current_position(conn)  # before the commit: a failure leaves no object
-            return stats, label, (timeline, start_lsn, end_lsn), finished
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            stderr.close()
 
-    stats, backup_label, (timeline, start_lsn, end_lsn), finished_server_time = obj.write(produce)
+def _stream(conn, args, writer, storage: Storage, key: str, settings: BackupSettings, encryption) -> _Taken:
+    """pg_basebackup's tar through the pipeline into `writer`; its backup_manifest stored beside it."""
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=conn.env())
+    try:
+        tap = TarTap(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
+        level, threads = settings.zstd_level, settings.zstd_threads
+        stats = stream_to_writer(tap, writer, level=level, threads=threads, encryption=encryption)  # type: ignore[arg-type]
+        rc = proc.wait()
+        stderr.seek(0)
+        err = conn.redact(stderr.read().decode(errors="replace")).strip()
+        if rc != 0:
+            raise pg_error_type(err)(f"pg_basebackup failed (exit code {rc}): {err[-1500:] or 'no error text'}")
+        missing = {"backup_label", "backup_manifest"} - set(tap.found)
+        if missing:
+            raise BackupError(f"pg_basebackup's tar lacks {', '.join(sorted(missing))}; nothing was published")
+        label = parse_backup_label(tap.found["backup_label"].decode())
+        timeline, start_lsn, end_lsn = wal_range(tap.found["backup_manifest"])
+        if start_lsn != label.start_lsn or timeline != label.timeline:
+            raise BackupError("backup_label and backup_manifest disagree on the start of the base backup")
+        _now_lsn, finished = current_position(conn)  # before the commit: a failure leaves no object
+        sidecar = _store_backup_manifest(storage, key, tap.found["backup_manifest"], conn, settings)
+        return _Taken(stats, label, timeline, start_lsn, end_lsn, finished, sidecar)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stderr.close()
+
+
+def _store_backup_manifest(storage: Storage, key: str, text: bytes, conn, settings: BackupSettings) -> dict:
+    """The backup_manifest beside the tar (committed before the tar: a failure here publishes nothing)."""
+    sidecar_key = key.split(".tar.zst")[0] + SIDECAR_SUFFIX
+    side = NewObject(storage, sidecar_key, redact=conn.redact, untouched="earlier backups are untouched")
+    level = settings.zstd_level
+    stats = side.write(lambda w: stream_to_writer(io.BytesIO(text), w, level=level, threads=settings.zstd_threads))
+    return zstd_entry(side, stats, level, None, format="pg_basebackup backup_manifest (JSON), zstd-compressed")
+
+
+def _manifest(obj, taken: _Taken, info: ServerInfo, conn, settings, encryption_info, partition, series, slot, chain):
     size = info.segment_size
-    decrypt = "age -d -i key.txt <file> | zstd -d" if encryption else "zstd -dc <file>"
-    return obj.publish(
-        series,
-        manifest_data(
-            kind="postgres-base-backup",
-            partition=partition,
-            series=series,
-            extra=extra,
-            artifact=artifact_entry(
-                obj,
-                stats,
-                describe={
-                    "format": "pg_basebackup tar of the main tablespace (-X none, backup_manifest inside), "
-                    "zstd-compressed",
-                    "restore_hint": f"{decrypt} | tar -x -C <new data dir>; pg_verifybackup -n <new data dir>; then "
-                    "restore_command + recovery_target_time + recovery.signal (docs/pitr.md)",
-                },
-                compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
-                encryption=encryption_info if encryption else None,
-            ),
-            source={
-                "url": conn.display(),
-                "host": conn.host,
-                "port": conn.port,
-                "user": conn.user,
-                "system_identifier": info.system_identifier,
-                "server_version": info.server_version,
-                "server_version_num": info.server_version_num,
-                "server_major": info.major,
-                "superuser": info.superuser,
-            },
-            base={
-                "timeline": timeline,
-                "start_lsn": format_lsn(start_lsn),
-                "end_lsn": format_lsn(end_lsn),
-                "start_segment": segment_name(timeline, segno_of(start_lsn, size), size),
-                "end_segment": segment_name(timeline, segno_of(end_lsn, size), size),
-                "segment_size": size,
-                "slot": slot,
-                "label": backup_label.label,
-                "backup_start_time": backup_label.start_time,
-            },
-            tools=tool_versions({"pg_basebackup": binary_version(basebackup)}, zstandard=zstandard.__version__),
-            timings={
-                "started_at": iso(started_at),
-                # Consistent from its end LSN on: the earliest instant this base can recover to (server clock).
-                "snapshot_at": iso_us(finished_server_time),
-                "finished_at": iso(utc_now()),
-                "total_seconds": round(time.monotonic() - t0, 3),
-            },
+    decrypt = "age -d -i key.txt <file> | zstd -d" if encryption_info else "zstd -dc <file>"
+    combine = (
+        "; an incremental: extract each member of its chain (base.parent) the same way, then "
+        "pg_combinebackup -o <new data dir> <full> ... <this one>"
+        if chain["kind"] == "incremental"
+        else ""
+    )
+    return manifest_data(
+        kind="postgres-base-backup",
+        partition=partition,
+        series=series,
+        extra=None,
+        artifact=zstd_entry(
+            obj,
+            taken.stats,
+            settings.zstd_level,
+            encryption_info,
+            format=f"pg_basebackup tar of the main tablespace ({chain['kind']}, -X none, backup_manifest inside), "
+            "zstd-compressed",
+            restore_hint=f"{decrypt} | tar -x -C <new data dir>; pg_verifybackup -n <new data dir>{combine}; then "
+            "restore_command + recovery_target_time + recovery.signal (docs/pitr.md)",
         ),
+        source={
+            "url": conn.display(),
+            "host": conn.host,
+            "port": conn.port,
+            "user": conn.user,
+            "system_identifier": info.system_identifier,
+            "server_version": info.server_version,
+            "server_version_num": info.server_version_num,
+            "server_major": info.major,
+            "superuser": info.superuser,
+        },
+        base={
+            "timeline": taken.timeline,
+            "start_lsn": format_lsn(taken.start_lsn),
+            "end_lsn": format_lsn(taken.end_lsn),
+            "start_segment": segment_name(taken.timeline, segno_of(taken.start_lsn, size), size),
+            "end_segment": segment_name(taken.timeline, segno_of(taken.end_lsn, size), size),
+            "segment_size": size,
+            "slot": slot,
+            "label": taken.label.label,
+            "backup_start_time": taken.label.start_time,
+            **chain,
+            "backup_manifest": taken.sidecar,
+        },
     )

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from ...artifacts.manifest import Manifest, index_series, iso, parse_iso, series_prefix
+from ...artifacts.manifest import Manifest, index_series, iso, parse_iso, parse_manifest, series_prefix
 from ...artifacts.storage import Storage
-from ...errors import BackupError
+from ...errors import BackupError, DamagedArtifact, RefusedError
 
 SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 PARTIAL_SUFFIX = ".partial"
@@ -220,3 +220,38 @@ class WalGap(BackupError):
             "impossible; take a new base backup after the gap (the WAL archive keeps running), or restore the "
             "missing objects from a bucket copy"
         )
+
+
+# ------------------------------------------------------------------------------------------ base chains
+
+
+def base_chain(storage: Storage, base: Manifest) -> list[Manifest]:
+    """The bases a restore from `base` needs, the full one first: itself, or for an incremental its parents
+    (`base.parent_manifest`) down to the full. A member missing, damaged or of another cluster is refused by
+    name (nothing is fetched or written here)."""
+    chain = [base]
+    sysid = base.data["source"].get("system_identifier")
+    while (b := chain[-1].data["base"]).get("kind") == "incremental":
+        parent = _chain_member(storage, b.get("parent_manifest"), b.get("parent"))
+        if parent is None or parent.key in {m.key for m in chain}:
+            raise RefusedError(
+                f"Base {base.partition} ({base.artifact_key}) is an incremental chain, and its member "
+                f"{b.get('parent')} (parent of {chain[-1].artifact_key}) is missing or damaged in {storage.uri('')}: "
+                "refusing before anything is fetched or written. Pick an instant covered by another base backup, or "
+                "restore that object from a bucket copy"
+            )
+        if parent.data["source"].get("system_identifier") != sysid:
+            raise RefusedError(f"Chain member {parent.artifact_key} of base {base.partition} is of another cluster")
+        chain.append(parent)
+    return chain[::-1]
+
+
+def _chain_member(storage: Storage, manifest_key: str | None, artifact_key: str | None) -> Manifest | None:
+    if not manifest_key or storage.size(manifest_key) is None:
+        return None
+    try:
+        parent = parse_manifest(storage, manifest_key)
+    except DamagedArtifact:
+        return None
+    present = parent.artifact_key == artifact_key and storage.size(parent.artifact_key) == parent.stored_bytes
+    return parent if present else None

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,13 +30,25 @@ from ...artifacts.manifest import Manifest, _newest_valid_of, all_valid_manifest
 from ...artifacts.reader import is_encrypted, read_artifact
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError
-from ..client import PgConnection, binary_version, major
-from .layout import WalFile, WalGap, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
+from ..client import BinDir, ClientDirs, PgConnection, binary_version, major
+from .layout import (
+    WalFile,
+    WalGap,
+    base_chain,
+    base_series,
+    find_gaps,
+    list_archive,
+    parse_lsn,
+    segment_name,
+    segno_of,
+)
+from .server import exact_client
 from .wal import newest_partial
 
 Logger = Callable[[str], None]
 DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"  # server binaries (postgres, pg_verifybackup) of one major
 SERVER_USER = "postgres"  # initdb/postgres refuse to run as root: a root worker runs the copy as this user
+_C_LOCALE = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
 SOURCE_CONFIG = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf")  # the source's, set aside meanwhile
 
 
@@ -49,6 +61,7 @@ class RecoveryPlan:
     bin_dir: str
     stop_at_target: bool  # False: no commit after the instant is archived, so replaying everything is the instant
     recoverable_until: datetime
+    chain: list[Manifest] = field(default_factory=list)  # the full base first, `base` last (one member: a full)
 
     @property
     def timeline(self) -> int:
@@ -59,8 +72,14 @@ class RecoveryPlan:
         return int(self.base.data["source"]["server_major"])
 
     @property
+    def members(self) -> list[Manifest]:
+        return self.chain or [self.base]
+
+    @property
     def raw_bytes(self) -> int:
-        return self.base.raw_bytes + sum(w.manifest.raw_bytes for w in self.wal)
+        """Room the recovery needs: the base (each member of a chain, and what pg_combinebackup writes) and WAL."""
+        bases = sum(m.raw_bytes for m in self.members)
+        return bases * (2 if len(self.members) > 1 else 1) + sum(w.manifest.raw_bytes for w in self.wal)
 
 
 def parse_instant(text: str | datetime) -> datetime:
@@ -74,9 +93,14 @@ def parse_instant(text: str | datetime) -> datetime:
     return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
 
 
-def server_binaries(server_major: int, bin_dir: str | None = None) -> str:
-    """The server binaries of exactly `server_major` (a data directory only starts under its own major)."""
-    where = bin_dir or DEBIAN_BIN.format(major=server_major)
+def server_binaries(server_major: int, bin_dir: BinDir = None) -> str:
+    """The server binaries of exactly `server_major` (a data directory only starts under its own major): in the
+    folder `bin_dir`, else (a search: ClientDirs) the first of its folders and /usr/lib/postgresql/<major>/bin
+    holding them."""
+    if isinstance(bin_dir, ClientDirs) or not bin_dir:
+        folders = [*(bin_dir.dirs if bin_dir else ()), DEBIAN_BIN.format(major=server_major)]
+        bin_dir = next((d for d in folders if _postgres_major(d) == server_major), folders[-1])
+    where = bin_dir
     postgres = Path(where, "postgres")
     if not os.access(postgres, os.X_OK):
         raise RefusedError(
@@ -93,8 +117,13 @@ def server_binaries(server_major: int, bin_dir: str | None = None) -> str:
     return where
 
 
+def _postgres_major(folder: str) -> int | None:
+    postgres = Path(folder, "postgres")
+    return major(binary_version(str(postgres))) if os.access(postgres, os.X_OK) else None
+
+
 def plan_recovery(
-    storage: Storage, *, source: str, target_time: str | datetime, bin_dir: str | None = None
+    storage: Storage, *, source: str, target_time: str | datetime, bin_dir: BinDir = None
 ) -> RecoveryPlan:
     """Choose the base and the WAL for `target_time`, or refuse (nothing is fetched or written here)."""
     target = parse_instant(target_time)
@@ -110,7 +139,15 @@ def plan_recovery(
         )
     base = before[-1]
     b = base.data["base"]
-    bin_dir = server_binaries(int(base.data["source"]["server_major"]), bin_dir)
+    server_major = int(base.data["source"]["server_major"])
+    bin_dir = server_binaries(server_major, bin_dir)
+    chain = base_chain(storage, base)  # a missing member is refused by name
+    if len(chain) > 1 and exact_client("pg_combinebackup", server_major, bin_dir) is None:
+        raise RefusedError(
+            f"Base {base.partition} is an incremental chain of {len(chain)} backups, and {bin_dir} has no "
+            f"pg_combinebackup of PostgreSQL {server_major}: refusing before anything is touched. Fix: install "
+            f"postgresql-{server_major} (it carries pg_combinebackup)"
+        )
     timeline, size = int(b["timeline"]), int(b["segment_size"])
     start, end = segno_of(parse_lsn(b["start_lsn"]), size), segno_of(parse_lsn(b["end_lsn"]), size)
     listing = list_archive(storage, source, timeline, size)
@@ -160,7 +197,7 @@ def plan_recovery(
             "archive (postgres_wal_archive) and try again"
         )
     stop = unknown or stop_segno is not None
-    return RecoveryPlan(source, target, base, wal, bin_dir, stop, until)
+    return RecoveryPlan(source, target, base, wal, bin_dir, stop, until, chain)
 
 
 # ------------------------------------------------------------------------------------------ the copy
@@ -244,14 +281,14 @@ def restore_to_instant(
     source: str,
     target_time: str | datetime,
     identities: list | None = None,
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
     tmp_dir: str | None = None,
     timeout: float = 3600,
     say: Logger = lambda _msg: None,
 ) -> RecoveredServer:
     """Recover `source` as of `target_time` into a running throwaway server (stop it with `cleanup()`)."""
     plan = plan_recovery(storage, source=source, target_time=target_time, bin_dir=bin_dir)
-    encrypted = [m for m in [plan.base, *(w.manifest for w in plan.wal)] if is_encrypted(m)]
+    encrypted = [m for m in [*plan.members, *(w.manifest for w in plan.wal)] if is_encrypted(m)]
     if encrypted and not identities:
         raise RefusedError(
             f"{storage.uri(encrypted[0].artifact_key)} is encrypted: set BACKUP_AGE_IDENTITY_FILE to recover it"
@@ -265,12 +302,14 @@ def restore_to_instant(
         )
     say(
         f"Recovering {source} as of {iso(plan.target_time)} from base {plan.base.partition} "
-        f"({plan.base.data['base']['start_lsn']}) and {len(plan.wal)} WAL file(s)"
+        f"({plan.base.data['base']['start_lsn']}"
+        + (f", an incremental chain of {len(plan.members)} backups" if len(plan.members) > 1 else "")
+        + f") and {len(plan.wal)} WAL file(s)"
     )
     work = Path(tempfile.mkdtemp(prefix="cbd-pitr-restore-", dir=root))
     server = RecoveredServer(plan, work, _free_port(), plan.base.data["source"].get("superuser") or "postgres")
     try:
-        _extract_base(storage, plan, server.data_dir, identities)
+        _extract_base(storage, plan, server.data_dir, identities, say)
         _fetch_wal(storage, plan, work / "wal", identities)
         _configure(server)
         _start(server, timeout, say)
@@ -290,7 +329,7 @@ def recover_data_directory(
     target_time: str | datetime,
     destination: str | Path,
     identities: list | None = None,
-    bin_dir: str | None = None,
+    bin_dir: BinDir = None,
     tmp_dir: str | None = None,
     timeout: float = 3600,
     say: Logger = lambda _msg: None,
@@ -316,20 +355,47 @@ def recover_data_directory(
     return path, server.plan, server.recovered_to
 
 
-def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities) -> None:
+def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities, say: Logger) -> None:
+    """The base into `data`, verified; a chain's members each extracted and verified, then combined."""
+    members = plan.members
+    if len(members) == 1:
+        _extract_member(storage, plan, members[0], data, identities)
+        return
+    folders = []
+    for i, member in enumerate(members):
+        folders.append(data.parent / "chain" / f"{i:03d}")
+        folders[-1].parent.mkdir(mode=0o700, exist_ok=True)
+        _extract_member(storage, plan, member, folders[-1], identities)
+    combine = exact_client("pg_combinebackup", plan.server_major, plan.bin_dir)
+    proc = subprocess.run(
+        [str(combine), "-o", str(data), *map(str, folders)], capture_output=True, text=True, env=_C_LOCALE
+    )
+    if proc.returncode != 0:
+        raise BackupError(
+            f"pg_combinebackup could not combine the chain of base {plan.base.partition}: {proc.stderr.strip()[-800:]}"
+        )
+    shutil.rmtree(folders[0].parent)
+    data.chmod(0o700)
+    say(
+        f"pg_combinebackup combined {len(members)} backups: full {members[0].artifact_key} and "
+        f"{len(members) - 1} incremental(s) up to {plan.base.artifact_key}"
+    )
+
+
+def _extract_member(storage: Storage, plan: RecoveryPlan, member: Manifest, data: Path, identities) -> None:
     data.mkdir(mode=0o700)
     tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(data)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        outcome = read_artifact(storage, plan.base, tar.stdin.write, identities=identities)  # type: ignore[union-attr]
+        outcome = read_artifact(storage, member, tar.stdin.write, identities=identities)  # type: ignore[union-attr]
     finally:
         tar.stdin.close()  # type: ignore[union-attr]
         err = tar.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
         rc = tar.wait()
-    problems = outcome.problems(plan.base)
+    problems = outcome.problems(member)
     if problems:
-        raise BackupError(f"{storage.uri(plan.base.artifact_key)}: {'; '.join(problems)}. Refusing to recover from it")
+        raise BackupError(f"{storage.uri(member.artifact_key)}: {'; '.join(problems)}. Refusing to recover from it")
     if rc != 0:
-        raise BackupError(f"tar could not extract base {plan.base.partition}: {err.strip()[-500:]}")
+        raise BackupError(f"tar could not extract base {member.partition}: {err.strip()[-500:]}")
     verify = subprocess.run(
         [str(Path(plan.bin_dir, "pg_verifybackup")), "--no-parse-wal", "--quiet", str(data)],
         capture_output=True,
@@ -337,8 +403,8 @@ def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities) 
     )
     if verify.returncode != 0:
         raise BackupError(
-            f"pg_verifybackup rejects base {plan.base.partition} (checksums against its backup_manifest): "
-            f"{verify.stderr.strip()[-800:]}"
+            f"pg_verifybackup rejects base {member.partition} ({member.artifact_key}; checksums against its "
+            f"backup_manifest): {verify.stderr.strip()[-800:]}"
         )
 
 

@@ -45,7 +45,7 @@ def restore_database_as_of(
     no_owner: bool = False,
     tmp_dir: str | None = None,
     bin_dir: BinDir = None,
-    server_bin_dir: str | None = None,
+    server_bin_dir: BinDir = None,
     post_restore_command: str = "",
     post_restore_workdir: str | None = None,
     post_restore_env: Sequence[str] = (),
@@ -90,7 +90,7 @@ def dump_as_of(
     target_time: datetime,
     identities: list | None,
     bin_dir: BinDir,
-    server_bin_dir: str | None,
+    server_bin_dir: BinDir,
     tmp_dir: str | None,
     say: Logger,
 ) -> Iterator[tuple[LocalStorage, Manifest, RecoveredServer]]:
@@ -143,7 +143,7 @@ def recover_rows_as_of(
     sample_rows: int = 5,
     tmp_dir: str | None = None,
     bin_dir: BinDir = None,
-    server_bin_dir: str | None = None,
+    server_bin_dir: BinDir = None,
     identities: list | None = None,
     say: Logger = lambda _msg: None,
 ) -> RowsAsOfResult:

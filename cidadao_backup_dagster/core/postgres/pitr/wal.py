@@ -73,6 +73,12 @@ class WalRunResult:
     stored_bytes: int = 0
     manifests: list[Manifest] = field(default_factory=list)
     seconds: float = 0.0
+    finished_at: datetime | None = None  # the server's clock when the run ended
+
+    @property
+    def rpo_seconds(self) -> float:
+        """The achieved RPO: how far the newest recoverable instant lags behind the run's end (one clock)."""
+        return round(((self.finished_at or self.recoverable_until) - self.recoverable_until).total_seconds(), 3)
 
     def metadata(self) -> dict:
         return {
@@ -85,6 +91,8 @@ class WalRunResult:
             "raw_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
             "recoverable_until": iso(self.recoverable_until),
+            "finished_at": iso(self.finished_at) if self.finished_at else None,
+            "rpo_seconds": self.rpo_seconds,
             "last_xact_at": iso(self.last_xact_at) if self.last_xact_at else None,
             "resumed_from": self.resumed_from,
             "slot": self.slot.name if self.slot else None,
@@ -166,10 +174,11 @@ def archive_wal(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.slot = slot_state(conn, slot)
+    _lsn, result.finished_at = current_position(conn)
     result.seconds = time.monotonic() - t0
     say(
         f"Archived {len(result.segments)} segment(s) and {result.partial or 'no partial'}; recoverable until "
-        f"{iso(recoverable_until)}"
+        f"{iso(recoverable_until)} (RPO achieved: {result.rpo_seconds:g} s behind the run's end)"
     )
     return result
 
