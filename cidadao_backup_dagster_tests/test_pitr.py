@@ -111,10 +111,10 @@ def cluster():
         yield started
 
 
-@pytest.fixture
-def source(cluster):
+@contextmanager
+def made_source(cluster: Cluster, prefix: str) -> Iterator[str]:
     """A database with a table, and a source name of its own (own slot, own series); the slot is dropped after."""
-    name = unique_name("pitr")
+    name = unique_name(prefix)
     cluster.sql(f"CREATE DATABASE {name}")
     cluster.sql("CREATE TABLE items (id int PRIMARY KEY, note text)", name)
     try:
@@ -122,6 +122,12 @@ def source(cluster):
     finally:
         drop_slot(cluster.conn(), slot_name_for(name))
         cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def source(cluster):
+    with made_source(cluster, "pitr") as name:
+        yield name
 
 
 def insert(cluster: Cluster, db: str, first: int, last: int) -> None:
@@ -749,15 +755,8 @@ def pg17():
 
 @pytest.fixture
 def source17(pg17):
-    pg, _bindir = pg17
-    name = unique_name("pitr17")
-    pg.sql(f"CREATE DATABASE {name}")
-    pg.sql("CREATE TABLE items (id int PRIMARY KEY, note text)", name)
-    try:
+    with made_source(pg17[0], "pitr17") as name:
         yield name
-    finally:
-        drop_slot(pg.conn(), slot_name_for(name))
-        pg.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_an_incremental_chain_on_17_is_combined_and_a_missing_member_refused(pg17, source17, restore_tmp):
@@ -874,3 +873,38 @@ def test_dagster_incremental_chain_on_17_restores_to_an_instant(pg17, source17, 
         assert restore_dirs(work) == []
     finally:
         pg.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+
+
+def test_no_wal_summaries_since_the_parent_gives_a_full_then_incrementals(pg17, source17, tmp_path):
+    """summarize_wal off: a full base. Turned on, but the summaries since that base lost (as when they expire,
+    wal_summary_keep_time): the incremental is impossible, so a full again (said why), an incremental on it next."""
+    pg, bindir = pg17
+    settings = BackupSettings(pg_bin_dir=str(bindir))
+    storage, conn, said = LocalStorage(tmp_path / "backups"), pg.conn(source17), []
+    pg.sql("ALTER SYSTEM SET summarize_wal = off")
+    pg.sql("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        first = base_backup(conn, storage, source=source17, partition="2026-11-16", settings=settings, say=said.append)
+        assert first.data["base"]["kind"] == "full" and any("summarize_wal is off" in line for line in said)
+        insert(pg, source17, 1, 10)
+    finally:
+        pg.sql("ALTER SYSTEM RESET summarize_wal")
+        pg.sql("SELECT pg_reload_conf()")
+    # Once the summarizer is past the first base, its summaries lost (as when they expire): none cover it.
+    (lsn,) = pg.sql("SELECT pg_current_wal_insert_lsn()::text")[0]
+    pg.sql("SELECT pg_switch_wal()")
+    pg.sql("CHECKPOINT")
+    deadline = time.monotonic() + 30
+    while not pg.sql("SELECT summarized_lsn >= %s::pg_lsn FROM pg_get_wal_summarizer_state()", params=(lsn,))[0][0]:
+        assert time.monotonic() < deadline, "the WAL summarizer did not catch up"
+        time.sleep(0.2)
+    for summary in (pg.root / "data" / "pg_wal" / "summaries").glob("*.summary"):
+        summary.unlink()
+    said.clear()
+    second = base_backup(conn, storage, source=source17, partition="2026-11-23", settings=settings, say=said.append)
+    assert second.data["base"]["kind"] == "full"
+    assert any("taking a full one instead" in line for line in said), said
+    insert(pg, source17, 11, 20)
+    third = base_backup(conn, storage, source=source17, partition="2026-11-30", settings=settings)
+    assert third.data["base"]["kind"] == "incremental" and third.data["base"]["parent"] == second.artifact_key

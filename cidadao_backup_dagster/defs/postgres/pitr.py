@@ -8,10 +8,9 @@ from ...core.artifacts.manifest import iso
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.client import ClientDirs
 from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
-from ...core.postgres.pitr.base import DEFAULT_INCREMENTALS
 from ...core.postgres.pitr.health import archive_status, slot_verdict
 from ...core.postgres.pitr.recovery import recover_data_directory
-from ...core.postgres.pitr.server import slot_state
+from ...core.postgres.pitr.server import DEFAULT_INCREMENTALS, slot_state
 from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as_of_core
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
@@ -49,7 +48,7 @@ def pitr_for(binding: PgBinding) -> bool:
 
 
 def _inputs(context, binding: PgBinding):
-    """(connection, storage, settings, encryption stage, its manifest entry) or a failure that is not retried."""
+    """(source, connection, storage, the core's run options) or a failure that is not retried."""
     resources = context.resources
     source = binding.source(resources)
     try:
@@ -57,12 +56,34 @@ def _inputs(context, binding: PgBinding):
             source,
             source.connection(),
             binding.storage(resources).open(),
-            resources.backup_policy.settings(source),
-            resources.encryption.stage(),
-            resources.encryption.manifest_entry(),
+            {
+                "settings": resources.backup_policy.settings(source),
+                "encryption": resources.encryption.stage(),
+                "encryption_info": resources.encryption.manifest_entry(),
+                "variable": binding.spec.url_env,
+                "say": context.log.info,
+            },
         )
     except ConfigurationError as exc:
         raise failure(exc, allow_retries=False) from None
+
+
+def _run_record(context, **more) -> dict:
+    """The manifests' `run` entry."""
+    return {"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string(), **more}
+
+
+def _asset_args(binding: PgBinding, name: str, description: str, *resources: str) -> dict:
+    """What the WAL archive and base backup assets share."""
+    return {
+        "key": binding.key(name),
+        "group_name": binding.group("postgres"),
+        "kinds": {"postgres", "s3"},
+        "retry_policy": binding.retry_policy(60),
+        "description": description,
+        "tags": {"cidadao/domain": "postgres", **binding.tags},
+        "required_resource_keys": {binding.source_key, binding.storage_key, "backup_policy", "encryption", *resources},
+    }
 
 
 def wal_metadata(result) -> dict[str, dg.MetadataValue]:
@@ -91,35 +112,24 @@ def wal_metadata(result) -> dict[str, dg.MetadataValue]:
 
 
 def build_wal_asset(binding: PgBinding) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=binding.key(WAL_ASSET),
-        group_name=binding.group("postgres"),
-        kinds={"postgres", "s3"},
-        pool=binding.named(WAL_ASSET),  # one archive run per source at a time; never behind a long dump
-        retry_policy=binding.retry_policy(60),
-        description="WAL archive run: pg_receivewal from the source's physical slot up to the server's current "
-        "position, resuming from the partial segment in storage; each WAL file compressed, encrypted when "
-        "recipients are set, hashed, manifest last (postgres/<source>/wal/<timeline>/). Metadata: LSN range, "
-        "segments, bytes, and recoverable_until, the newest instant a restore can reach.",
-        tags={"cidadao/domain": "postgres", **binding.tags},
-        required_resource_keys={binding.source_key, binding.storage_key, "backup_policy", "encryption", "recovery"},
+    description = (
+        "WAL archive run: pg_receivewal from the source's physical slot up to the server's current position, "
+        "resuming from the partial segment in storage; each WAL file compressed, encrypted when recipients are set, "
+        "hashed, manifest last (postgres/<source>/wal/<timeline>/). Metadata: LSN range, segments, bytes, "
+        "recoverable_until, the newest instant a restore can reach, and rpo_seconds, how far it lags behind the "
+        "run's end."
     )
+
+    # One archive run per source at a time (its own pool): never behind a long dump.
+    @dg.asset(**_asset_args(binding, WAL_ASSET, description, "recovery"), pool=binding.named(WAL_ASSET))
     def _wal(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        source, conn, storage, settings, stage, info = _inputs(context, binding)
+        source, conn, storage, options = _inputs(context, binding)
         # No audit record per run: every 5 minutes they would bury the trail; the run log and metadata suffice.
         try:
             result = archive_wal(
-                conn,
-                storage,
-                source=source.series_name(),
-                settings=settings,
-                encryption=stage,
-                encryption_info=info,
-                tmp_dir=context.resources.recovery.scratch_dir(),
-                variable=binding.spec.url_env,
-                extra={"dagster_run_id": context.run.run_id, "asset": context.asset_key.to_user_string()},
-                say=context.log.info,
-            )
+                conn, storage, source=source.series_name(), tmp_dir=context.resources.recovery.scratch_dir(),
+                extra=_run_record(context), **options,
+            )  # fmt: skip
         except (BackupError, ConfigurationError) as exc:
             raise failure(exc) from None
         return dg.MaterializeResult(metadata=wal_metadata(result))
@@ -127,68 +137,54 @@ def build_wal_asset(binding: PgBinding) -> dg.AssetsDefinition:
     return _wal
 
 
+def base_metadata(manifest) -> dict[str, dg.MetadataValue]:
+    art, base = manifest.artifact, manifest.pitr_base
+    return {
+        "storage_uri": dg.MetadataValue.text(art.uri),
+        "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
+        "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
+        "sha256": dg.MetadataValue.text(art.stored_sha256),
+        "encrypted": dg.MetadataValue.bool(art.encryption is not None),
+        "start_lsn": dg.MetadataValue.text(base.start_lsn),
+        "end_lsn": dg.MetadataValue.text(base.end_lsn),
+        "timeline": dg.MetadataValue.int(base.timeline),
+        "consistent_from": dg.MetadataValue.text(manifest.timings.snapshot_at),
+        "server_version": dg.MetadataValue.text(manifest.source.server_version or ""),
+        "base_kind": dg.MetadataValue.text(manifest.data["base"].get("kind", "full")),
+        "chain_length": dg.MetadataValue.int(manifest.data["base"].get("chain_length", 1)),
+        "parent": dg.MetadataValue.text(manifest.data["base"].get("parent") or ""),
+    }
+
+
 def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
     incrementals = int(_number(binding.settings, INCREMENTALS_VARIABLE, DEFAULT_INCREMENTALS))
+    description = (
+        "Weekly base backup for point-in-time recovery: pg_basebackup -D - -Ft -X none streamed as one tar (with its "
+        "backup_manifest) through the pipeline into postgres/<source>/base/. Usable with the WAL archive from its "
+        "start LSN on. On PostgreSQL >= 17 with summarize_wal on, incremental (--incremental) chained to the "
+        f"previous base, a full one after {INCREMENTALS_VARIABLE} incrementals."
+    )
 
+    # A whole-cluster read: in the source's pool, not at the same time as a dump of that server.
     @dg.asset(
-        key=binding.key(BASE_ASSET),
-        group_name=binding.group("postgres"),
-        partitions_def=binding.partitions.weekly,
-        kinds={"postgres", "s3"},
-        pool=binding.pool,  # a whole-cluster read: not at the same time as a dump of that server
-        retry_policy=binding.retry_policy(60),
-        description="Weekly base backup for point-in-time recovery: pg_basebackup -D - -Ft -X none streamed as one "
-        "tar (with its backup_manifest) through the pipeline into postgres/<source>/base/. Usable with the WAL "
-        "archive from its start LSN on. On PostgreSQL >= 17 with summarize_wal on, incremental (--incremental) "
-        f"chained to the previous base, a full one after {INCREMENTALS_VARIABLE} incrementals.",
-        tags={"cidadao/domain": "postgres", **binding.tags},
-        required_resource_keys={binding.source_key, binding.storage_key, "backup_policy", "encryption"},
+        **_asset_args(binding, BASE_ASSET, description), partitions_def=binding.partitions.weekly, pool=binding.pool
     )
     def _base(context: dg.AssetExecutionContext, config: SnapshotConfig) -> dg.MaterializeResult:
-        source, conn, storage, settings, stage, info = _inputs(context, binding)
+        source, conn, storage, options = _inputs(context, binding)
         partition = context.partition_key
         what = "PostgreSQL base backups"
         lateness = guard_late(context, partition, "weekly", context.resources.backup_policy, config, what)
         with audited(context, storage, "base_backup", storage.uri(f"postgres/{source.series_name()}/base/")) as audit:
             try:
                 manifest = base_backup(
-                    conn,
-                    storage,
-                    source=source.series_name(),
-                    partition=partition,
-                    settings=settings,
-                    encryption=stage,
-                    encryption_info=info,
-                    variable=binding.spec.url_env,
-                    incrementals=incrementals,
-                    extra={
-                        "dagster_run_id": context.run.run_id,
-                        "asset": context.asset_key.to_user_string(),
-                        **lateness.record(),
-                    },
-                    say=context.log.info,
-                )
+                    conn, storage, source=source.series_name(), partition=partition, incrementals=incrementals,
+                    extra=_run_record(context, **lateness.record()), **options,
+                )  # fmt: skip
             except (BackupError, ConfigurationError) as exc:
                 raise failure(exc) from None
             audit.update(artifact=manifest.artifact.uri, stored_sha256=manifest.stored_sha256)
-        art, base = manifest.artifact, manifest.pitr_base
         return dg.MaterializeResult(
-            metadata={
-                "storage_uri": dg.MetadataValue.text(art.uri),
-                "stored_bytes": dg.MetadataValue.int(art.stored_bytes),
-                "raw_bytes": dg.MetadataValue.int(art.raw_bytes or 0),
-                "sha256": dg.MetadataValue.text(art.stored_sha256),
-                "encrypted": dg.MetadataValue.bool(art.encryption is not None),
-                "start_lsn": dg.MetadataValue.text(base.start_lsn),
-                "end_lsn": dg.MetadataValue.text(base.end_lsn),
-                "timeline": dg.MetadataValue.int(base.timeline),
-                "consistent_from": dg.MetadataValue.text(manifest.timings.snapshot_at),
-                "server_version": dg.MetadataValue.text(manifest.source.server_version or ""),
-                "base_kind": dg.MetadataValue.text(manifest.data["base"].get("kind", "full")),
-                "chain_length": dg.MetadataValue.int(manifest.data["base"].get("chain_length", 1)),
-                "parent": dg.MetadataValue.text(manifest.data["base"].get("parent") or ""),
-                **late_metadata(lateness),
-            },
+            metadata={**base_metadata(manifest), **late_metadata(lateness)},
             data_version=dg.DataVersion(manifest.stored_sha256),
         )
 
@@ -206,89 +202,103 @@ def _number(settings: Settings, variable: str, default: float) -> float:
 def build_wal_checks(binding: PgBinding, wal: dg.AssetsDefinition) -> list:
     max_age_min = _number(binding.settings, MAX_AGE_VARIABLE, 10)
     warn_mb = _number(binding.settings, SLOT_WARN_VARIABLE, 1024)
-    needs = {binding.source_key, binding.storage_key}
+    checks = {
+        "wal_continuity": (
+            "The WAL archive has every segment from the oldest base backup's start to its newest file (as wal-g "
+            "wal-verify): a gap makes every instant after it unrecoverable from the bases before it.",
+            _continuity,
+        ),
+        "recoverable_within_rpo": (
+            f"The newest recoverable instant is at most {max_age_min:g} minutes old ({MAX_AGE_VARIABLE}).",
+            lambda binding, context: _within_rpo(binding, context, max_age_min),
+        ),
+        "slot_retention": (
+            f"WAL the replication slot holds on the server: WARN above {warn_mb:g} MiB ({SLOT_WARN_VARIABLE}), "
+            "ERROR above 4x or when the slot is lost.",
+            lambda binding, context: _slot_retention(binding, context, warn_mb),
+        ),
+    }
+    return [_check(binding, wal, name, description, judge) for name, (description, judge) in checks.items()]
 
-    def status(context):
-        source = binding.source(context.resources)
-        try:
-            return archive_status(binding.storage(context.resources).open(), source.series_name())
-        except (BackupError, ConfigurationError) as exc:
-            raise failure(exc) from None
+
+def _check(binding: PgBinding, wal: dg.AssetsDefinition, name: str, description: str, judge):
+    """One of the WAL archive's checks: `judge(binding, context)` gives its result (reading the source and its
+    storage)."""
 
     @dg.asset_check(
         asset=wal,
-        name="wal_continuity",
-        required_resource_keys=needs,
-        description="The WAL archive has every segment from the oldest base backup's start to its newest file "
-        "(as wal-g wal-verify): a gap makes every instant after it unrecoverable from the bases before it.",
+        name=name,
+        required_resource_keys={binding.source_key, binding.storage_key},
+        description=description,
     )
-    def wal_continuity(context) -> dg.AssetCheckResult:
-        st = status(context)
-        meta = {
-            "base_backups": dg.MetadataValue.int(st.bases),
-            "oldest_base": dg.MetadataValue.text(st.oldest_base or ""),
-            "recoverable_from": dg.MetadataValue.text(iso(st.recoverable_from) if st.recoverable_from else ""),
-            "first_segment": dg.MetadataValue.text(st.first_segment or ""),
-            "newest_file": dg.MetadataValue.text(st.newest_file or ""),
-            "gaps": dg.MetadataValue.json([str(g) for g in st.gaps]),
-        }
-        if not st.bases:
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata=meta,
-                description="No base backup yet: the WAL archive cannot be replayed. Materialize postgres_base_backup",
-            )
+    def check(context) -> dg.AssetCheckResult:
+        return judge(binding, context)
+
+    return check
+
+
+def _status(binding: PgBinding, context):
+    source = binding.source(context.resources)
+    try:
+        return archive_status(binding.storage(context.resources).open(), source.series_name())
+    except (BackupError, ConfigurationError) as exc:
+        raise failure(exc) from None
+
+
+def _continuity(binding: PgBinding, context) -> dg.AssetCheckResult:
+    st = _status(binding, context)
+    meta = {
+        "base_backups": dg.MetadataValue.int(st.bases),
+        "oldest_base": dg.MetadataValue.text(st.oldest_base or ""),
+        "recoverable_from": dg.MetadataValue.text(iso(st.recoverable_from) if st.recoverable_from else ""),
+        "first_segment": dg.MetadataValue.text(st.first_segment or ""),
+        "newest_file": dg.MetadataValue.text(st.newest_file or ""),
+        "gaps": dg.MetadataValue.json([str(g) for g in st.gaps]),
+    }
+    if not st.bases:
         return dg.AssetCheckResult(
-            passed=not st.gaps,
-            severity=dg.AssetCheckSeverity.ERROR,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
             metadata=meta,
-            description=f"Missing: {'; '.join(str(g) for g in st.gaps)}" if st.gaps else "No gap",
+            description="No base backup yet: the WAL archive cannot be replayed. Materialize postgres_base_backup",
         )
-
-    @dg.asset_check(
-        asset=wal,
-        name="recoverable_within_rpo",
-        required_resource_keys=needs,
-        description=f"The newest recoverable instant is at most {max_age_min:g} minutes old ({MAX_AGE_VARIABLE}).",
+    return dg.AssetCheckResult(
+        passed=not st.gaps,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=meta,
+        description=f"Missing: {'; '.join(str(g) for g in st.gaps)}" if st.gaps else "No gap",
     )
-    def recoverable_within_rpo(context) -> dg.AssetCheckResult:
-        st = status(context)
-        lag = st.lag()
-        ok = lag is not None and lag.total_seconds() <= max_age_min * 60
-        return dg.AssetCheckResult(
-            passed=ok,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={
-                "recoverable_until": dg.MetadataValue.text(iso(st.recoverable_until) if st.recoverable_until else ""),
-                "lag_minutes": dg.MetadataValue.float(round(lag.total_seconds() / 60, 2) if lag else -1.0),
-            },
-            description="Nothing archived yet" if lag is None else f"Recoverable until {lag} ago",
-        )
 
-    @dg.asset_check(
-        asset=wal,
-        name="slot_retention",
-        required_resource_keys=needs,
-        description=f"WAL the replication slot holds on the server: WARN above {warn_mb:g} MiB "
-        f"({SLOT_WARN_VARIABLE}), ERROR above 4x or when the slot is lost.",
+
+def _within_rpo(binding: PgBinding, context, max_age_min: float) -> dg.AssetCheckResult:
+    st = _status(binding, context)
+    lag = st.lag()
+    ok = lag is not None and lag.total_seconds() <= max_age_min * 60
+    return dg.AssetCheckResult(
+        passed=ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "recoverable_until": dg.MetadataValue.text(iso(st.recoverable_until) if st.recoverable_until else ""),
+            "lag_minutes": dg.MetadataValue.float(round(lag.total_seconds() / 60, 2) if lag else -1.0),
+        },
+        description="Nothing archived yet" if lag is None else f"Recoverable until {lag} ago",
     )
-    def slot_retention(context) -> dg.AssetCheckResult:
-        source = binding.source(context.resources)
-        name = slot_name_for(source.series_name())
-        try:
-            slot = slot_state(source.connection(), name)
-        except (BackupError, ConfigurationError) as exc:
-            raise failure(exc) from None
-        verdict = slot_verdict(slot, name, int(warn_mb * 2**20), int(4 * warn_mb * 2**20))
-        return dg.AssetCheckResult(
-            passed=verdict.passed,
-            severity=dg.AssetCheckSeverity[verdict.severity],
-            metadata={"retained_bytes": dg.MetadataValue.int((slot.retained_bytes or 0) if slot else 0)},
-            description=verdict.description,
-        )
 
-    return [wal_continuity, recoverable_within_rpo, slot_retention]
+
+def _slot_retention(binding: PgBinding, context, warn_mb: float) -> dg.AssetCheckResult:
+    source = binding.source(context.resources)
+    name = slot_name_for(source.series_name())
+    try:
+        slot = slot_state(source.connection(), name)
+    except (BackupError, ConfigurationError) as exc:
+        raise failure(exc) from None
+    verdict = slot_verdict(slot, name, int(warn_mb * 2**20), int(4 * warn_mb * 2**20))
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity[verdict.severity],
+        metadata={"retained_bytes": dg.MetadataValue.int((slot.retained_bytes or 0) if slot else 0)},
+        description=verdict.description,
+    )
 
 
 def build(binding: PgBinding) -> DomainDefs:
@@ -337,24 +347,40 @@ def server_search(bin_dir) -> ClientDirs:
     return ClientDirs((bin_dir,) if bin_dir else ())
 
 
-def chain_metadata(plan) -> dict[str, dg.MetadataValue]:
-    """Which base backups the recovery started from: one full, or a chain pg_combinebackup combined."""
+def recovery_metadata(plan, recovered_to) -> dict[str, dg.MetadataValue]:
+    """Where the recovery started from (one full base, or a chain pg_combinebackup combined) and reached."""
     return {
+        "recovered_to": dg.MetadataValue.text(recovered_to.isoformat() if recovered_to else ""),
+        "base_backup": dg.MetadataValue.text(plan.base.partition),
         "base_chain": dg.MetadataValue.json([m.artifact.uri for m in plan.members]),
         "combined_members": dg.MetadataValue.int(len(plan.members) if len(plan.members) > 1 else 0),
     }
+
+
+def _recovering(context, binding: PgBinding) -> tuple:
+    """(storage, source, what every recovery takes: scratch folder, identities, server binaries, log)."""
+    resources = context.resources
+    source = binding.source(resources)
+    return (
+        binding.storage(resources).open(),
+        source,
+        {
+            "tmp_dir": resources.recovery.scratch_dir(),
+            "identities": resources.encryption.identities(),
+            "server_bin_dir": server_search(source.bin_dir),
+            "say": context.log.info,
+        },
+    )
 
 
 def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dg.Output:
     """`restore_postgres` with a `target_time`: the database as of that instant, from base backup + WAL."""
     if config.output == "data_directory":
         return _data_directory(context, config, binding)
-    resources = context.resources
-    source = binding.source(resources)
-    recovery, encryption = resources.recovery, resources.encryption
     try:
+        storage, source, common = _recovering(context, binding)
         result = restore_database_as_of(
-            binding.storage(resources).open(),
+            storage,
             source=source.series_name(),
             database=source.connection().dbname,
             target_time=config.target_time,
@@ -364,15 +390,12 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
             confirm=config.confirm_database_name,
             jobs=config.jobs,
             no_owner=config.no_owner,
-            tmp_dir=recovery.scratch_dir(),
             bin_dir=source.bin_dir,
-            server_bin_dir=server_search(source.bin_dir),
             post_restore_command=config.post_restore_command,
             post_restore_workdir=config.post_restore_workdir or None,
             post_restore_env=config.post_restore_env,
-            identities=encryption.identities(),
             run_id=context.run.run_id,
-            say=context.log.info,
+            **common,
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
@@ -383,11 +406,9 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
         metadata={
             "target": dg.MetadataValue.text(restored.target),
             "target_time": dg.MetadataValue.text(config.target_time),
-            "recovered_to": dg.MetadataValue.text(result.recovered_to.isoformat() if result.recovered_to else ""),
-            "base_backup": dg.MetadataValue.text(plan.base.partition),
+            **recovery_metadata(plan, result.recovered_to),
             "base_uri": dg.MetadataValue.text(plan.base.artifact.uri),
             "wal_files": dg.MetadataValue.int(len(plan.wal)),
-            **chain_metadata(plan),
             "duration_s": dg.MetadataValue.float(restored.total_seconds),
             "tables": dg.MetadataValue.int(restored.tables),
             "rows": dg.MetadataValue.int(restored.rows),
@@ -402,26 +423,21 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
 
 def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
     """`recover_rows` with `as_of`: the rows as they were at that instant, from base backup + WAL."""
-    resources = context.resources
-    source = binding.source(resources)
-    recovery = resources.recovery
     try:
+        storage, source, common = _recovering(context, binding)
         result = recover_rows_as_of_core(
-            binding.storage(resources).open(),
+            storage,
             source=source.series_name(),
             target_time=config.as_of,
             live=live,
             table=config.table,
             where=config.where,
-            scratch_server=recovery.recover_scratch_server(live),
+            scratch_server=context.resources.recovery.recover_scratch_server(live),
             dry_run=config.dry_run,
             on_conflict=config.on_conflict,
             sample_rows=config.sample_rows,
-            tmp_dir=recovery.scratch_dir(),
             bin_dir=source.bin_dir,
-            server_bin_dir=server_search(source.bin_dir),
-            identities=resources.encryption.identities(),
-            say=context.log.info,
+            **common,
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
@@ -435,9 +451,7 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
         metadata={
             "table": dg.MetadataValue.text(rows.table),
             "as_of": dg.MetadataValue.text(config.as_of),
-            "recovered_to": dg.MetadataValue.text(result.recovered_to.isoformat() if result.recovered_to else ""),
-            "base_backup": dg.MetadataValue.text(result.plan.base.partition),
-            **chain_metadata(result.plan),
+            **recovery_metadata(result.plan, result.recovered_to),
             "dry_run": dg.MetadataValue.bool(rows.dry_run),
             "matched_in_backup": dg.MetadataValue.int(rows.matched_in_backup),
             "would_insert": dg.MetadataValue.int(rows.would_insert),
@@ -452,21 +466,19 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
 
 def _data_directory(context, config, binding: PgBinding) -> dg.Output:
     """`restore_postgres` with `output: data_directory`: the cluster as of `target_time`, as a data directory."""
-    resources = context.resources
     try:
         if not config.data_directory:
             raise ConfigurationError(
                 "data_directory", "is empty and output is data_directory", "name an absent or empty folder"
             )
+        storage, source, common = _recovering(context, binding)
+        common["bin_dir"] = common.pop("server_bin_dir")  # the recovery alone: no client programs
         path, plan, recovered_to = recover_data_directory(
-            binding.storage(resources).open(),
-            source=binding.source(resources).series_name(),
+            storage,
+            source=source.series_name(),
             target_time=config.target_time,
             destination=config.data_directory,
-            identities=resources.encryption.identities(),
-            bin_dir=server_search(binding.source(resources).bin_dir),
-            tmp_dir=resources.recovery.scratch_dir(),
-            say=context.log.info,
+            **common,
         )
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
@@ -475,10 +487,8 @@ def _data_directory(context, config, binding: PgBinding) -> dg.Output:
         metadata={
             "target": dg.MetadataValue.path(str(path)),
             "target_time": dg.MetadataValue.text(config.target_time),
-            "recovered_to": dg.MetadataValue.text(recovered_to.isoformat() if recovered_to else ""),
-            "base_backup": dg.MetadataValue.text(plan.base.partition),
+            **recovery_metadata(plan, recovered_to),
             "server_major": dg.MetadataValue.int(plan.server_major),
             "wal_files": dg.MetadataValue.int(len(plan.wal)),
-            **chain_metadata(plan),
         },
     )

@@ -20,7 +20,6 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,21 +28,28 @@ from typing import IO
 import zstandard
 
 from ...artifacts.manifest import Manifest, all_valid_manifests, iso, utc_now
-from ...artifacts.pipeline import EncryptionStage, StreamStats, stream_to_writer
-from ...artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, tool_versions
+from ...artifacts.pipeline import StreamStats, stream_to_writer
+from ...artifacts.publish import NewObject, data_key, manifest_data, tool_versions
 from ...artifacts.reader import read_artifact
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError, pg_error_type
 from ..backup import BackupSettings
 from ..client import PgConnection, binary_version
-from .layout import base_chain, base_series, format_lsn, iso_us, parse_lsn, segment_name, segno_of
-from .server import ServerInfo, check_client, current_position, ensure_slot, replication_preflight, slot_name_for
+from .layout import base_chain, base_series, format_lsn, iso_us, parse_lsn, segment_name, segno_of, zstd_entry
+from .server import (
+    Logger,
+    RunOptions,
+    ServerInfo,
+    check_client,
+    current_position,
+    ensure_slot,
+    replication_preflight,
+    slot_name_for,
+)
 
 BLOCK = 512
 CAPTURE_LIMIT = 64 * MiB  # backup_manifest grows with the file count; far below this for any real cluster
-DEFAULT_INCREMENTALS = 3  # with the weekly schedule: a full every 4th week, weekly incrementals between
 SIDECAR_SUFFIX = ".backup_manifest.zst"
-Logger = Callable[[str], None]
 
 
 class TarTap:
@@ -134,12 +140,6 @@ def wal_range(manifest_text: bytes) -> tuple[int, int, int]:
     return int(r["Timeline"]), parse_lsn(r["Start-LSN"]), parse_lsn(r["End-LSN"])
 
 
-def zstd_entry(obj: NewObject, stats: StreamStats, level: int, encryption_info: dict | None, **describe) -> dict:
-    """The manifest's `artifact` of a zstd object of PITR (`describe`: its format and restore hint)."""
-    compression = {"codec": "zstd", "level": level, "checksum": True}
-    return artifact_entry(obj, stats, describe=describe, compression=compression, encryption=encryption_info)
-
-
 # ------------------------------------------------------------------------------------------ the chain
 
 
@@ -216,50 +216,41 @@ class _Taken:
     sidecar: dict
 
 
-def base_backup(
-    conn: PgConnection,
-    storage: Storage,
-    *,
-    source: str,
-    partition: str,
-    slot: str | None = None,
-    settings: BackupSettings | None = None,
-    encryption: EncryptionStage | None = None,
-    encryption_info: dict | None = None,
-    variable: str = "DATABASE_URL",
-    incrementals: int = DEFAULT_INCREMENTALS,
-    extra: dict | None = None,
-    say: Logger = lambda _msg: None,
-) -> Manifest:
+def base_backup(conn: PgConnection, storage: Storage, *, source: str, partition: str, **options) -> Manifest:
     """Take a base backup of the whole cluster into `postgres/<source>/base/<partition>/` (incremental when it
-    may be, see the module). Returns its manifest, written last. On any failure nothing is published."""
+    may be, see the module; `options`: RunOptions). Returns its manifest, written last. On any failure nothing
+    is published."""
     started_at, t0 = utc_now(), time.monotonic()
-    settings = settings or BackupSettings()
+    opts = RunOptions.of(options)
     storage.check_writable()
-    info = replication_preflight(conn, bin_dir=settings.pg_bin_dir, variable=variable)
-    basebackup = check_client("pg_basebackup", info.major, settings.pg_bin_dir)
-    slot = slot or slot_name_for(source)
+    info = replication_preflight(conn, bin_dir=opts.settings.pg_bin_dir, variable=opts.variable)
+    basebackup = check_client("pg_basebackup", info.major, opts.settings.pg_bin_dir)
+    slot = opts.slot or slot_name_for(source)
     ensure_slot(conn, slot)  # from here the server keeps the WAL this base will need, until the archive has it
     series = base_series(source)
-    key = data_key(series, partition, source, ".tar.zst.age" if encryption else ".tar.zst")
-    with tempfile.TemporaryDirectory(prefix="cbd-pitr-base-") as tmp:
-        parent = choose_parent(conn, storage, source, info, incrementals, Path(tmp), say)
-        args = [
-            basebackup, "--no-password", "-d", conn.conninfo(), "-D", "-", "-Ft", "-X", "none",
-            "--manifest-checksums=SHA256", "--checkpoint=fast", f"--label={f'cbd {source} {partition}'[:60]}",
-            *([f"--incremental={parent.backup_manifest}"] if parent else []),
-        ]  # fmt: skip
-        obj = NewObject(storage, key, redact=conn.redact, untouched="earlier backups are untouched")
-        taken = obj.write(lambda writer: _stream(conn, args, writer, storage, key, settings, encryption))
+    args = [
+        basebackup, "--no-password", "-d", conn.conninfo(), "-D", "-", "-Ft", "-X", "none",
+        "--manifest-checksums=SHA256", "--checkpoint=fast", f"--label={f'cbd {source} {partition}'[:60]}",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="cbd-pitr-base-", dir=opts.tmp_dir) as tmp:
+        parent = choose_parent(conn, storage, source, info, opts.incrementals, Path(tmp), opts.say)
+        try:
+            obj, taken = _take(conn, storage, series, partition, source, args, parent, opts)
+        except BackupError as exc:
+            # The server lacks the WAL summaries since the parent (summarize_wal turned on after it, or they
+            # expired: wal_summary_keep_time): a full base is always possible.
+            if parent is None or "WAL summaries are required" not in str(exc):
+                raise
+            opts.say(f"The incremental base backup is impossible ({exc}); taking a full one instead")
+            parent = None
+            obj, taken = _take(conn, storage, series, partition, source, args, parent, opts)
     chain = (
         {"kind": "incremental", "parent": parent.manifest.artifact_key, "parent_manifest": parent.manifest.key,
          "chain_length": parent.chain_length + 1}
         if parent
         else {"kind": "full", "parent": None, "parent_manifest": None, "chain_length": 1}
     )  # fmt: skip
-    data = _manifest(
-        obj, taken, info, conn, settings, encryption_info if encryption else None, partition, series, slot, chain
-    )
+    data = _manifest(obj, taken, info, conn, opts, partition, series, slot, chain)
     data["tools"] = tool_versions({"pg_basebackup": binary_version(basebackup)}, zstandard=zstandard.__version__)
     data["timings"] = {
         "started_at": iso(started_at),
@@ -268,19 +259,27 @@ def base_backup(
         "finished_at": iso(utc_now()),
         "total_seconds": round(time.monotonic() - t0, 3),
     }
-    if extra:
-        data["run"] = extra
+    if opts.extra:
+        data["run"] = opts.extra
     return obj.publish(series, data)
 
 
-def _stream(conn, args, writer, storage: Storage, key: str, settings: BackupSettings, encryption) -> _Taken:
+def _take(conn, storage: Storage, series, partition, source, args, parent: Parent | None, opts) -> tuple:
+    """Stream one base backup into a new object (committed, not yet published): (object, what was taken)."""
+    key = data_key(series, partition, source, ".tar.zst.age" if opts.encryption else ".tar.zst")
+    args = [*args, *([f"--incremental={parent.backup_manifest}"] if parent else [])]
+    obj = NewObject(storage, key, redact=conn.redact, untouched="earlier backups are untouched")
+    return obj, obj.write(lambda writer: _stream(conn, args, writer, storage, key, opts))
+
+
+def _stream(conn, args, writer, storage: Storage, key: str, opts: RunOptions) -> _Taken:
     """pg_basebackup's tar through the pipeline into `writer`; its backup_manifest stored beside it."""
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=conn.env())
     try:
         tap = TarTap(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
-        level, threads = settings.zstd_level, settings.zstd_threads
-        stats = stream_to_writer(tap, writer, level=level, threads=threads, encryption=encryption)  # type: ignore[arg-type]
+        level, threads = opts.settings.zstd_level, opts.settings.zstd_threads
+        stats = stream_to_writer(tap, writer, level=level, threads=threads, encryption=opts.encryption)  # type: ignore[arg-type]
         rc = proc.wait()
         stderr.seek(0)
         err = conn.redact(stderr.read().decode(errors="replace")).strip()
@@ -294,7 +293,7 @@ def _stream(conn, args, writer, storage: Storage, key: str, settings: BackupSett
         if start_lsn != label.start_lsn or timeline != label.timeline:
             raise BackupError("backup_label and backup_manifest disagree on the start of the base backup")
         _now_lsn, finished = current_position(conn)  # before the commit: a failure leaves no object
-        sidecar = _store_backup_manifest(storage, key, tap.found["backup_manifest"], conn, settings)
+        sidecar = _store_backup_manifest(storage, key, tap.found["backup_manifest"], conn, opts.settings)
         return _Taken(stats, label, timeline, start_lsn, end_lsn, finished, sidecar)
     finally:
         if proc.poll() is None:
@@ -312,8 +311,9 @@ def _store_backup_manifest(storage: Storage, key: str, text: bytes, conn, settin
     return zstd_entry(side, stats, level, None, format="pg_basebackup backup_manifest (JSON), zstd-compressed")
 
 
-def _manifest(obj, taken: _Taken, info: ServerInfo, conn, settings, encryption_info, partition, series, slot, chain):
+def _manifest(obj, taken: _Taken, info: ServerInfo, conn, opts: RunOptions, partition, series, slot, chain):
     size = info.segment_size
+    encryption_info = opts.encryption_info if opts.encryption else None
     decrypt = "age -d -i key.txt <file> | zstd -d" if encryption_info else "zstd -dc <file>"
     combine = (
         "; an incremental: extract each member of its chain (base.parent) the same way, then "
@@ -329,7 +329,7 @@ def _manifest(obj, taken: _Taken, info: ServerInfo, conn, settings, encryption_i
         artifact=zstd_entry(
             obj,
             taken.stats,
-            settings.zstd_level,
+            opts.settings.zstd_level,
             encryption_info,
             format=f"pg_basebackup tar of the main tablespace ({chain['kind']}, -X none, backup_manifest inside), "
             "zstd-compressed",

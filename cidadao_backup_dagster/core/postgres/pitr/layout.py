@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ...artifacts.manifest import Manifest, index_series, iso, parse_iso, parse_manifest, series_prefix
+from ...artifacts.pipeline import StreamStats
+from ...artifacts.publish import NewObject, artifact_entry
 from ...artifacts.storage import Storage
 from ...errors import BackupError, DamagedArtifact, RefusedError
 
@@ -67,6 +69,12 @@ def timeline_dir(timeline: int) -> str:
 def iso_us(ts: datetime) -> str:
     """Like manifest.iso, to the microsecond: commit times decide where a recovery stops."""
     return iso(ts).replace("Z", "") + f".{ts.microsecond:06d}Z" if ts.microsecond else iso(ts)
+
+
+def zstd_entry(obj: NewObject, stats: StreamStats, level: int, encryption_info: dict | None, **describe) -> dict:
+    """The manifest's `artifact` of a zstd object of PITR (`describe`: its format and restore hint)."""
+    compression = {"codec": "zstd", "level": level, "checksum": True}
+    return artifact_entry(obj, stats, describe=describe, compression=compression, encryption=encryption_info)
 
 
 # ------------------------------------------------------------------------------------------ series

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +26,11 @@ from pathlib import Path
 import psycopg
 
 from ...artifacts.manifest import Manifest, _newest_valid_of, all_valid_manifests, iso
-from ...artifacts.reader import is_encrypted, read_artifact
+from ...artifacts.reader import is_encrypted
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError
 from ..client import BinDir, ClientDirs, PgConnection, binary_version, major
+from .fetch import extract_base, fetch_wal
 from .layout import (
     WalFile,
     WalGap,
@@ -42,13 +42,11 @@ from .layout import (
     segment_name,
     segno_of,
 )
-from .server import exact_client
+from .server import Logger, exact_client, quiet
 from .wal import newest_partial
 
-Logger = Callable[[str], None]
 DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"  # server binaries (postgres, pg_verifybackup) of one major
 SERVER_USER = "postgres"  # initdb/postgres refuse to run as root: a root worker runs the copy as this user
-_C_LOCALE = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
 SOURCE_CONFIG = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf")  # the source's, set aside meanwhile
 
 
@@ -275,32 +273,35 @@ class RecoveredServer:
         self.cleanup()
 
 
-def restore_to_instant(
-    storage: Storage,
-    *,
-    source: str,
-    target_time: str | datetime,
-    identities: list | None = None,
-    bin_dir: BinDir = None,
-    tmp_dir: str | None = None,
-    timeout: float = 3600,
-    say: Logger = lambda _msg: None,
-) -> RecoveredServer:
-    """Recover `source` as of `target_time` into a running throwaway server (stop it with `cleanup()`)."""
-    plan = plan_recovery(storage, source=source, target_time=target_time, bin_dir=bin_dir)
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """How a recovery runs, besides what and when."""
+
+    identities: list | None = None  # age identities, for an encrypted archive
+    bin_dir: BinDir = None  # the server binaries of the base's major: a folder, or a search (ClientDirs)
+    tmp_dir: str | None = None  # RESTORE_TMPDIR: the throwaway server's data, WAL and dumps
+    timeout: float = 3600  # seconds the replay may take
+    say: Logger = quiet
+
+
+def restore_to_instant(storage: Storage, *, source: str, target_time: str | datetime, **options) -> RecoveredServer:
+    """Recover `source` as of `target_time` into a running throwaway server (stop it with `cleanup()`);
+    `options`: RecoveryOptions."""
+    opts = RecoveryOptions(**options)
+    plan = plan_recovery(storage, source=source, target_time=target_time, bin_dir=opts.bin_dir)
     encrypted = [m for m in [*plan.members, *(w.manifest for w in plan.wal)] if is_encrypted(m)]
-    if encrypted and not identities:
+    if encrypted and not opts.identities:
         raise RefusedError(
             f"{storage.uri(encrypted[0].artifact_key)} is encrypted: set BACKUP_AGE_IDENTITY_FILE to recover it"
         )
-    root = Path(tmp_dir or tempfile.gettempdir())
+    root = Path(opts.tmp_dir or tempfile.gettempdir())
     free = shutil.disk_usage(root).free
     if free < plan.raw_bytes * 1.2:
         raise RefusedError(
             f"Not enough space in {root} for the base backup and WAL ({plan.raw_bytes / MiB:,.0f} MiB, "
             f"{free / MiB:,.0f} MiB free). Fix: point RESTORE_TMPDIR at a bigger volume"
         )
-    say(
+    opts.say(
         f"Recovering {source} as of {iso(plan.target_time)} from base {plan.base.partition} "
         f"({plan.base.data['base']['start_lsn']}"
         + (f", an incremental chain of {len(plan.members)} backups" if len(plan.members) > 1 else "")
@@ -309,114 +310,41 @@ def restore_to_instant(
     work = Path(tempfile.mkdtemp(prefix="cbd-pitr-restore-", dir=root))
     server = RecoveredServer(plan, work, _free_port(), plan.base.data["source"].get("superuser") or "postgres")
     try:
-        _extract_base(storage, plan, server.data_dir, identities, say)
-        _fetch_wal(storage, plan, work / "wal", identities)
+        extract_base(storage, plan, server.data_dir, opts.identities, opts.say)
+        fetch_wal(storage, plan, work / "wal", opts.identities)
         _configure(server)
-        _start(server, timeout, say)
+        _start(server, opts.timeout, opts.say)
         _check_reached(server)
     except BaseException:
         server.cleanup()
         raise
     reached = iso(server.recovered_to) if server.recovered_to else "the base"
-    say(f"Recovered to {reached} ({server.stop_record or 'end of archive'})")
+    opts.say(f"Recovered to {reached} ({server.stop_record or 'end of archive'})")
     return server
 
 
 def recover_data_directory(
-    storage: Storage,
-    *,
-    source: str,
-    target_time: str | datetime,
-    destination: str | Path,
-    identities: list | None = None,
-    bin_dir: BinDir = None,
-    tmp_dir: str | None = None,
-    timeout: float = 3600,
-    say: Logger = lambda _msg: None,
+    storage: Storage, *, source: str, target_time: str | datetime, destination: str | Path, **options
 ) -> tuple[Path, RecoveryPlan, datetime | None]:
     """The cluster as of `target_time`, left as a data directory at `destination` (absent or an empty folder:
-    anything else is refused before the recovery starts). Returns (path, plan, last transaction replayed)."""
+    anything else is refused before the recovery starts; `options`: RecoveryOptions). Returns (path, plan,
+    last transaction replayed)."""
     dest = Path(destination).expanduser().resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise RefusedError(f"{dest} exists and is not an empty folder: refusing to put a data directory there")
     if not dest.parent.is_dir():
         raise RefusedError(f"{dest.parent} does not exist: create it, or pick another data_directory")
-    server = restore_to_instant(
-        storage, source=source, target_time=target_time, identities=identities, bin_dir=bin_dir, tmp_dir=tmp_dir,
-        timeout=timeout, say=say,
-    )  # fmt: skip
+    server = restore_to_instant(storage, source=source, target_time=target_time, **options)
     try:
         if dest.exists():
             dest.rmdir()  # empty, checked above: the move puts the data directory in its place
         path = server.hand_over(dest)
     finally:
         server.cleanup()
-    say(f"Data directory as of {iso(server.plan.target_time)} at {path} (PostgreSQL {server.plan.server_major})")
+    RecoveryOptions(**options).say(
+        f"Data directory as of {iso(server.plan.target_time)} at {path} (PostgreSQL {server.plan.server_major})"
+    )
     return path, server.plan, server.recovered_to
-
-
-def _extract_base(storage: Storage, plan: RecoveryPlan, data: Path, identities, say: Logger) -> None:
-    """The base into `data`, verified; a chain's members each extracted and verified, then combined."""
-    members = plan.members
-    if len(members) == 1:
-        _extract_member(storage, plan, members[0], data, identities)
-        return
-    folders = []
-    for i, member in enumerate(members):
-        folders.append(data.parent / "chain" / f"{i:03d}")
-        folders[-1].parent.mkdir(mode=0o700, exist_ok=True)
-        _extract_member(storage, plan, member, folders[-1], identities)
-    combine = exact_client("pg_combinebackup", plan.server_major, plan.bin_dir)
-    proc = subprocess.run(
-        [str(combine), "-o", str(data), *map(str, folders)], capture_output=True, text=True, env=_C_LOCALE
-    )
-    if proc.returncode != 0:
-        raise BackupError(
-            f"pg_combinebackup could not combine the chain of base {plan.base.partition}: {proc.stderr.strip()[-800:]}"
-        )
-    shutil.rmtree(folders[0].parent)
-    data.chmod(0o700)
-    say(
-        f"pg_combinebackup combined {len(members)} backups: full {members[0].artifact_key} and "
-        f"{len(members) - 1} incremental(s) up to {plan.base.artifact_key}"
-    )
-
-
-def _extract_member(storage: Storage, plan: RecoveryPlan, member: Manifest, data: Path, identities) -> None:
-    data.mkdir(mode=0o700)
-    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(data)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        outcome = read_artifact(storage, member, tar.stdin.write, identities=identities)  # type: ignore[union-attr]
-    finally:
-        tar.stdin.close()  # type: ignore[union-attr]
-        err = tar.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
-        rc = tar.wait()
-    problems = outcome.problems(member)
-    if problems:
-        raise BackupError(f"{storage.uri(member.artifact_key)}: {'; '.join(problems)}. Refusing to recover from it")
-    if rc != 0:
-        raise BackupError(f"tar could not extract base {member.partition}: {err.strip()[-500:]}")
-    verify = subprocess.run(
-        [str(Path(plan.bin_dir, "pg_verifybackup")), "--no-parse-wal", "--quiet", str(data)],
-        capture_output=True,
-        text=True,
-    )
-    if verify.returncode != 0:
-        raise BackupError(
-            f"pg_verifybackup rejects base {member.partition} ({member.artifact_key}; checksums against its "
-            f"backup_manifest): {verify.stderr.strip()[-800:]}"
-        )
-
-
-def _fetch_wal(storage: Storage, plan: RecoveryPlan, wal_dir: Path, identities) -> None:
-    wal_dir.mkdir(mode=0o700)
-    for wal in plan.wal:
-        target = wal_dir / wal.info["file"]  # a partial under its segment's name: recovery reads up to its zeros
-        with open(target, "wb") as out:
-            outcome = read_artifact(storage, wal.manifest, out.write, identities=identities)
-        problems = outcome.problems(wal.manifest)
-        if problems:
-            raise BackupError(f"{storage.uri(wal.manifest.artifact_key)}: {'; '.join(problems)}. Refusing to replay it")
 
 
 def _configure(server: RecoveredServer) -> None:

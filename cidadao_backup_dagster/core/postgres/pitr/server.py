@@ -6,13 +6,45 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ...artifacts.pipeline import EncryptionStage
 from ...errors import BackupError, ConfigurationError, PermanentError
+from ..backup import BackupSettings
 from ..client import BinDir, PgConnection, choose_client, find_clients
 from .layout import parse_lsn
+
+Logger = Callable[[str], None]
+DEFAULT_INCREMENTALS = 3  # with the weekly schedule: a full base every 4th week, weekly incrementals between
+
+
+def quiet(_msg: str) -> None:
+    """The default logger: say nothing."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a WAL archive run and a base backup take besides the server, the storage and the source name."""
+
+    slot: str | None = None  # default: slot_name_for(source)
+    settings: BackupSettings = field(default_factory=BackupSettings)
+    encryption: EncryptionStage | None = None
+    encryption_info: dict | None = None  # the manifests' `encryption` entry when encrypting
+    identities: list | None = None  # age identities: a WAL run then resumes from the stored partial's bytes
+    tmp_dir: str | None = None
+    timeout: float = 3600  # seconds pg_receivewal may take
+    variable: str = "DATABASE_URL"  # named in a refusal: which setting holds the connection
+    incrementals: int = DEFAULT_INCREMENTALS  # base backups, PostgreSQL >= 17: incrementals between two full ones
+    extra: dict | None = None  # the manifests' `run` entry
+    say: Logger = quiet
+
+    @classmethod
+    def of(cls, options: dict) -> RunOptions:
+        """From keyword arguments; None keeps a default (a caller's `settings=None`)."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
 
 
 @dataclass(frozen=True)

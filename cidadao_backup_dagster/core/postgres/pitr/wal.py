@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,12 +19,11 @@ from pathlib import Path
 import zstandard
 
 from ...artifacts.manifest import Manifest, iso, parse_manifest, run_token, utc_now
-from ...artifacts.pipeline import EncryptionStage, stream_to_writer
-from ...artifacts.publish import NewObject, artifact_entry, manifest_data, tool_versions
+from ...artifacts.pipeline import stream_to_writer
+from ...artifacts.publish import NewObject, manifest_data, tool_versions
 from ...artifacts.reader import is_encrypted, read_artifact
 from ...artifacts.storage import Storage
 from ...errors import BackupError, DamagedArtifact, PermanentError, pg_error_type
-from ..backup import BackupSettings
 from ..client import PgConnection
 from .layout import (
     HISTORY,
@@ -39,8 +37,10 @@ from .layout import (
     segment_name,
     wal_object_key,
     wal_series,
+    zstd_entry,
 )
 from .server import (
+    RunOptions,
     ServerInfo,
     SlotState,
     XactSummary,
@@ -53,8 +53,6 @@ from .server import (
     slot_state,
     xact_times,
 )
-
-Logger = Callable[[str], None]
 
 
 @dataclass
@@ -101,86 +99,73 @@ class WalRunResult:
         }
 
 
-def archive_wal(
-    conn: PgConnection,
-    storage: Storage,
-    *,
-    source: str,
-    slot: str | None = None,
-    settings: BackupSettings | None = None,
-    encryption: EncryptionStage | None = None,
-    encryption_info: dict | None = None,
-    identities: list | None = None,
-    tmp_dir: str | None = None,
-    timeout: float = 3600,
-    variable: str = "DATABASE_URL",
-    extra: dict | None = None,
-    say: Logger = lambda _msg: None,
-) -> WalRunResult:
-    """Archive the server's WAL up to its current position into `postgres/<source>/wal/<timeline>/`."""
-    t0 = time.monotonic()
-    started_at = utc_now()
-    settings = settings or BackupSettings()
+def archive_wal(conn: PgConnection, storage: Storage, *, source: str, **options) -> WalRunResult:
+    """Archive the server's WAL up to its current position into `postgres/<source>/wal/<timeline>/`
+    (`options`: RunOptions)."""
+    t0, started_at = time.monotonic(), utc_now()
+    opts = RunOptions.of(options)
+    pg_bin = opts.settings.pg_bin_dir
     storage.check_writable()
-    info = replication_preflight(conn, bin_dir=settings.pg_bin_dir, variable=variable)
-    receivewal = check_client("pg_receivewal", info.major, settings.pg_bin_dir)
-    waldump = exact_client("pg_waldump", info.major, settings.pg_bin_dir)  # without it no commit times are kept
-    slot = slot or slot_name_for(source)
+    info = replication_preflight(conn, bin_dir=pg_bin, variable=opts.variable)
+    receivewal = check_client("pg_receivewal", info.major, pg_bin)
+    waldump = exact_client("pg_waldump", info.major, pg_bin)  # without it no commit times are kept
+    slot = opts.slot or slot_name_for(source)
     ensure_slot(conn, slot)
     listing = list_archive(storage, source, info.timeline, info.segment_size)
 
-    work = Path(tempfile.mkdtemp(prefix="cbd-pitr-wal-", dir=tmp_dir))
+    work = Path(tempfile.mkdtemp(prefix="cbd-pitr-wal-", dir=opts.tmp_dir))
     try:
-        resumed_from, start_lsn, placeholders = _seed(storage, listing, info, work, identities, say)
+        resumed_from, start_lsn, placeholders = _seed(storage, listing, info, work, opts.identities, opts.say)
         end_lsn, recoverable_until = current_position(conn)
-        say(
+        opts.say(
             f"Streaming WAL from {format_lsn(start_lsn) if start_lsn is not None else 'the slot'} to "
             f"{format_lsn(end_lsn)} (slot {slot})"
         )
-        _receive(conn, receivewal, slot, end_lsn, work, timeout)
+        _receive(conn, receivewal, slot, end_lsn, work, opts.timeout)
         result = WalRunResult(source, info.timeline, start_lsn, end_lsn, recoverable_until, None, None, resumed_from)
-        common = _Common(
-            storage, source, info, conn, settings, encryption, encryption_info, started_at, recoverable_until, extra
-        )
+        common = _Common(storage, source, info, conn, opts, started_at, recoverable_until)
         for path in sorted(work.iterdir()):
-            name = path.name
-            if name in placeholders or path.is_dir():
-                continue
-            if SEGMENT.match(name):
-                tli, segno = parse_segment(name, info.segment_size)
-                if tli == info.timeline and segno in listing.complete:
-                    continue  # a concurrent run archived it already (same bytes: WAL is immutable)
-                xacts = _xacts(path, name, waldump, work)
-                end = (segno + 1) * info.segment_size
-                manifest = _publish_file(common, path, name, name, tli, segno, False, end, xacts)
-                result.segments.append(name)
-            elif name.endswith(PARTIAL_SUFFIX) and SEGMENT.match(name[: -len(PARTIAL_SUFFIX)]):
-                seg = name[: -len(PARTIAL_SUFFIX)]
-                tli, segno = parse_segment(seg, info.segment_size)
-                xacts = _xacts(path, seg, waldump, work)
-                end = min(end_lsn, (segno + 1) * info.segment_size)
-                manifest = _publish_file(common, path, name, seg, tli, segno, True, end, xacts)
-                result.partial = name
-            elif HISTORY.match(name):
-                manifest = _publish_file(common, path, name, name, int(name[:8], 16), None, False, None, None)
-            else:
-                continue
-            result.manifests.append(manifest)
-            result.raw_bytes += manifest.raw_bytes
-            result.stored_bytes += manifest.stored_bytes
-            last = WalFile(manifest).last_xact_at if manifest.data["wal"].get("segno") is not None else None
-            if last and (result.last_xact_at is None or last > result.last_xact_at):
-                result.last_xact_at = last
+            if path.name not in placeholders and not path.is_dir():
+                _archive_file(common, path, listing, waldump, work, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.slot = slot_state(conn, slot)
     _lsn, result.finished_at = current_position(conn)
     result.seconds = time.monotonic() - t0
-    say(
+    opts.say(
         f"Archived {len(result.segments)} segment(s) and {result.partial or 'no partial'}; recoverable until "
         f"{iso(recoverable_until)} (RPO achieved: {result.rpo_seconds:g} s behind the run's end)"
     )
     return result
+
+
+def _archive_file(c: _Common, path: Path, listing, waldump: str | None, work: Path, result: WalRunResult) -> None:
+    """Publish one file pg_receivewal left (a segment, the partial, a history file), and count it."""
+    name, size = path.name, c.info.segment_size
+    if SEGMENT.match(name):
+        tli, segno = parse_segment(name, size)
+        if tli == c.info.timeline and segno in listing.complete:
+            return  # a concurrent run archived it already (same bytes: WAL is immutable)
+        xacts = _xacts(path, name, waldump, work)
+        manifest = _publish_file(c, path, name, name, tli, segno, False, (segno + 1) * size, xacts)
+        result.segments.append(name)
+    elif name.endswith(PARTIAL_SUFFIX) and SEGMENT.match(name[: -len(PARTIAL_SUFFIX)]):
+        seg = name[: -len(PARTIAL_SUFFIX)]
+        tli, segno = parse_segment(seg, size)
+        xacts = _xacts(path, seg, waldump, work)
+        end = min(result.end_lsn, (segno + 1) * size)
+        manifest = _publish_file(c, path, name, seg, tli, segno, True, end, xacts)
+        result.partial = name
+    elif HISTORY.match(name):
+        manifest = _publish_file(c, path, name, name, int(name[:8], 16), None, False, None, None)
+    else:
+        return
+    result.manifests.append(manifest)
+    result.raw_bytes += manifest.raw_bytes
+    result.stored_bytes += manifest.stored_bytes
+    last = WalFile(manifest).last_xact_at if manifest.data["wal"].get("segno") is not None else None
+    if last and (result.last_xact_at is None or last > result.last_xact_at):
+        result.last_xact_at = last
 
 
 def _xacts(path: Path, segment: str, waldump: str | None, work: Path) -> XactSummary | None:
@@ -299,12 +284,9 @@ class _Common:
     source: str
     info: ServerInfo
     conn: PgConnection
-    settings: BackupSettings
-    encryption: EncryptionStage | None
-    encryption_info: dict | None
+    opts: RunOptions
     started_at: datetime
     recoverable_until: datetime
-    extra: dict | None
 
 
 def _publish_file(
@@ -319,7 +301,8 @@ def _publish_file(
     xacts: XactSummary | None,
 ) -> Manifest:
     series = wal_series(c.source, timeline)
-    suffix = ".zst.age" if c.encryption else ".zst"
+    encrypt, level = c.opts.encryption, c.opts.settings.zstd_level
+    suffix = ".zst.age" if encrypt else ".zst"
     obj = NewObject(
         c.storage,
         wal_object_key(series, partition, run_token(), suffix),
@@ -329,29 +312,25 @@ def _publish_file(
 
     def produce(writer):
         with open(path, "rb") as f:
-            return stream_to_writer(
-                f, writer, level=c.settings.zstd_level, threads=c.settings.zstd_threads, encryption=c.encryption
-            )
+            return stream_to_writer(f, writer, level=level, threads=c.opts.settings.zstd_threads, encryption=encrypt)
 
     stats = obj.write(produce)
     size = c.info.segment_size
-    decrypt = "age -d -i key.txt <file> | zstd -d -o" if c.encryption else "zstd -d <file> -o"
+    decrypt = "age -d -i key.txt <file> | zstd -d -o" if encrypt else "zstd -d <file> -o"
     return obj.publish(
         series,
         manifest_data(
             kind="postgres-wal",
             partition=partition,
             series=series,
-            extra=c.extra,
-            artifact=artifact_entry(
+            extra=c.opts.extra,
+            artifact=zstd_entry(
                 obj,
                 stats,
-                describe={
-                    "format": "PostgreSQL WAL file, zstd-compressed",
-                    "restore_hint": f"{decrypt} <restore dir>/{file_name}; restore_command = 'cp <restore dir>/%f %p'",
-                },
-                compression={"codec": "zstd", "level": c.settings.zstd_level, "checksum": True},
-                encryption=c.encryption_info if c.encryption else None,
+                level,
+                c.opts.encryption_info if encrypt else None,
+                format="PostgreSQL WAL file, zstd-compressed",
+                restore_hint=f"{decrypt} <restore dir>/{file_name}; restore_command = 'cp <restore dir>/%f %p'",
             ),
             source={
                 "url": c.conn.display(),
