@@ -4,15 +4,24 @@ test_pitr.py (its fixtures): restore_postgres with target_time through the real 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import zstandard
 
+from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, parse_manifest
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
-from cidadao_backup_dagster.core.postgres.pitr import archive_wal, base_backup
+from cidadao_backup_dagster.core.postgres.pitr import archive_wal, base_backup, base_series
+from cidadao_backup_dagster.core.postgres.pitr.health import base_freshness
+from cidadao_backup_dagster.defs.postgres.pitr_checks import build_base_checks
 
 from .test_pitr import (  # noqa: F401 - fixtures
     PG15,
@@ -67,3 +76,83 @@ def test_restore_to_an_instant_from_the_cli(cluster, source, restore_tmp, pitr_e
         assert list(pitr_env.iterdir()) == []  # the throwaway server and its files are gone
     finally:
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+
+
+# ------------------------------------------------------------------------------------------ base backup checks
+
+
+def verdicts(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def rebuilt_base(stored: bytes, name: str, content: bytes) -> tuple[bytes, bytes]:
+    """(raw tar, zstd) of a stored base with file `name` rewritten (same size): its backup_manifest disagrees."""
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name == name:
+                assert len(content) == len(data)
+                data = content
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue(), zstandard.ZstdCompressor().compress(out.getvalue())
+
+
+def test_base_checks_pass_and_name_a_tampered_member(cluster, source, restore_tmp, pitr_env):  # noqa: F811
+    """base_integrity re-reads the newest base as a restore does: a flipped byte fails its SHA-256, a rewritten
+    file with matching hashes in the manifest fails pg_verifybackup, each naming the object; base_freshness."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import default_pg
+
+    binding, resources = default_pg(), build_resources()
+    base = pitr_defs.build_base_asset(binding)
+    checks = build_base_checks(binding, base)
+    assert {k.name for c in checks for k in c.check_keys} == {"base_integrity", "base_freshness"}
+    insert(cluster, source, 1, 20)
+    result = dg.materialize(
+        [base, *checks],
+        resources=resources,
+        partition_key=binding.partitions.weekly.get_last_partition_key(),
+        run_config={"ops": {base.op.name: {"config": {"allow_late": True}}}},
+    )
+    assert result.success
+    assert {name: e.passed for name, e in verdicts(result).items()} == {"base_integrity": True, "base_freshness": True}
+
+    def integrity():
+        run = dg.materialize([base, *checks], resources=resources, selection=dg.AssetSelection.checks(*checks))
+        return verdicts(run)["base_integrity"]
+
+    storage = LocalStorage(restore_tmp / "backups")
+    (manifest,) = [m for m in all_valid_manifests(storage, base_series(source)) if m.kind == "postgres-base-backup"]
+    stored = storage.root / manifest.artifact_key  # storage never overwrites: the test writes the folder itself
+    original = stored.read_bytes()
+    flipped = bytearray(original)
+    flipped[-100] ^= 0xFF
+    stored.write_bytes(bytes(flipped))
+    failed = integrity()
+    assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
+    assert manifest.artifact_key in failed.description and "SHA-256" in failed.description
+
+    # Every hash in the manifest matches, and still a file differs from what the server wrote: pg_verifybackup.
+    raw, packed = rebuilt_base(original, "PG_VERSION", b"14\n")
+    stored.write_bytes(packed)
+    data = json.loads((storage.root / manifest.key).read_text())
+    data["artifact"].update(
+        stored_sha256=hashlib.sha256(packed).hexdigest(), stored_bytes=len(packed),
+        raw_sha256=hashlib.sha256(raw).hexdigest(), raw_bytes=len(raw),
+    )  # fmt: skip
+    (storage.root / manifest.key).write_text(json.dumps(data))
+    failed = integrity()
+    assert not failed.passed and "pg_verifybackup" in failed.description and "PG_VERSION" in failed.description
+    assert manifest.artifact_key in failed.description
+    assert list(pitr_env.iterdir()) == []  # the scratch folders are gone
+
+    newest = parse_manifest(storage, manifest.key)
+    assert base_freshness(newest, now=newest.taken_at + timedelta(days=7)).passed
+    stale = base_freshness(newest, now=newest.taken_at + timedelta(days=9))
+    assert (stale.passed, stale.severity) == (False, "ERROR") and "more than 8 days" in stale.description
+    assert not base_freshness(None).passed

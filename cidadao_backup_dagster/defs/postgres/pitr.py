@@ -4,13 +4,11 @@ a weekly base backup asset, and the restore-as-of-an-instant path `restore_postg
 
 import dagster as dg
 
-from ...core.artifacts.manifest import iso
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.client import ClientDirs
-from ...core.postgres.pitr import archive_wal, base_backup, slot_name_for
-from ...core.postgres.pitr.health import archive_status, slot_verdict
+from ...core.postgres.pitr import archive_wal, base_backup
 from ...core.postgres.pitr.recovery import recover_data_directory
-from ...core.postgres.pitr.server import DEFAULT_INCREMENTALS, slot_state
+from ...core.postgres.pitr.server import DEFAULT_INCREMENTALS
 from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as_of_core
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
@@ -19,6 +17,7 @@ from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
+from .pitr_checks import build_base_checks, build_wal_checks, number_setting
 
 PITR_VARIABLE = "POSTGRES_PITR"
 WAL_CRON_VARIABLE = "POSTGRES_WAL_ARCHIVE_CRON"
@@ -27,8 +26,6 @@ WAL_ASSET = "postgres_wal_archive"
 BASE_ASSET = "postgres_base_backup"
 DEFAULT_WAL_CRON = "*/5 * * * *"
 DEFAULT_BASE_CRON = "0 1 * * 0"  # Sundays 01:00 UTC, before the weekly offsite dump at 02:00
-MAX_AGE_VARIABLE = "POSTGRES_WAL_MAX_AGE_MINUTES"  # RPO check: default two 5-minute intervals
-SLOT_WARN_VARIABLE = "POSTGRES_SLOT_WARN_MB"  # slot check: WARN above, ERROR above 4x
 INCREMENTALS_VARIABLE = "POSTGRES_BASE_INCREMENTALS"  # PostgreSQL >= 17: incremental bases between two full ones
 
 
@@ -157,7 +154,7 @@ def base_metadata(manifest) -> dict[str, dg.MetadataValue]:
 
 
 def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
-    incrementals = int(_number(binding.settings, INCREMENTALS_VARIABLE, DEFAULT_INCREMENTALS))
+    incrementals = int(number_setting(binding.settings, INCREMENTALS_VARIABLE, DEFAULT_INCREMENTALS))
     description = (
         "Weekly base backup for point-in-time recovery: pg_basebackup -D - -Ft -X none streamed as one tar (with its "
         "backup_manifest) through the pipeline into postgres/<source>/base/. Usable with the WAL archive from its "
@@ -191,119 +188,9 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
     return _base
 
 
-def _number(settings: Settings, variable: str, default: float) -> float:
-    text = settings.get(variable)
-    try:
-        return float(text) if text else default
-    except ValueError:
-        raise ConfigurationError(variable, f"{text!r} is not a number", f"e.g. {variable}={default:g}") from None
-
-
-def build_wal_checks(binding: PgBinding, wal: dg.AssetsDefinition) -> list:
-    max_age_min = _number(binding.settings, MAX_AGE_VARIABLE, 10)
-    warn_mb = _number(binding.settings, SLOT_WARN_VARIABLE, 1024)
-    checks = {
-        "wal_continuity": (
-            "The WAL archive has every segment from the oldest base backup's start to its newest file (as wal-g "
-            "wal-verify): a gap makes every instant after it unrecoverable from the bases before it.",
-            _continuity,
-        ),
-        "recoverable_within_rpo": (
-            f"The newest recoverable instant is at most {max_age_min:g} minutes old ({MAX_AGE_VARIABLE}).",
-            lambda binding, context: _within_rpo(binding, context, max_age_min),
-        ),
-        "slot_retention": (
-            f"WAL the replication slot holds on the server: WARN above {warn_mb:g} MiB ({SLOT_WARN_VARIABLE}), "
-            "ERROR above 4x or when the slot is lost.",
-            lambda binding, context: _slot_retention(binding, context, warn_mb),
-        ),
-    }
-    return [_check(binding, wal, name, description, judge) for name, (description, judge) in checks.items()]
-
-
-def _check(binding: PgBinding, wal: dg.AssetsDefinition, name: str, description: str, judge):
-    """One of the WAL archive's checks: `judge(binding, context)` gives its result (reading the source and its
-    storage)."""
-
-    @dg.asset_check(
-        asset=wal,
-        name=name,
-        required_resource_keys={binding.source_key, binding.storage_key},
-        description=description,
-    )
-    def check(context) -> dg.AssetCheckResult:
-        return judge(binding, context)
-
-    return check
-
-
-def _status(binding: PgBinding, context):
-    source = binding.source(context.resources)
-    try:
-        return archive_status(binding.storage(context.resources).open(), source.series_name())
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc) from None
-
-
-def _continuity(binding: PgBinding, context) -> dg.AssetCheckResult:
-    st = _status(binding, context)
-    meta = {
-        "base_backups": dg.MetadataValue.int(st.bases),
-        "oldest_base": dg.MetadataValue.text(st.oldest_base or ""),
-        "recoverable_from": dg.MetadataValue.text(iso(st.recoverable_from) if st.recoverable_from else ""),
-        "first_segment": dg.MetadataValue.text(st.first_segment or ""),
-        "newest_file": dg.MetadataValue.text(st.newest_file or ""),
-        "gaps": dg.MetadataValue.json([str(g) for g in st.gaps]),
-    }
-    if not st.bases:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=meta,
-            description="No base backup yet: the WAL archive cannot be replayed. Materialize postgres_base_backup",
-        )
-    return dg.AssetCheckResult(
-        passed=not st.gaps,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=meta,
-        description=f"Missing: {'; '.join(str(g) for g in st.gaps)}" if st.gaps else "No gap",
-    )
-
-
-def _within_rpo(binding: PgBinding, context, max_age_min: float) -> dg.AssetCheckResult:
-    st = _status(binding, context)
-    lag = st.lag()
-    ok = lag is not None and lag.total_seconds() <= max_age_min * 60
-    return dg.AssetCheckResult(
-        passed=ok,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "recoverable_until": dg.MetadataValue.text(iso(st.recoverable_until) if st.recoverable_until else ""),
-            "lag_minutes": dg.MetadataValue.float(round(lag.total_seconds() / 60, 2) if lag else -1.0),
-        },
-        description="Nothing archived yet" if lag is None else f"Recoverable until {lag} ago",
-    )
-
-
-def _slot_retention(binding: PgBinding, context, warn_mb: float) -> dg.AssetCheckResult:
-    source = binding.source(context.resources)
-    name = slot_name_for(source.series_name())
-    try:
-        slot = slot_state(source.connection(), name)
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc) from None
-    verdict = slot_verdict(slot, name, int(warn_mb * 2**20), int(4 * warn_mb * 2**20))
-    return dg.AssetCheckResult(
-        passed=verdict.passed,
-        severity=dg.AssetCheckSeverity[verdict.severity],
-        metadata={"retained_bytes": dg.MetadataValue.int((slot.retained_bytes or 0) if slot else 0)},
-        description=verdict.description,
-    )
-
-
 def build(binding: PgBinding) -> DomainDefs:
     wal, base = build_wal_asset(binding), build_base_asset(binding)
-    checks = build_wal_checks(binding, wal)
+    checks, base_checks = build_wal_checks(binding, wal), build_base_checks(binding, base)
     wal_job = source_asset_job(binding, "postgres_wal_archive_job", wal, "Archive the source's WAL up to now.")
     base_job = source_asset_job(binding, "postgres_base_backup_job", base, "Weekly base backup for PITR.")
     wal_cron = binding.settings.get(WAL_CRON_VARIABLE, DEFAULT_WAL_CRON)
@@ -311,7 +198,7 @@ def build(binding: PgBinding) -> DomainDefs:
     return DomainDefs(
         defs=dg.Definitions(
             assets=[wal, base],
-            asset_checks=checks,
+            asset_checks=[*checks, *base_checks],
             jobs=[wal_job, base_job],
             schedules=[
                 dg.ScheduleDefinition(
@@ -331,9 +218,14 @@ def build(binding: PgBinding) -> DomainDefs:
                 ),
             ],
         ),
-        health_checks=checks[:2],  # also hourly on their own: if the WAL runs stop, nothing inside them notices
+        # Also hourly on their own: if the WAL runs or the base backups stop, nothing inside them notices.
+        health_checks=[c for c in [*checks, *base_checks] if _watched(c)],
         storage_targets=[(binding.key(WAL_ASSET), binding.storage_key), (binding.key(BASE_ASSET), binding.storage_key)],
     )
+
+
+def _watched(checks_def) -> bool:
+    return any(k.name in ("wal_continuity", "recoverable_within_rpo", "base_freshness") for k in checks_def.check_keys)
 
 
 # ------------------------------------------------------------------------------------------ restore_postgres

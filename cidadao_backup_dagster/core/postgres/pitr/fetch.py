@@ -19,15 +19,15 @@ _C_LOCALE = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ
 
 def extract_base(storage: Storage, plan, data: Path, identities, say: Logger) -> None:
     """The base into `data`, verified; a chain's members each extracted and verified, then combined."""
-    members = plan.members
+    members, verifier = plan.members, str(Path(plan.bin_dir, "pg_verifybackup"))
     if len(members) == 1:
-        _extract_member(storage, plan, members[0], data, identities)
+        extract_member(storage, members[0], data, identities, verifier)
         return
     folders = []
     for i, member in enumerate(members):
         folders.append(data.parent / "chain" / f"{i:03d}")
         folders[-1].parent.mkdir(mode=0o700, exist_ok=True)
-        _extract_member(storage, plan, member, folders[-1], identities)
+        extract_member(storage, member, folders[-1], identities, verifier)
     combine = exact_client("pg_combinebackup", plan.server_major, plan.bin_dir)
     proc = subprocess.run(
         [str(combine), "-o", str(data), *map(str, folders)], capture_output=True, text=True, env=_C_LOCALE
@@ -44,7 +44,10 @@ def extract_base(storage: Storage, plan, data: Path, identities, say: Logger) ->
     )
 
 
-def _extract_member(storage: Storage, plan, member: Manifest, data: Path, identities) -> None:
+def extract_member(storage: Storage, member: Manifest, data: Path, identities, verifier: str) -> None:
+    """One base backup (a chain member) streamed into the new folder `data`, every byte against its manifest's
+    SHA-256s, then every file against its backup_manifest by `verifier` (pg_verifybackup): a BackupError names
+    the member otherwise."""
     data.mkdir(mode=0o700)
     tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(data)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -59,7 +62,7 @@ def _extract_member(storage: Storage, plan, member: Manifest, data: Path, identi
     if rc != 0:
         raise BackupError(f"tar could not extract base {member.partition}: {err.strip()[-500:]}")
     verify = subprocess.run(
-        [str(Path(plan.bin_dir, "pg_verifybackup")), "--no-parse-wal", "--quiet", str(data)],
+        [verifier, "--no-parse-wal", "--quiet", str(data)],
         capture_output=True,
         text=True,
     )

@@ -1,17 +1,36 @@
 """What the PITR checks judge: the archive's continuity from the oldest base backup on, the newest recoverable
-instant (RPO), and the WAL the slot holds back on the server. From one listing and a couple of manifest reads;
-deep verification of each object is the restore's job (it re-reads and hashes everything it uses)."""
+instant (RPO), the WAL the slot holds back on the server (from one listing and a couple of manifest reads), the
+newest base backup's age, and its integrity: every member of its chain re-read and checked file by file against
+its backup_manifest, as a restore does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from ...artifacts.manifest import _newest_valid_of, all_valid_manifests, index_series, parse_manifest, utc_now
-from ...artifacts.storage import Storage
-from .layout import Gap, WalFile, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
-from .server import SlotState
+from ...artifacts.manifest import (
+    Manifest,
+    _newest_valid_of,
+    all_valid_manifests,
+    index_series,
+    iso,
+    parse_manifest,
+    utc_now,
+)
+from ...artifacts.reader import read_stored_only
+from ...artifacts.storage import MiB, Storage
+from ...errors import BackupError, RefusedError, StorageReadError
+from ..client import BinDir
+from .fetch import extract_member
+from .layout import Gap, WalFile, base_chain, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
+from .server import Logger, SlotState, check_client, quiet
 from .wal import newest_partial
+
+BASE_MAX_AGE = timedelta(days=8)  # weekly base backups, a day of grace
 
 
 @dataclass(frozen=True)
@@ -66,13 +85,16 @@ def archive_status(storage: Storage, source: str) -> ArchiveStatus:
 
 
 @dataclass(frozen=True)
-class SlotVerdict:
+class Verdict:
     passed: bool
     severity: str  # "WARN" | "ERROR"
     description: str
 
 
-def slot_verdict(slot: SlotState | None, name: str, warn_bytes: int, error_bytes: int) -> SlotVerdict:
+SlotVerdict = Verdict
+
+
+def slot_verdict(slot: SlotState | None, name: str, warn_bytes: int, error_bytes: int) -> Verdict:
     """A slot holds WAL on the server until the archive consumes it: an abandoned one fills the server's disk."""
     if slot is None:
         return SlotVerdict(
@@ -100,6 +122,102 @@ def slot_verdict(slot: SlotState | None, name: str, warn_bytes: int, error_bytes
     if retained > warn_bytes:
         return SlotVerdict(False, "WARN", f"Slot {name} holds {mib} of WAL on the server")
     return SlotVerdict(True, "WARN", f"Slot {name} holds {mib} of WAL ({slot.wal_status})")
+
+
+# ------------------------------------------------------------------------------------------ base backups
+
+
+def newest_base(storage: Storage, source: str) -> Manifest | None:
+    bases = [m for m in all_valid_manifests(storage, base_series(source)) if m.kind == "postgres-base-backup"]
+    return bases[-1] if bases else None
+
+
+def base_freshness(newest: Manifest | None, max_age: timedelta = BASE_MAX_AGE, now: datetime | None = None) -> Verdict:
+    """The newest base backup is at most `max_age` old (by its consistency instant): WAL replay from an old base
+    takes long, and the archive must keep all of it."""
+    if newest is None:
+        return Verdict(False, "ERROR", "No base backup yet: nothing can be recovered to an instant")
+    age = (now or utc_now()) - newest.taken_at
+    days = f"{age.total_seconds() / 86400:.1f} days"
+    if age > max_age:
+        return Verdict(
+            False,
+            "ERROR",
+            f"The newest base backup ({newest.partition}, consistent from {iso(newest.taken_at)}) is {days} old, "
+            f"more than {max_age.days} days: run postgres_base_backup",
+        )
+    return Verdict(True, "ERROR", f"Newest base backup {newest.partition}: {days} old")
+
+
+@dataclass
+class BaseIntegrity:
+    """The newest base backup re-read: each chain member's bytes against its manifest, its files against its
+    backup_manifest (pg_verifybackup). `problems` name the member."""
+
+    base: str | None  # the newest base's partition; None: there is none
+    members: list[str] = field(default_factory=list)  # artifact keys, the full base first
+    problems: list[str] = field(default_factory=list)
+    shallow: list[str] = field(default_factory=list)  # encrypted, no identity here: only the stored bytes checked
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.base is not None and not self.problems
+
+
+def verify_newest_base(
+    storage: Storage,
+    source: str,
+    *,
+    bin_dir: BinDir = None,
+    identities: list | None = None,
+    tmp_dir: str | None = None,
+    say: Logger = quiet,
+) -> BaseIntegrity:
+    """Every member of the newest base's chain streamed into a scratch folder (one at a time, removed after),
+    checked as a restore checks it. A damaged or missing member is a problem; not being able to check at all
+    (no pg_verifybackup, no room, storage unreadable) raises."""
+    t0 = time.monotonic()
+    base = newest_base(storage, source)
+    if base is None:
+        return BaseIntegrity(None)
+    result = BaseIntegrity(base.partition)
+    try:
+        chain = base_chain(storage, base)
+    except RefusedError as exc:
+        result.problems.append(str(exc))
+        return result
+    verifier = check_client("pg_verifybackup", int(base.data["source"]["server_major"]), bin_dir)
+    root = Path(tmp_dir or tempfile.gettempdir())
+    need, free = max(m.raw_bytes for m in chain) * 1.2, shutil.disk_usage(root).free
+    if free < need:
+        raise RefusedError(
+            f"Not enough space in {root} to verify base {base.partition} ({need / MiB:,.0f} MiB needed, "
+            f"{free / MiB:,.0f} MiB free). Fix: point RESTORE_TMPDIR at a bigger volume"
+        )
+    for member in chain:
+        result.members.append(member.artifact_key)
+        _verify_member(storage, member, root, identities, verifier, result)
+    result.seconds = round(time.monotonic() - t0, 3)
+    say(f"Base {base.partition}: {len(chain)} member(s) verified in {result.seconds:.1f} s")
+    return result
+
+
+def _verify_member(storage: Storage, member: Manifest, root: Path, identities, verifier: str, result) -> None:
+    if member.encrypted and not identities:
+        problems = read_stored_only(storage, member).problems(member)
+        result.shallow.append(member.artifact_key)
+        result.problems.extend(f"{storage.uri(member.artifact_key)}: {p}" for p in problems)
+        return
+    work = Path(tempfile.mkdtemp(prefix="cbd-pitr-verify-", dir=root))
+    try:
+        extract_member(storage, member, work / "data", identities, verifier)
+    except StorageReadError:
+        raise  # could not read: not a verdict on the base
+    except BackupError as exc:
+        result.problems.append(str(exc))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ retention (planning)
