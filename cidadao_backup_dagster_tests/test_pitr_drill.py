@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, parse_manifest
+from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, parse_manifest, series_prefix
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
+from cidadao_backup_dagster.core.postgres.backup import backup_postgres
 from cidadao_backup_dagster.core.postgres.pitr import archive_wal, base_backup, base_series
+from cidadao_backup_dagster.core.postgres.pitr.drill import read_report
 from cidadao_backup_dagster.core.postgres.pitr.health import base_freshness
 from cidadao_backup_dagster.defs.postgres.pitr_checks import build_base_checks
 
@@ -33,6 +35,7 @@ from .test_pitr import (  # noqa: F401 - fixtures
     restore_tmp,
     server_now,
     source,
+    whole_second,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,3 +159,58 @@ def test_base_checks_pass_and_name_a_tampered_member(cluster, source, restore_tm
     stale = base_freshness(newest, now=newest.taken_at + timedelta(days=9))
     assert (stale.passed, stale.severity) == (False, "ERROR") and "more than 8 days" in stale.description
     assert not base_freshness(None).passed
+
+
+# ------------------------------------------------------------------------------------------ the PITR drill
+
+
+def test_pitr_drill_agrees_with_the_newest_dump_exactly_on_a_quiet_database(cluster, source, restore_tmp, pitr_env):  # noqa: F811
+    """Base, more rows, a quiet second, the daily dump, then writes after it: the recovery to the dump's
+    snapshot instant holds exactly the dump's row counts (nothing after it). Before the WAL reaches the instant
+    the drill fails with a stored report; after a WAL run it passes, and the shared drill checks see it."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.drills import MONTHLY
+    from cidadao_backup_dagster.defs.postgres.pitr_drill import build_pitr_drill
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import default_pg
+
+    storage = LocalStorage(restore_tmp / "backups")
+    conn = cluster.conn(source)
+    cluster.sql("CREATE TABLE notes (id int PRIMARY KEY)", source)
+    insert(cluster, source, 1, 40)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 41, 60)
+    cluster.sql("INSERT INTO notes SELECT generate_series(1, 7)", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)  # the archive stops before the dump
+    whole_second(cluster)  # the dump's instant is recorded to the second: no commit in that second before it
+    dump = backup_postgres(
+        conn, storage, series=series_prefix("postgres", source, "daily"), partition="2026-12-01", settings=SETTINGS
+    )
+    assert dump.tables == {"public.items": 60, "public.notes": 7}
+    cluster.sql("DELETE FROM items WHERE id > 10", source)  # after the dump: not in the recovery
+    cluster.sql("INSERT INTO notes VALUES (8)", source)
+
+    drill, checks, _job, schedule = build_pitr_drill(default_pg())
+    assert schedule.cron_schedule == "0 6 1 * *"
+    resources, month = build_resources(), MONTHLY.get_last_partition_key()
+
+    def run() -> tuple[dict, dict]:
+        result = dg.materialize([drill, *checks], resources=resources, partition_key=month, raise_on_error=False)
+        (materialization,) = result.asset_materializations_for_node(drill.op.name)
+        return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}, materialization.metadata
+
+    verdicts, meta = run()  # the dump's instant is beyond the archive
+    assert verdicts["drill_passed"] is False and meta["passed"].value is False
+    report = read_report(storage, source, month)
+    assert report["passed"] is False and "recoverable until" in report["problems"][0]
+
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    verdicts, meta = run()
+    assert verdicts == {"drill_passed": True, "drill_duration_within_rto": True, "recent_passing_drill": True}
+    assert (meta["tables"].value, meta["rows"].value, meta["dump_partition"].value) == (2, 67, "2026-12-01")
+    assert meta["proved_backup"].value == "2026-11-30" and meta["target_time"].value == dump.timings.snapshot_at
+    report = read_report(storage, source, month)
+    assert report["passed"] and report["rows_recovered"] == 67 and report["problems"] == []
+    assert 0 < report["duration_seconds"] < report["rto_seconds"]
+    assert list(pitr_env.iterdir()) == []  # the throwaway server is gone

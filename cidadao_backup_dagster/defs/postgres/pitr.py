@@ -5,19 +5,20 @@ a weekly base backup asset, and the restore-as-of-an-instant path `restore_postg
 import dagster as dg
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.postgres.client import ClientDirs
 from ...core.postgres.pitr import archive_wal, base_backup
-from ...core.postgres.pitr.recovery import recover_data_directory
+from ...core.postgres.pitr.recovery import recover_data_directory, server_search
 from ...core.postgres.pitr.server import DEFAULT_INCREMENTALS
 from ...core.postgres.pitr.transfer import recover_rows_as_of as recover_rows_as_of_core
 from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
+from ..drills import recent_drill_checks
 from ..failures import failure
 from ..partitions import SnapshotConfig, guard_late, late_metadata
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
 from .pitr_checks import build_base_checks, build_wal_checks, number_setting
+from .pitr_drill import build_pitr_drill
 
 PITR_VARIABLE = "POSTGRES_PITR"
 WAL_CRON_VARIABLE = "POSTGRES_WAL_ARCHIVE_CRON"
@@ -191,15 +192,16 @@ def build_base_asset(binding: PgBinding) -> dg.AssetsDefinition:
 def build(binding: PgBinding) -> DomainDefs:
     wal, base = build_wal_asset(binding), build_base_asset(binding)
     checks, base_checks = build_wal_checks(binding, wal), build_base_checks(binding, base)
+    drill, drill_checks, drill_job, drill_schedule = build_pitr_drill(binding)
     wal_job = source_asset_job(binding, "postgres_wal_archive_job", wal, "Archive the source's WAL up to now.")
     base_job = source_asset_job(binding, "postgres_base_backup_job", base, "Weekly base backup for PITR.")
     wal_cron = binding.settings.get(WAL_CRON_VARIABLE, DEFAULT_WAL_CRON)
     base_cron = binding.settings.get(BASE_CRON_VARIABLE, DEFAULT_BASE_CRON)
     return DomainDefs(
         defs=dg.Definitions(
-            assets=[wal, base],
-            asset_checks=[*checks, *base_checks],
-            jobs=[wal_job, base_job],
+            assets=[wal, base, drill],
+            asset_checks=[*checks, *base_checks, *drill_checks],
+            jobs=[wal_job, base_job, drill_job],
             schedules=[
                 dg.ScheduleDefinition(
                     name=binding.named("postgres_wal_archive_schedule"),
@@ -216,10 +218,11 @@ def build(binding: PgBinding) -> DomainDefs:
                     base_cron,
                     "Weekly base backup of the week that just ended.",
                 ),
+                drill_schedule,
             ],
         ),
-        # Also hourly on their own: if the WAL runs or the base backups stop, nothing inside them notices.
-        health_checks=[c for c in [*checks, *base_checks] if _watched(c)],
+        # Also hourly on their own: if the WAL runs, base backups or drills stop, nothing inside them notices.
+        health_checks=[*(c for c in [*checks, *base_checks] if _watched(c)), *recent_drill_checks(drill_checks)],
         storage_targets=[(binding.key(WAL_ASSET), binding.storage_key), (binding.key(BASE_ASSET), binding.storage_key)],
     )
 
@@ -229,14 +232,6 @@ def _watched(checks_def) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ restore_postgres
-
-
-def server_search(bin_dir) -> ClientDirs:
-    """The server binaries of the base's major are looked for in the configured client folder(s) first, then
-    in /usr/lib/postgresql/<major>/bin (PG_BIN_DIR may hold only the clients)."""
-    if isinstance(bin_dir, ClientDirs):
-        return bin_dir
-    return ClientDirs((bin_dir,) if bin_dir else ())
 
 
 def recovery_metadata(plan, recovered_to) -> dict[str, dg.MetadataValue]:

@@ -115,6 +115,14 @@ def server_binaries(server_major: int, bin_dir: BinDir = None) -> str:
     return where
 
 
+def server_search(bin_dir: BinDir) -> ClientDirs:
+    """The configured client folder(s) as a search for server binaries: they are looked for there first, then
+    in /usr/lib/postgresql/<major>/bin (PG_BIN_DIR may hold only the clients)."""
+    if isinstance(bin_dir, ClientDirs):
+        return bin_dir
+    return ClientDirs((bin_dir,) if bin_dir else ())
+
+
 def _postgres_major(folder: str) -> int | None:
     postgres = Path(folder, "postgres")
     return major(binary_version(str(postgres))) if os.access(postgres, os.X_OK) else None
