@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -143,6 +143,21 @@ def server_now(cluster: Cluster):
     (now,) = cluster.sql("SELECT clock_timestamp()")[0]
     time.sleep(0.01)  # the next commit is strictly later
     return now
+
+
+def deleted_after_an_instant(
+    cluster: Cluster, source: str, storage, rows: int, more: int, delete: str = ""
+) -> datetime:
+    """The issue's scenario up to the restore: rows 1..`rows`, a base backup, rows up to `more`, the instant,
+    the DELETE (all rows by default), one WAL run. Returns the instant (server clock)."""
+    conn = cluster.conn(source)
+    insert(cluster, source, 1, rows)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, rows + 1, more)
+    instant = server_now(cluster)
+    cluster.sql(delete or "DELETE FROM items", source)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    return instant
 
 
 @pytest.fixture
@@ -446,12 +461,7 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
     """Through the usual verified restore (staging, row counts against a dump of the recovered copy, swap)."""
     storage = LocalStorage(restore_tmp / "backups")
     conn = cluster.conn(source)
-    insert(cluster, source, 1, 40)
-    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
-    insert(cluster, source, 41, 60)
-    instant = server_now(cluster)
-    cluster.sql("DELETE FROM items WHERE id > 5", source)
-    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    instant = deleted_after_an_instant(cluster, source, storage, 40, 60, "DELETE FROM items WHERE id > 5")
     target = f"{source}_asof"
     work = restore_tmp / "work"
     work.mkdir()
@@ -478,13 +488,7 @@ def test_a_database_as_of_an_instant_is_restored_onto_a_target_server(cluster, s
 
 def test_a_data_directory_as_of_an_instant_starts_with_the_source_settings(cluster, source, restore_tmp):
     storage = LocalStorage(restore_tmp / "backups")
-    conn = cluster.conn(source)
-    insert(cluster, source, 1, 15)
-    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
-    insert(cluster, source, 16, 25)
-    instant = server_now(cluster)
-    cluster.sql("DELETE FROM items", source)
-    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    instant = deleted_after_an_instant(cluster, source, storage, 15, 25)
     work = restore_tmp / "work"
     work.mkdir()
     work.chmod(0o711)

@@ -29,11 +29,11 @@ from .test_pitr import (  # noqa: F401 - fixtures
     PG15,
     SETTINGS,
     cluster,
+    deleted_after_an_instant,
     ids,
     insert,
     pitr_env,
     restore_tmp,
-    server_now,
     source,
     whole_second,
 )
@@ -57,13 +57,7 @@ def test_restore_to_an_instant_from_the_cli(cluster, source, restore_tmp, pitr_e
     """The operator's path: rows, base, more rows, T, DELETE, one WAL run, then `dg launch --job restore_postgres
     -c restore.yaml` with target_time T -> exactly T's rows in target_database; the source untouched."""
     storage = LocalStorage(restore_tmp / "backups")  # BACKUP_STORAGE_URL of pitr_env
-    conn = cluster.conn(source)
-    insert(cluster, source, 1, 70)
-    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
-    insert(cluster, source, 71, 90)
-    instant = server_now(cluster)
-    cluster.sql("DELETE FROM items", source)
-    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    instant = deleted_after_an_instant(cluster, source, storage, 70, 90)
 
     target = f"{source}_cli"
     config = restore_tmp / "restore.yaml"
@@ -75,7 +69,7 @@ def test_restore_to_an_instant_from_the_cli(cluster, source, restore_tmp, pitr_e
         out = dg_launch("restore_postgres", config, restore_tmp / "home")
         assert out.returncode == 0, out.stderr[-3000:]
         assert ids(cluster.conn(target)) == list(range(1, 91))
-        assert ids(conn) == []  # the source is untouched
+        assert ids(cluster.conn(source)) == []  # the source is untouched
         assert list(pitr_env.iterdir()) == []  # the throwaway server and its files are gone
     finally:
         cluster.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")

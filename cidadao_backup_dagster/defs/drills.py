@@ -7,6 +7,7 @@ import dagster as dg
 
 from ..core.artifacts.drill_reports import DrillReport
 from .artifact_checks import DrillSeries, build_drill_checks
+from .audit import audit_storage, audited
 from .schedules import latest_partition_schedule, source_asset_job
 from .sources import PgBinding, RedisBinding
 
@@ -51,6 +52,19 @@ def drill_series(
         newest_passing=newest,
         descriptions=descriptions,
     )
+
+
+def audited_drill(context, binding: Binding, drill: Callable[[], DrillReport]) -> DrillReport:
+    """`drill()`'s report, with one audit record: the artifact it proved, the verdict, the time, the problems."""
+    with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
+        report = drill()
+        audit.update(
+            artifact=report.backup_uri,
+            result="ok" if report.passed else "failed",
+            duration_seconds=report.duration_seconds,
+            problems=list(report.problems),
+        )
+    return report
 
 
 def drill_result(context, report: DrillReport, rto_s: int, proved: dict, restored: dict) -> dg.MaterializeResult:

@@ -13,7 +13,9 @@ from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
 from ..drills import recent_drill_checks
 from ..failures import failure
+from ..op_jobs import optional_text
 from ..partitions import SnapshotConfig, guard_late, late_metadata
+from ..recovery.config import restore_options, restore_tools
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
@@ -245,19 +247,10 @@ def recovery_metadata(plan, recovered_to) -> dict[str, dg.MetadataValue]:
 
 
 def _recovering(context, binding: PgBinding) -> tuple:
-    """(storage, source, what every recovery takes: scratch folder, identities, server binaries, log)."""
-    resources = context.resources
-    source = binding.source(resources)
-    return (
-        binding.storage(resources).open(),
-        source,
-        {
-            "tmp_dir": resources.recovery.scratch_dir(),
-            "identities": resources.encryption.identities(),
-            "server_bin_dir": server_search(source.bin_dir),
-            "say": context.log.info,
-        },
-    )
+    """(storage, source, what every restore takes (restore_tools) and the server binaries' search)."""
+    source = binding.source(context.resources)
+    tools = {**restore_tools(context, source), "server_bin_dir": server_search(source.bin_dir)}
+    return binding.storage(context.resources).open(), source, tools
 
 
 def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dg.Output:
@@ -265,25 +258,12 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
     if config.output == "data_directory":
         return _data_directory(context, config, binding)
     try:
-        storage, source, common = _recovering(context, binding)
+        storage, source, tools = _recovering(context, binding)
         result = restore_database_as_of(
-            storage,
-            source=source.series_name(),
-            database=source.connection().dbname,
-            target_time=config.target_time,
-            server=target_server,
-            dbname=dbname,
-            replace=config.replace_existing,
-            confirm=config.confirm_database_name,
-            jobs=config.jobs,
-            no_owner=config.no_owner,
-            bin_dir=source.bin_dir,
-            post_restore_command=config.post_restore_command,
-            post_restore_workdir=config.post_restore_workdir or None,
-            post_restore_env=config.post_restore_env,
-            run_id=context.run.run_id,
-            **common,
-        )
+            storage, source=source.series_name(), database=source.connection().dbname, target_time=config.target_time,
+            server=target_server, dbname=dbname, **restore_options(config), **tools,
+            worker_env=binding.settings.environ, run_id=context.run.run_id,
+        )  # fmt: skip
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
     restored, plan = result.restore, result.plan
@@ -299,11 +279,7 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
             "duration_s": dg.MetadataValue.float(restored.total_seconds),
             "tables": dg.MetadataValue.int(restored.tables),
             "rows": dg.MetadataValue.int(restored.rows),
-            **(
-                {"replaced_database": dg.MetadataValue.text(restored.replaced_database)}
-                if restored.replaced_database
-                else {}
-            ),
+            **optional_text("replaced_database", restored.replaced_database),
         },
     )
 
@@ -311,21 +287,12 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
 def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
     """`recover_rows` with `as_of`: the rows as they were at that instant, from base backup + WAL."""
     try:
-        storage, source, common = _recovering(context, binding)
+        storage, source, tools = _recovering(context, binding)
         result = recover_rows_as_of_core(
-            storage,
-            source=source.series_name(),
-            target_time=config.as_of,
-            live=live,
-            table=config.table,
-            where=config.where,
-            scratch_server=context.resources.recovery.recover_scratch_server(live),
-            dry_run=config.dry_run,
-            on_conflict=config.on_conflict,
-            sample_rows=config.sample_rows,
-            bin_dir=source.bin_dir,
-            **common,
-        )
+            storage, source=source.series_name(), target_time=config.as_of, live=live, table=config.table,
+            where=config.where, scratch_server=context.resources.recovery.recover_scratch_server(live),
+            dry_run=config.dry_run, on_conflict=config.on_conflict, sample_rows=config.sample_rows, **tools,
+        )  # fmt: skip
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
     rows = result.rows
@@ -358,15 +325,12 @@ def _data_directory(context, config, binding: PgBinding) -> dg.Output:
             raise ConfigurationError(
                 "data_directory", "is empty and output is data_directory", "name an absent or empty folder"
             )
-        storage, source, common = _recovering(context, binding)
-        common["bin_dir"] = common.pop("server_bin_dir")  # the recovery alone: no client programs
+        storage, source, tools = _recovering(context, binding)
+        tools["bin_dir"] = tools.pop("server_bin_dir")  # the recovery alone: no client programs
         path, plan, recovered_to = recover_data_directory(
-            storage,
-            source=source.series_name(),
-            target_time=config.target_time,
-            destination=config.data_directory,
-            **common,
-        )
+            storage, source=source.series_name(), target_time=config.target_time,
+            destination=config.data_directory, **tools,
+        )  # fmt: skip
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
     return dg.Output(

@@ -8,11 +8,17 @@ from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.pitr.drill import RTO_PITR_S, newest_passing_report, read_report, run_pitr_drill
 from ...core.postgres.pitr.recovery import server_search
-from ..audit import audit_storage, audited
-from ..drills import build_drill, drill_result, drill_series
+from ..drills import audited_drill, build_drill, drill_result, drill_series
 from ..failures import failure
 from ..sources import PgBinding
 from .assets import DAILY_SPEC, series_for
+
+DESCRIPTION = (
+    "Monthly PITR drill: recovers the cluster from base backup + WAL to the snapshot instant of the newest daily "
+    "dump in a throwaway server, compares every table's exact row count with that dump's manifest (two independent "
+    "methods agree), times it against the 30-minute RTO and stores a report under drills/postgres-pitr/ in "
+    "BACKUP_STORAGE_URL."
+)
 
 
 def _drill(context, binding: PgBinding) -> DrillReport:
@@ -30,14 +36,7 @@ def _drill(context, binding: PgBinding) -> DrillReport:
 
 
 def _pitr_drill(context: dg.AssetExecutionContext, binding: PgBinding) -> dg.MaterializeResult:
-    with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
-        report = _drill(context, binding)
-        audit.update(
-            artifact=report.backup_uri,
-            result="ok" if report.passed else "failed",
-            duration_seconds=report.duration_seconds,
-            problems=list(report.problems),
-        )
+    report = audited_drill(context, binding, lambda: _drill(context, binding))
     raw = report.raw
     return drill_result(
         context,
@@ -73,17 +72,10 @@ def build_pitr_drill(binding: PgBinding):
             "recent_passing_drill": "ERROR when no PITR drill has passed in the last 35 days.",
         },
     )
+    job = ("postgres_pitr_drill_job", "Monthly PITR drill with its checks.")
+    # On the 1st at 06:00 UTC: after the 03:00 dump, the WAL runs since, and the 05:00 restore drill.
+    schedule = ("postgres_pitr_drill_schedule", "0 6 1 * *", "Monthly PITR drill.")
     return build_drill(
-        binding,
-        "postgres_pitr_drill",
-        kind="postgres",
-        description="Monthly PITR drill: recovers the cluster from base backup + WAL to the snapshot instant of the "
-        "newest daily dump in a throwaway server, compares every table's exact row count with that dump's manifest "
-        "(two independent methods agree), times it against the 30-minute RTO and stores a report under "
-        "drills/postgres-pitr/ in BACKUP_STORAGE_URL.",
-        run=_pitr_drill,
-        series=series,
-        job=("postgres_pitr_drill_job", "Monthly PITR drill with its checks."),
-        # On the 1st at 06:00 UTC: after the 03:00 dump, the WAL runs since, and the 05:00 restore drill.
-        schedule=("postgres_pitr_drill_schedule", "0 6 1 * *", "Monthly PITR drill."),
-    )
+        binding, "postgres_pitr_drill", kind="postgres", description=DESCRIPTION, run=_pitr_drill, series=series,
+        job=job, schedule=schedule,
+    )  # fmt: skip

@@ -5,9 +5,8 @@ import dagster as dg
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
-from ..audit import audit_storage, audited
+from ..drills import audited_drill, drill_result, drill_series
 from ..drills import build_drill as build_drill_defs
-from ..drills import drill_result, drill_series
 from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import PostgresSource
@@ -47,14 +46,7 @@ def _drill(context, binding: PgBinding) -> DrillReport:
 
 
 def _restore_drill(context: dg.AssetExecutionContext, binding: PgBinding) -> dg.MaterializeResult:
-    with audited(context, audit_storage(binding.storage(context.resources)), "drill") as audit:
-        report = _drill(context, binding)
-        audit.update(
-            artifact=report.backup_uri,
-            result="ok" if report.passed else "failed",
-            duration_seconds=report.duration_seconds,
-            problems=list(report.problems),
-        )
+    report = audited_drill(context, binding, lambda: _drill(context, binding))
     return drill_result(
         context,
         report,

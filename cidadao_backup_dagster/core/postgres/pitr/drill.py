@@ -16,11 +16,9 @@ from ...artifacts.drills import DrillReports
 from ...artifacts.manifest import Manifest, iso, utc_now
 from ...artifacts.storage import Storage
 from ...errors import BackupError
-from ..client import BinDir
 from ..drill import RTO_DATABASE_CORRUPTION_S
 from ..restore import compare_counts, count_rows, select_backup
-from .recovery import RecoveredServer, restore_to_instant
-from .server import Logger, quiet
+from .recovery import RecoveredServer, RecoveryOptions, restore_to_instant
 
 RTO_PITR_S = RTO_DATABASE_CORRUPTION_S  # restore_postgres with target_time serves the same scenarios
 REPORTS = DrillReports("postgres-pitr")  # not "postgres": retention's drill-proven dump is the restore drill's
@@ -28,19 +26,10 @@ read_report = REPORTS.read_report
 newest_passing_report = REPORTS.newest_passing_report
 
 
-def run_pitr_drill(
-    storage: Storage,
-    dump_series: str,
-    *,
-    source: str,
-    partition: str,
-    bin_dir: BinDir = None,
-    identities: list | None = None,
-    tmp_dir: str | None = None,
-    say: Logger = quiet,
-) -> dict:
-    """Recover `source` to the newest dump of `dump_series`'s instant and compare row counts; store the report
-    (also when the recovery fails). `bin_dir`: the server binaries (a folder or a search)."""
+def run_pitr_drill(storage: Storage, dump_series: str, *, source: str, partition: str, **options) -> dict:
+    """Recover `source` to the instant of the newest dump of `dump_series` and compare row counts; store the
+    report (also when the recovery fails). `options`: RecoveryOptions (identities, bin_dir: the server binaries,
+    a folder or a search, tmp_dir, say)."""
     started = utc_now()
     dump = select_backup(storage, dump_series, "latest")  # raises when there is nothing to compare with
     report: dict = {
@@ -54,12 +43,10 @@ def run_pitr_drill(
         "rto_seconds": RTO_PITR_S,
         "started_at": iso(started),
     }
+    say = RecoveryOptions(**options).say
     say(f"PITR drill: recovering {source} to {dump.timings.snapshot_at}, the snapshot of dump {dump.partition}")
     try:
-        with restore_to_instant(
-            storage, source=source, target_time=dump.taken_at, identities=identities, bin_dir=bin_dir,
-            tmp_dir=tmp_dir, say=say,
-        ) as server:  # fmt: skip
+        with restore_to_instant(storage, source=source, target_time=dump.taken_at, **options) as server:
             report.update(_compare(server, dump))
     except BackupError as exc:
         report.update(passed=False, problems=[str(exc)])

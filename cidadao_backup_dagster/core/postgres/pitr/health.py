@@ -24,10 +24,10 @@ from ...artifacts.manifest import (
 from ...artifacts.reader import read_stored_only
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError, StorageReadError
-from ..client import BinDir
 from .fetch import extract_member
 from .layout import Gap, WalFile, base_chain, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
-from .server import Logger, SlotState, check_client, quiet
+from .recovery import RecoveryOptions
+from .server import SlotState, check_client
 from .wal import newest_partial
 
 BASE_MAX_AGE = timedelta(days=8)  # weekly base backups, a day of grace
@@ -165,18 +165,12 @@ class BaseIntegrity:
         return self.base is not None and not self.problems
 
 
-def verify_newest_base(
-    storage: Storage,
-    source: str,
-    *,
-    bin_dir: BinDir = None,
-    identities: list | None = None,
-    tmp_dir: str | None = None,
-    say: Logger = quiet,
-) -> BaseIntegrity:
+def verify_newest_base(storage: Storage, source: str, **options) -> BaseIntegrity:
     """Every member of the newest base's chain streamed into a scratch folder (one at a time, removed after),
-    checked as a restore checks it. A damaged or missing member is a problem; not being able to check at all
-    (no pg_verifybackup, no room, storage unreadable) raises."""
+    checked as a restore checks it; `options`: RecoveryOptions (identities, bin_dir: where pg_verifybackup is
+    looked for, tmp_dir, say). A damaged or missing member is a problem; not being able to check at all (no
+    pg_verifybackup, no room, storage unreadable) raises."""
+    opts = RecoveryOptions(**options)
     t0 = time.monotonic()
     base = newest_base(storage, source)
     if base is None:
@@ -187,8 +181,8 @@ def verify_newest_base(
     except RefusedError as exc:
         result.problems.append(str(exc))
         return result
-    verifier = check_client("pg_verifybackup", int(base.data["source"]["server_major"]), bin_dir)
-    root = Path(tmp_dir or tempfile.gettempdir())
+    verifier = check_client("pg_verifybackup", int(base.data["source"]["server_major"]), opts.bin_dir)
+    root = Path(opts.tmp_dir or tempfile.gettempdir())
     need, free = max(m.raw_bytes for m in chain) * 1.2, shutil.disk_usage(root).free
     if free < need:
         raise RefusedError(
@@ -197,9 +191,9 @@ def verify_newest_base(
         )
     for member in chain:
         result.members.append(member.artifact_key)
-        _verify_member(storage, member, root, identities, verifier, result)
+        _verify_member(storage, member, root, opts.identities, verifier, result)
     result.seconds = round(time.monotonic() - t0, 3)
-    say(f"Base {base.partition}: {len(chain)} member(s) verified in {result.seconds:.1f} s")
+    opts.say(f"Base {base.partition}: {len(chain)} member(s) verified in {result.seconds:.1f} s")
     return result
 
 
