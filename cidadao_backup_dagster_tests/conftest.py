@@ -255,7 +255,7 @@ def storage(request, tmp_path):
 
 def manifest_paths(folder: Path) -> list[Path]:
     """A partition folder's manifests (one per run that published), oldest written first."""
-    from cidadao_backup_dagster.core.artifacts.manifest import MANIFEST_NAME, is_manifest_name
+    from cidadao_backup_dagster.core.artifacts.layout import MANIFEST_NAME, is_manifest_name
 
     return sorted((p for p in Path(folder).iterdir() if is_manifest_name(p.name)),
                   key=lambda p: (p.name != MANIFEST_NAME, p.name))  # fmt: skip

@@ -20,7 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cidadao_backup_dagster.core.artifacts.manifest import index_series, parse_manifest
+from cidadao_backup_dagster.core.artifacts.layout import index_series
+from cidadao_backup_dagster.core.artifacts.manifest import parse_manifest
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import ConfigurationError, RefusedError
 from cidadao_backup_dagster.core.postgres.backup import BackupSettings

@@ -4,13 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cidadao_backup_dagster.core.artifacts.manifest import (
-    Manifest,
-    is_manifest_name,
-    iso,
-    valid_manifests,
-    write_manifest,
-)
+from cidadao_backup_dagster.core.artifacts.layout import is_manifest_name
+from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, valid_manifests, write_manifest
 from cidadao_backup_dagster.core.protection.retention import (
     Artifact,
     Policy,

@@ -8,7 +8,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cidadao_backup_dagster.core.artifacts.manifest import MANIFEST_NAME, Series, valid_manifests
+from cidadao_backup_dagster.core.artifacts.layout import MANIFEST_NAME, Series
+from cidadao_backup_dagster.core.artifacts.manifest import valid_manifests
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import ConfigurationError
 from cidadao_backup_dagster.core.postgres.backup import backup_postgres

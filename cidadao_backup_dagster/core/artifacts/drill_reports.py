@@ -13,31 +13,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import opt_int, run_token
+from .layout import run_token
+from .sections import read_fields
 from .storage import Storage
 
 REPORT_NAME = "report.json"  # the one report per month of the layout before per-run reports
 
 
-def _counts(value: Any) -> dict[str, int]:
-    return {str(k): int(v) for k, v in (value or {}).items()}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DrillReport:
     """One drill report as code reads it. Writers store a plain dict (its keys are the storage layout);
     `raw` is that dict. Fields a drill that failed early never reached default."""
 
     raw: dict[str, Any]
-    kind: str  # postgres-restore-drill, redis-restore-drill
-    partition: str  # the drill's month
+    kind: str = ""  # postgres-restore-drill, redis-restore-drill
+    partition: str = ""  # the drill's month
     finished_at: str
-    passed: bool
-    problems: tuple[str, ...]
-    duration_seconds: float
-    backup_partition: str  # the artifact proved (redis: the Dagster hour key)
-    backup_uri: str
-    backup_sha256: str
+    passed: bool = False
+    problems: tuple[str, ...] = ()
+    duration_seconds: float = 0.0
+    backup_partition: str = ""  # the artifact proved (redis: the Dagster hour key)
+    backup_uri: str = ""
+    backup_sha256: str = ""
     backup_snapshot_at: str | None = None
     started_at: str | None = None
     rto_seconds: float | None = None
@@ -55,30 +52,7 @@ class DrillReport:
     @classmethod
     def parse(cls, data: dict[str, Any]) -> DrillReport:
         """KeyError/TypeError/ValueError when a field every report has is missing or malformed."""
-        rto = data.get("rto_seconds")
-        return cls(
-            raw=data,
-            kind=data.get("kind", ""),
-            partition=data.get("partition", ""),
-            finished_at=data["finished_at"],
-            passed=bool(data.get("passed")),
-            problems=tuple(str(p) for p in data.get("problems", ())),
-            duration_seconds=float(data.get("duration_seconds", 0.0)),
-            backup_partition=data.get("backup_partition", ""),
-            backup_uri=data.get("backup_uri", ""),
-            backup_sha256=data.get("backup_sha256", ""),
-            backup_snapshot_at=data.get("backup_snapshot_at"),
-            started_at=data.get("started_at"),
-            rto_seconds=None if rto is None else float(rto),
-            fetch_seconds=data.get("fetch_seconds"),
-            tables=opt_int(data.get("tables")),
-            rows=opt_int(data.get("rows")),
-            scratch_database=data.get("scratch_database"),
-            format=data.get("format"),
-            keys=opt_int(data.get("keys")),
-            keys_expected=_counts(data.get("keys_expected")),
-            keys_restored=_counts(data.get("keys_restored")),
-        )
+        return read_fields(cls, data, raw=data, problems=tuple(str(p) for p in data.get("problems", ())))
 
     @classmethod
     def of(cls, data: dict[str, Any] | None) -> DrillReport | None:

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from ... import __version__
 from ..errors import BackupError
-from .manifest import FORMAT_VERSION, Manifest, data_object_name, iso, partition_prefix, publish, utc_now
+from .layout import partition_prefix
+from .manifest import FORMAT_VERSION, Manifest, data_object_name, iso, publish, utc_now
 from .pipeline import StreamStats
 from .storage import MiB, ObjectWriter, Storage, write_error_hint, write_error_type
 

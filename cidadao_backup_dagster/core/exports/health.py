@@ -14,14 +14,13 @@ from .inspect import ExportInspection
 def row_count_verdict(manifest: Manifest, inspection: ExportInspection) -> Verdict:
     """The records in the stored export against the source's exact count for the partition, taken in the
     export's own snapshot."""
-    contents = manifest.data.get("contents", {})
-    source_rows = contents.get("source_rows")
+    source_rows = manifest.export.source_rows
     meta: dict[str, Any] = {"source_rows": source_rows, "records_in_file": inspection.records}
     if source_rows is None:
         return Verdict(False, "The manifest records no source row count", meta)
     note = ""
     if inspection.shallow and inspection.ok:  # encrypted, no identity here: the count the export made
-        inspection = ExportInspection(records=contents.get("records"))
+        inspection = ExportInspection(records=manifest.data.get("contents", {}).get("records"))
         meta["records_in_file"] = inspection.records
         note = " (counted while exporting; set BACKUP_AGE_IDENTITY_FILE to recount from the encrypted file)"
     if inspection.records is None:
@@ -29,7 +28,7 @@ def row_count_verdict(manifest: Manifest, inspection: ExportInspection) -> Verdi
         return Verdict(False, f"Records in the export cannot be counted: {problems}", meta)
     diff = inspection.records - source_rows
     meta["difference"] = diff
-    table = contents.get("table", "the table")
+    table = manifest.export.table or "the table"
     if diff < 0:
         return Verdict(
             False,

@@ -123,10 +123,9 @@ def inspect_export(
     key = manifest.artifact_key
     if not check_stored_size(storage, manifest, result.problems, grouped=True):
         return result
-    art = manifest.data["artifact"]
-    contents = manifest.data.get("contents", {})
-    columns = [c["name"] for c in contents.get("columns", [])]
-    is_csv = manifest.data.get("kind", "").endswith("csv") or ".csv.gz" in key
+    art = manifest.artifact
+    columns = [c.name for c in manifest.export.columns]
+    is_csv = manifest.kind.endswith("csv") or ".csv.gz" in key
     encrypted = manifest.encrypted
     if encrypted and not identities:
         stored = read_stored_only(storage, manifest)
@@ -153,19 +152,20 @@ def inspect_export(
         result.problems.append("gzip stream ends before its end-of-member trailer (truncated object)")
     elif raw.trailing:
         result.problems.append("data follows the gzip member (the export is written as one member)")
-    elif raw.raw_sha.hexdigest() != art.get("raw_sha256") or raw.raw_bytes != art.get("raw_bytes"):
+    elif raw.raw_sha.hexdigest() != art.raw_sha256 or raw.raw_bytes != art.raw_bytes:
         result.problems.append("inflated content does not match the manifest's raw size/SHA-256")
     if raw.error or not raw.complete:
         return result
     result.lines = counter.lines
-    if art.get("lines") is not None and result.lines != art["lines"]:
-        result.problems.append(f"{result.lines:,} lines, the manifest says {art['lines']:,}")
+    if art.lines is not None and result.lines != art.lines:
+        result.problems.append(f"{result.lines:,} lines, the manifest says {art.lines:,}")
     if problem:
         result.problems.append(problem)
         return result
     result.records = records
-    if contents.get("records") is not None and records != contents["records"]:
-        result.problems.append(f"{records:,} records, the manifest says {contents['records']:,}")
+    stated = manifest.data.get("contents", {}).get("records")  # absent: unknown (the typed `records` reads 0)
+    if stated is not None and records != stated:
+        result.problems.append(f"{records:,} records, the manifest says {stated:,}")
     return result
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from psycopg import sql
 
-from ..artifacts.manifest import series_prefix
+from ..artifacts.layout import series_prefix
 from ..artifacts.publish import safe_name
 from ..errors import BackupError, ConfigurationError
 

@@ -142,8 +142,8 @@ def class_health(
         row.raise_to("critical", "no valid artifact")
     else:
         newest = valid[-1]
-        row.asset = newest.data.get("run", {}).get("asset") or asset
-        row.newest_partition = newest.data.get("dagster_partition", newest.partition)
+        row.asset = newest.run.asset or asset
+        row.newest_partition = newest.dagster_partition
         row.taken_at = iso(newest.taken_at)
         row.age_hours = round((now - newest.taken_at).total_seconds() / 3600, 2)
         if targets.alert_hours is not None and row.age_hours > targets.alert_hours:

@@ -299,7 +299,7 @@ def client_for_archive(name: str, dump_version: str | None, bin_dir: BinDir = No
 
 def restore_client(manifest: Any, bin_dir: BinDir = None) -> PgClient:
     """The pg_restore for a manifest's archive, chosen before anything is fetched or created."""
-    return client_for_archive("pg_restore", (manifest.data.get("tools") or {}).get("pg_dump"), bin_dir)
+    return client_for_archive("pg_restore", manifest.tools.pg_dump, bin_dir)
 
 
 # ----------------------------------------------------------------------------------------- snapshot

@@ -42,7 +42,7 @@ def run_drill(
         "backup_partition": manifest.partition,
         "backup_uri": storage.uri(manifest.artifact_key),
         "backup_sha256": manifest.stored_sha256,
-        "backup_snapshot_at": manifest.data["timings"]["snapshot_at"],
+        "backup_snapshot_at": manifest.timings.snapshot_at,
         "scratch_database": server.with_dbname(scratch).display(),
         "rto_seconds": RTO_DATABASE_CORRUPTION_S,
         "started_at": iso(started),

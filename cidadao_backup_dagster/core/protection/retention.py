@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ..artifacts.manifest import index_series, parse_manifest
+from ..artifacts.layout import index_series
+from ..artifacts.manifest import parse_manifest
 from ..artifacts.storage import Storage
 from ..errors import DamagedArtifact
 

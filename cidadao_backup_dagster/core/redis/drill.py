@@ -27,10 +27,10 @@ newest_passing_report = REPORTS.newest_passing_report
 def count_tolerance(manifest: Manifest, db: str) -> int:
     """How far a restored database may differ from the manifest: keys with a TTL may have expired since, and
     an RDB's counts come from INFO right after the fork (writes racing it). 0.1% (at least 10) covers the race."""
-    contents = manifest.data["contents"]
-    expires = int(contents.get("expires_per_db", {}).get(db, 0))
-    keys = int(contents.get("keys_per_db", {}).get(db, 0))
-    race = max(10, keys // 1000) if contents.get("format") == "rdb" else 0
+    contents = manifest.redis
+    expires = contents.expires_per_db.get(db, 0)
+    keys = contents.keys_per_db.get(db, 0)
+    race = max(10, keys // 1000) if contents.format == "rdb" else 0
     return expires + race
 
 
@@ -53,10 +53,10 @@ def run_redis_drill(
     report: dict = {
         "kind": "redis-restore-drill",
         "partition": partition,
-        "backup_partition": manifest.data.get("dagster_partition", manifest.partition),
+        "backup_partition": manifest.dagster_partition,
         "backup_uri": storage.uri(manifest.artifact_key),
         "backup_sha256": manifest.stored_sha256,
-        "backup_snapshot_at": manifest.data["timings"]["snapshot_at"],
+        "backup_snapshot_at": manifest.timings.snapshot_at,
         "format": snapshot_format(manifest),
         "rto_seconds": RTO_REDIS_S,
         "started_at": iso(started),
@@ -71,7 +71,7 @@ def run_redis_drill(
                 _copy_into_throwaway(path, server)
             loaded = time.monotonic()
             counts = {str(db): n for db, n in server.keyspace().items()}
-            expected = {str(db): int(n) for db, n in manifest.data["contents"]["keys_per_db"].items()}
+            expected = dict(manifest.redis.keys_per_db)
             problems = _count_problems(manifest, expected, counts)
             report.update(
                 passed=not problems,

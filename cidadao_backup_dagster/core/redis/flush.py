@@ -9,7 +9,8 @@ from typing import Literal
 
 import redis
 
-from ..artifacts.manifest import Manifest, is_present, read_manifest, series_prefix, utc_now
+from ..artifacts.layout import series_prefix
+from ..artifacts.manifest import Manifest, is_present, read_manifest, utc_now
 from ..artifacts.pipeline import EncryptionStage
 from ..artifacts.storage import Storage
 from ..errors import BackupError, RefusedError

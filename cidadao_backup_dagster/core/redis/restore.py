@@ -100,7 +100,7 @@ def restore_snapshot(
             batches = _records_from_server(server, sorted(expected), batch)
             absolute = False
         else:
-            expected = {int(db): n for db, n in manifest.data["contents"]["keys_per_db"].items()}
+            expected = {int(db): n for db, n in manifest.redis.keys_per_db.items()}
             batches = _records_from_logical(path, batch)
             absolute = True
         loaded = time.monotonic()
@@ -122,7 +122,7 @@ def restore_snapshot(
     done = time.monotonic()
     return RedisRestoreResult(
         target=target.display(),
-        partition=manifest.data.get("dagster_partition", manifest.partition),
+        partition=manifest.dagster_partition,
         backup_uri=storage.uri(manifest.artifact_key),
         format=fmt,
         expected={str(k): v for k, v in expected.items()},

@@ -37,7 +37,7 @@ def select_snapshot(storage: Storage, series: str, which: str = "latest") -> Man
 
 
 def snapshot_format(manifest: Manifest) -> str:
-    return manifest.data.get("contents", {}).get("format", "rdb")
+    return manifest.redis.format or "rdb"
 
 
 def fetch_snapshot(storage: Storage, manifest: Manifest, workdir: Path, identities: list | None = None) -> Path:

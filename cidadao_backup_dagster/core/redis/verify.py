@@ -111,7 +111,7 @@ class _RedisCheckRdb:
 
     def __init__(self, binary: str, manifest: Manifest):
         self.skip_reason = None
-        rdb_version = manifest.data.get("contents", {}).get("rdb_version") or 0
+        rdb_version = manifest.redis.rdb_version or 0
         supported = max_rdb_version(server_version(binary))
         if rdb_version > supported:
             self.skip_reason = f"skipped: RDB version {rdb_version} is newer than this redis-check-rdb reads"

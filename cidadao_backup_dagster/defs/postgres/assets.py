@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ...core.artifacts.manifest import Manifest, Series, series_prefix
+from ...core.artifacts.layout import Series, series_prefix
+from ...core.artifacts.manifest import Manifest
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.backup import backup_postgres
 from ..audit import audited

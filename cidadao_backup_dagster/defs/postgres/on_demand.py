@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from ...core.artifacts.manifest import Series, series_prefix
+from ...core.artifacts.layout import Series, series_prefix
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.backup import backup_postgres
 from ...core.postgres.verify import verify_pg_artifact

@@ -3,7 +3,8 @@
 
 import dagster as dg
 
-from ...core.artifacts.manifest import Manifest, series_prefix
+from ...core.artifacts.layout import series_prefix
+from ...core.artifacts.manifest import Manifest
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import backup_redis, partition_segment, safe_name
 from ..audit import audited

@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from ...core.artifacts.manifest import series_prefix
+from ...core.artifacts.layout import series_prefix
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
 from ...core.redis.flush import confirm_flush, flush_all, snapshot_before_flush
