@@ -5,7 +5,7 @@ the earlier backup is intact and still restorable; retention's plan is unaffecte
 Faults covered elsewhere, with the same promises: wrong password (test_password_auth), truncated and
 bit-flipped objects (test_dagster_postgres, test_recovery), wrong or missing decryption key
 (test_encryption), unknown partition and a restore target that holds data (test_recovery), Redis truncated
-RDB and SYNC refused (test_redis_*). See README "Fault-injection suite".
+RDB and SYNC refused (test_redis_*). See docs/development.md "Fault-injection suite".
 """
 
 import subprocess

@@ -314,3 +314,35 @@ def stream_to_writer(
         time.monotonic() - started,
         lines if count_lines else None,
     )
+
+
+@dataclass(frozen=True)
+class ZstdSettings:
+    """How a backup (PostgreSQL dump, Redis snapshot) is compressed and how often it reports progress: the
+    settings every zstd backup shares, and the one way it streams with them."""
+
+    zstd_level: int = 3
+    zstd_threads: int = -1
+    progress_every: float = 10.0
+
+    @property
+    def compression(self) -> dict:
+        """The manifest's `artifact.compression`."""
+        return {"codec": "zstd", "level": self.zstd_level, "checksum": True}
+
+    def stream(
+        self,
+        source: BinaryIO,
+        writer: ObjectWriter,
+        encryption: EncryptionStage | None,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> StreamStats:
+        return stream_to_writer(
+            source,
+            writer,
+            level=self.zstd_level,
+            threads=self.zstd_threads,
+            encryption=encryption,
+            on_progress=on_progress,
+            progress_every=self.progress_every,
+        )

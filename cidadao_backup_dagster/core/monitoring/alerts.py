@@ -37,7 +37,8 @@ MAX_TEXT = 600  # characters of a check description / error kept in a message
 CRITICAL_FRESHNESS = (
     "Backup Failed",
     "the newest valid backup is older than its limit (strategy: backup_age_hours > 48)",
-    "Notify DevOps: see the README runbook '`freshness` failed' (is the schedule running? the last runs? the queue?)",
+    "Notify DevOps: see the docs/recovery.md runbook '`freshness` failed' (is the schedule running? the last "
+    "runs? the queue?)",
 )
 HIGH_REDIS = (
     "Redis Persistence Disabled",
@@ -47,7 +48,8 @@ HIGH_REDIS = (
 WARNING_SIZE = (
     "Backup Size Anomaly",
     "the stored size is far from the recent median (strategy: backup_size_deviation > 50%)",
-    "Log for manual review: compare row_counts with the previous partition (README runbook)",
+    "Log for manual review: compare row_counts with the previous partition (docs/recovery.md runbook "
+    "'`size_deviation` warned')",
 )
 REDIS_PERSISTENCE_CHECKS = {"last_save", "persistence_config"}
 
@@ -113,7 +115,11 @@ def classify_check(asset: str, check: str, severity: str) -> tuple[str, tuple[st
     if check == "size_deviation":
         return ("high" if error else "warning"), WARNING_SIZE
     if error:
-        return "high", (f"Check `{check}` failed", "a check with ERROR severity failed", "Investigate now (README)")
+        return "high", (
+            f"Check `{check}` failed",
+            "a check with ERROR severity failed",
+            "Investigate now (docs/recovery.md runbooks)",
+        )
     return "warning", (f"Check `{check}` warned", "a check with WARN severity failed", "Log for manual review")
 
 
@@ -163,7 +169,7 @@ def run_failure_alert(
         summary=f"{where} failed.",
         details=_clip(error, secrets),
         action="Read the run's failure (it names the cause), fix it and re-run the partition "
-        "(README runbook 'A backup run failed'); earlier backups are untouched",
+        "(docs/recovery.md runbook 'A backup run failed'); earlier backups are untouched",
         incident=f"run:{run_id}",
         partition=partition,
         run_id=run_id,
@@ -193,6 +199,8 @@ class Evaluation:
         return f"{self.run_id}|{self.asset}|{self.check}|{self.partition or ''}|{self.timestamp:.6f}"
 
 
+# What an open incident keeps of its latest failing evaluation: what check_alert builds its message from.
+ALERT_FIELDS = ("asset", "check", "partition", "severity", "description", "run_id")
 LOOKBACK_S = 600.0  # evaluations can be stored a little after their timestamp: re-read this window each tick
 FORGET_AFTER_S = 30 * 86400.0  # an open incident not seen failing for 30 days is dropped from the state
 
@@ -252,15 +260,8 @@ class IncidentBook:
             incident = self.open.setdefault(key, {"level": level, "since": ev.timestamp, "notified": None})
             if level_rank(level) > level_rank(incident["level"]):
                 incident["level"] = level
-            incident.update(
-                last=ev.timestamp,
-                asset=ev.asset,
-                check=ev.check,
-                partition=ev.partition,
-                severity=ev.severity,
-                description=_clip(ev.description),
-                run_id=ev.run_id,
-            )
+            latest = {f: getattr(ev, f) for f in ALERT_FIELDS}
+            incident.update(latest, last=ev.timestamp, description=_clip(ev.description))
         horizon = self.after - LOOKBACK_S
         self.seen = {s: t for s, t in self.seen.items() if t > horizon}
         self.latest = {k: t for k, t in self.latest.items() if t > horizon}
@@ -272,16 +273,7 @@ class IncidentBook:
         for inc in self.open.values():
             if inc["notified"] is not None and level_rank(inc["level"]) <= level_rank(inc["notified"]):
                 continue
-            alert = check_alert(
-                inc["asset"],
-                inc["check"],
-                inc["partition"],
-                inc["severity"],
-                inc["description"],
-                run_id=inc["run_id"],
-                link=link(inc["asset"]),
-                secrets=secrets,
-            )
+            alert = check_alert(**{f: inc[f] for f in ALERT_FIELDS}, link=link(inc["asset"]), secrets=secrets)
             if level_rank(inc["level"]) > level_rank(alert.level):  # escalated earlier within the incident
                 alert = replace(alert, level=inc["level"])
             out.append(alert)

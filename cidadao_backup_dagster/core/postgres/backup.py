@@ -11,7 +11,7 @@ from datetime import datetime
 import zstandard
 
 from ..artifacts.manifest import Manifest, utc_now
-from ..artifacts.pipeline import EncryptionStage, Progress, StreamStats, stream_to_writer
+from ..artifacts.pipeline import EncryptionStage, Progress, StreamStats, ZstdSettings
 from ..artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, run_timings, tool_versions
 from ..artifacts.publish import safe_name as safe_name  # re-exported: defs names series with it
 from ..artifacts.storage import ObjectWriter, Storage
@@ -21,11 +21,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BackupSettings:
-    zstd_level: int = 3
-    zstd_threads: int = -1
+class BackupSettings(ZstdSettings):
     pg_bin_dir: BinDir = None  # PG_BIN_DIR (one folder) or ClientDirs (PG_BIN_DIRS, searched)
-    progress_every: float = 10.0
 
 
 def backup_postgres(
@@ -119,15 +116,7 @@ def _dump_into(
     dump: PgDumpProcess | None = None
     try:
         dump = PgDumpProcess(conn, snapshot.snapshot_id, bin_dir=pg_dump.bin_dir)
-        stats = stream_to_writer(
-            dump.stdout,  # type: ignore[arg-type]
-            writer,
-            level=settings.zstd_level,
-            threads=settings.zstd_threads,
-            encryption=encryption,
-            on_progress=on_progress,
-            progress_every=settings.progress_every,
-        )
+        stats = settings.stream(dump.stdout, writer, encryption, on_progress)  # type: ignore[arg-type]
         dump.wait()  # a non-zero exit raises with pg_dump's own message, before anything is committed
         return stats, snapshot.counts(), time.monotonic() - t0
     except BaseException:
@@ -170,7 +159,7 @@ def _manifest_data(
                     else "zstd -d <file> -o backup.dump; pg_restore --jobs 4 --dbname=<target> backup.dump"
                 ),
             },
-            compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
+            compression=settings.compression,
             encryption=encryption_info,
         ),
         source=source_entry(conn, snapshot.server_version),

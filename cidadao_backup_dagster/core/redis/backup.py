@@ -16,7 +16,7 @@ import zstandard
 
 from ... import __version__
 from ..artifacts.manifest import Manifest, iso, utc_now
-from ..artifacts.pipeline import EncryptionStage, Progress, StreamStats, stream_to_writer
+from ..artifacts.pipeline import EncryptionStage, Progress, StreamStats, ZstdSettings
 from ..artifacts.publish import NewObject, artifact_entry, data_key, manifest_data, run_timings, tool_versions
 from ..artifacts.publish import safe_name as safe_name  # re-exported: defs names series with it
 from ..artifacts.storage import ObjectWriter, Storage
@@ -32,11 +32,8 @@ MODES = ("auto", "rdb", "logical")
 
 
 @dataclass(frozen=True)
-class RedisSnapshotSettings:
+class RedisSnapshotSettings(ZstdSettings):
     mode: Mode = "auto"
-    zstd_level: int = 3
-    zstd_threads: int = -1
-    progress_every: float = 10.0
     scan_batch: int = 1000
 
 
@@ -106,7 +103,7 @@ def backup_redis(
             obj,
             stats,
             describe=describe,
-            compression={"codec": "zstd", "level": settings.zstd_level, "checksum": True},
+            compression=settings.compression,
             encryption=encryption_info if encryption else None,
         ),
         source=_source_facts(endpoint, source_name, facts),
@@ -184,15 +181,7 @@ def _stream(
 ) -> tuple[StreamStats, RdbCheck | None, float]:
     """The snapshot through the pipeline into `writer`, the RDB verified on the way; (stats, check, seconds)."""
     try:
-        stats = stream_to_writer(
-            source,  # type: ignore[arg-type]
-            writer,
-            level=settings.zstd_level,
-            threads=settings.zstd_threads,
-            encryption=encryption,
-            on_progress=on_progress,
-            progress_every=settings.progress_every,
-        )
+        stats = settings.stream(source, writer, encryption, on_progress)  # type: ignore[arg-type]
         check = None
         if sync is not None:
             check = sync.verifier.finish()
