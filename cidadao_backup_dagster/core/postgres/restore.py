@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from ..artifacts.clock import parse_iso
 from ..artifacts.manifest import Manifest, all_valid_manifests, list_partitions, newest_valid
 from ..artifacts.reader import read_artifact
 from ..artifacts.storage import MiB, Storage
@@ -77,7 +78,7 @@ def select_backup(storage: Storage, series: str, which: str = "latest") -> Manif
 
 def _parse_instant(text: str) -> datetime:
     try:
-        instant = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        instant = parse_iso(text.strip())
     except ValueError:
         raise RefusedError(
             f"{text!r} is not a time: write before:2026-11-24T10:00Z (UTC) or with an offset, -03:00"
@@ -157,12 +158,6 @@ def check_target(server: PgConnection, dbname: str, *, replace: bool, confirm: s
         f"To replace it, set replace_existing: true and confirm_database_name: {dbname!r}; or choose a new "
         "target_database. Nothing was changed"
     )
-
-
-def create_database(server: PgConnection, dbname: str) -> None:
-    with server.connect(autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
 
 def drop_database(server: PgConnection, dbname: str) -> None:
@@ -375,7 +370,15 @@ def restore_backup(
     if replaced:
         say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
     if post_restore_command:  # only against the swapped-in database, under its final name
-        _post_restore(post_restore_command, target, post_restore_workdir, post_restore_env, replaced, say, worker_env)
+        run_post_restore(
+            post_restore_command,
+            target,
+            workdir=post_restore_workdir,
+            passthrough=post_restore_env,
+            worker_env=worker_env or {},
+            say=say,
+            replaced=replaced,
+        )
     return RestoreResult(
         target=target.display(),
         partition=manifest.partition,
@@ -421,24 +424,6 @@ def _restore_verified(
     if mismatches:
         raise RowCountMismatch(mismatches, outcome)
     return restored
-
-
-def _post_restore(
-    command: str,
-    target: PgConnection,
-    workdir: str | None,
-    passthrough: Sequence[str],
-    replaced: str,
-    say: Logger,
-    worker_env: Mapping[str, str] | None,
-) -> None:
-    try:
-        run_post_restore(
-            command, target, workdir=workdir, passthrough=passthrough, worker_env=worker_env or {}, say=say
-        )
-    except BackupError as exc:
-        kept = f"; the previous database is kept as {replaced}" if replaced else ""
-        raise BackupError(f"{exc}. The verified restore is live as {target.display()}{kept}") from None
 
 
 def _drop_staging(server: PgConnection, staging: str, say: Logger) -> None:
@@ -491,9 +476,11 @@ def run_post_restore(
     passthrough: Sequence[str] = (),
     worker_env: Mapping[str, str],
     say: Logger,
+    replaced: str = "",
 ) -> None:
     """Run e.g. `alembic upgrade head` with DATABASE_URL pointing at the restored database, in a minimal
-    environment (see hook_environment); its output is shown with the target's password masked."""
+    environment (see hook_environment); its output is shown with the target's password masked. It runs after
+    the swap, so a failure says the verified restore is live (and `replaced`, where the previous one is kept)."""
     env, unset = hook_environment(target, passthrough, worker_env=worker_env)
     say(f"Running post-restore command: {command}")
     if unset:
@@ -503,4 +490,8 @@ def run_post_restore(
     if output:
         say(output[-4000:])
     if proc.returncode != 0:
-        raise BackupError(f"Post-restore command failed (exit code {proc.returncode}): {output[-1000:]}")
+        kept = f"; the previous database is kept as {replaced}" if replaced else ""
+        raise BackupError(
+            f"Post-restore command failed (exit code {proc.returncode}): {output[-1000:]}. The verified restore is "
+            f"live as {target.display()}{kept}"
+        )
