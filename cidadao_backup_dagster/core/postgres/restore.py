@@ -371,13 +371,7 @@ def restore_backup(
         say(f"{dbname} now holds backup {manifest.partition}; the previous database is kept as {replaced}")
     if post_restore_command:  # only against the swapped-in database, under its final name
         run_post_restore(
-            post_restore_command,
-            target,
-            workdir=post_restore_workdir,
-            passthrough=post_restore_env,
-            worker_env=worker_env or {},
-            say=say,
-            replaced=replaced,
+            post_restore_command, target, post_restore_workdir, post_restore_env, worker_env or {}, say, replaced
         )
     return RestoreResult(
         target=target.display(),
@@ -471,9 +465,8 @@ def hook_environment(
 def run_post_restore(
     command: str,
     target: PgConnection,
-    *,
     workdir: str | None,
-    passthrough: Sequence[str] = (),
+    passthrough: Sequence[str],
     worker_env: Mapping[str, str],
     say: Logger,
     replaced: str = "",
