@@ -1,7 +1,7 @@
 """Scratch things a run creates and must remove (drill/recover databases, staging restore databases, throwaway
 redis-servers, temp dirs). A run killed by SIGKILL, OOM or node loss cannot clean up after itself, so every
 scratch database is named with a known prefix and labelled with who made it and when: the sweeper
-(core/sweeper.py) finds what a dead run left and removes it after a grace period.
+(core/protection/sweeper.py) finds what a dead run left and removes it after a grace period.
 
 Never scratch: a `<name>_replaced_<timestamp>` database. It is the operator's undo of a replace-restore and
 only a person drops it.
