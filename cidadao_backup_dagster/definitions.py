@@ -15,6 +15,27 @@ from .defs.sources import DomainDefs, PgBinding, RedisBinding
 
 HEALTH_CHECKS_JOB = "backup_health_checks_job"
 
+# Every run executes its steps in the run's own process: a backup and its checks (integrity, size, freshness,
+# ...) are one short chain of I/O-bound steps, and Dagster's default multiprocess executor would start a fresh
+# interpreter per step (~2 s and ~150 MB each, most of a small backup's time and CPU). The checks stay separate
+# steps, so the UI shows each with its own history, and a failed blocking check still fails its step and skips
+# what depends on it. Set on the Definitions, not per job: `dg launch --assets` and the UI's Materialize run the
+# implicit asset job, which only takes the code location's executor. The run config keeps the default
+# executor's shape, so a run may still ask for step processes: `execution: {config: {multiprocess: {}}}`.
+EXECUTOR = dg.multi_or_in_process_executor.configured(
+    lambda config: config,  # the stock executor validates the fields under either mode
+    name="in_process_by_default",
+    config_schema=dg.Field(
+        dg.Selector(
+            {
+                "in_process": dg.Field(dg.Permissive(), default_value={}),
+                "multiprocess": dg.Field(dg.Permissive(), default_value={}),
+            }
+        ),
+        default_value={"in_process": {}},
+    ),
+)
+
 
 def build_domains(settings: Settings) -> list[DomainDefs]:
     sources = settings.sources
@@ -66,7 +87,7 @@ def build_defs(sources: Sources | None = None, settings: Settings | None = None)
         *parts,
         monitoring.build_defs(classes, set(resources), checks),
         protection.build_sweeper_defs(settings),
-        dg.Definitions(jobs=[health_job], schedules=[health_schedule], resources=resources),
+        dg.Definitions(jobs=[health_job], schedules=[health_schedule], resources=resources, executor=EXECUTOR),
     )
 
 
