@@ -8,8 +8,8 @@
            REPEATABLE READ snapshot, per day an exact count(*) and a COPY streamed through SHA-256 -> gzip ->
            SHA-256 -> a local folder, then the manifest.
   ours-1d  the same for one day only: peak RSS must not grow with the data (memory flat).
-  dagster  what an operator runs: `dagster asset materialize -m cidadao_backup_dagster.definitions
-           --select investigations_json_export --partition-range <first>...<last>` (one run, checks included).
+  dagster  what an operator runs: `dg launch -m cidadao_backup_dagster.definitions
+           --assets investigations_json_export --partition-range <first>...<last>` (one run, checks included).
 
 After timing (not timed), every output of the last repeat is checked: ours and dagster re-read with
 `inspect_export` (hash, CRC, one JSON object per line), the seed files parsed line by line, counting lines
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
             "BACKUP_PARTITIONS_START": h.EXPORT_FIRST_DAY,
             "EXPORT_GZIP_LEVEL": str(args.gzip_level),
         }
-        argv = h.dagster_materialize("investigations_json_export", partition_range=f"{first}...{last_day}")
+        argv = h.dg_launch_assets("investigations_json_export", partition_range=f"{first}...{last_day}")
         return verified("dagster", s.dagster("dagster", argv, env), lambda: verify_ours(root))
 
     plan = [

@@ -4,12 +4,13 @@
   floor    `pg_dump -Fc -Z0 <db> > /dev/null`: the fastest a dump can leave this machine.
   seed     the strategy document's script: `pg_dump <db> | gzip > file`, then boto3 `upload_file`.
   ours     a child process calling `core.postgres.backup.backup_postgres` into `S3Storage` (the core alone).
-  dagster  what an operator runs: `dagster asset materialize -m cidadao_backup_dagster.definitions
-           --select postgres_daily_backup --partition <yesterday>`, asset checks included.
+  dagster  what an operator runs: `dg launch -m cidadao_backup_dagster.definitions
+           --assets postgres_daily_backup --partition <yesterday>`, asset checks included.
   --profile adds `ours` with other zstd level/threads, chunk and part sizes, or LocalStorage.
 
-Targets (ours and dagster): <= 1.3x floor, <= 0.5x seed, stored <= seed's gzip, peak tree RSS < 300 MB; a
-run larger than an earlier untagged one also checks that RSS stays flat (x1.15 at most).
+Targets (ours and dagster): <= 1.3x floor (dagster, the whole run: <= 1.5x), <= 0.5x seed, stored <= seed's
+gzip, peak tree RSS < 300 MB; a run larger than an earlier untagged one also checks that RSS stays flat (x1.15
+at most).
 
   .venv/bin/python bench/bench_postgres_backup.py                      # 1 GiB, 3 interleaved repeats
   .venv/bin/python bench/bench_postgres_backup.py --size-gb 2.0        # doubling run: RSS flatness
@@ -35,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness as h  # noqa: E402
 
-TARGET_VS_FLOOR = 1.3
+TARGET_VS_FLOOR = 1.3  # the core call (ours)
+TARGET_DAGSTER_VS_FLOOR = 1.5  # the operator's whole run, CLI and checks included (issue #16)
 TARGET_VS_SEED = 0.5
 TARGET_RSS_MB = 300
 FLATNESS_MAX_RATIO = 1.15
@@ -144,7 +146,7 @@ def dagster_backup_env(s: h.Session, db: str, moto: h.MotoServer, bucket: str) -
 
 
 def variant_dagster(s: h.Session, db: str, moto: h.MotoServer, bucket: str) -> h.Run:
-    argv = h.dagster_materialize("postgres_daily_backup", partition=s.args.partition)
+    argv = h.dg_launch_assets("postgres_daily_backup", partition=s.args.partition)
     run = s.dagster("dagster", argv, dagster_backup_env(s, db, moto, bucket))
     manifests = moto.manifests(bucket)
     if not manifests:
@@ -157,10 +159,12 @@ def variant_dagster(s: h.Session, db: str, moto: h.MotoServer, bucket: str) -> h
 # ======================================================================================== reporting
 
 
-def evaluate(ours: h.Summary, floor: h.Summary | None, seed: h.Summary | None) -> list[tuple[bool, str]]:
+def evaluate(
+    ours: h.Summary, floor: h.Summary | None, seed: h.Summary | None, vs_floor: float = TARGET_VS_FLOOR
+) -> list[tuple[bool, str]]:
     checks = []
     if floor:
-        checks.append(h.ratio_check(ours, floor, TARGET_VS_FLOOR))
+        checks.append(h.ratio_check(ours, floor, vs_floor))
     if seed:
         checks.append(h.ratio_check(ours, seed, TARGET_VS_SEED))
         if ours.stored_bytes and seed.stored_bytes:
@@ -338,7 +342,7 @@ def main(argv: list[str]) -> int:
     checks: list[tuple[bool, str]] = []
     for name in ("ours", "dagster"):
         if name in by:
-            checks += evaluate(by[name], floor, seed)
+            checks += evaluate(by[name], floor, seed, TARGET_DAGSTER_VS_FLOOR if name == "dagster" else TARGET_VS_FLOOR)
             flat = flatness(result_path, args.size_gb, by[name])
             if flat:
                 checks.append(flat)

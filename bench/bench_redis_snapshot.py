@@ -6,8 +6,8 @@
   ours      a child process calling `core.redis.backup.backup_redis(mode=rdb)` into S3Storage: SYNC -> RDB
             verifier (magic, version, EOF, CRC64) -> SHA-256 -> zstd -> SHA-256 -> multipart upload ->
             manifest. No local file.
-  dagster   what an operator runs: `dagster asset materialize -m cidadao_backup_dagster.definitions
-            --select redis_snapshot --partition <previous hour>`, asset checks included.
+  dagster   what an operator runs: `dg launch -m cidadao_backup_dagster.definitions
+            --assets redis_snapshot --partition <previous hour>`, asset checks included.
 
 One redis-server (its own port and temp dir, `repl-diskless-sync-delay 0`, `save ""`) is filled with keys of
 every common type: --size-gb of Redis memory (about 200 B per key; --keys sets the count instead). After the
@@ -149,7 +149,7 @@ def variant_dagster(s: h.Session, redis: Redis, moto: h.MotoServer, bucket: str)
         "AWS_ENDPOINT_URL": moto.endpoint,
         "AWS_ENDPOINT_URL_S3": moto.endpoint,
     }
-    run = s.dagster("dagster", h.dagster_materialize("redis_snapshot", partition=h.previous_hour_utc()), env)
+    run = s.dagster("dagster", h.dg_launch_assets("redis_snapshot", partition=h.previous_hour_utc()), env)
     manifests = moto.manifests(bucket)
     if not manifests:
         raise RuntimeError(f"the dagster run stored no snapshot manifest in s3://{bucket}")

@@ -5,12 +5,12 @@
            restore can be with these tools.
   stock    the stock pipeline an operator would script: download the .dump.zst from S3, `zstd -d`,
            createdb, `pg_restore --jobs 2`.
-  dagster  what an operator runs: `dagster job execute -m cidadao_backup_dagster.definitions
-           -j restore_postgres -c <config>` (fetch + SHA-256 + zstd -d, pg_restore --jobs 2 into a staging
+  dagster  what an operator runs: `dg launch -m cidadao_backup_dagster.definitions
+           --job restore_postgres -c <config>` (fetch + SHA-256 + zstd -d, pg_restore --jobs 2 into a staging
            database, exact row counts of every table against the manifest, rename into place).
 
-The reference backup is made once per run, unmeasured, by the operator's backup command (`dagster asset
-materialize ... postgres_daily_backup`) into a moto S3 bucket, from the investigations-like bench database.
+The reference backup is made once per run, unmeasured, by the operator's backup command (`dg launch
+--assets postgres_daily_backup`) into a moto S3 bucket, from the investigations-like bench database.
 Target: dagster <= 1.3x floor.
 
   .venv/bin/python bench/bench_restore.py --size-gb 1.0 --repeat 3
@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
     with h.MotoServer(s.workdir / "moto.log") as moto:
         bucket = moto.new_bucket("cbd-bench-restore")
         env = dagster_backup_env(s, db, moto, bucket)
-        h.log("reference backup (unmeasured): " + " ".join(h.dagster_materialize("postgres_daily_backup")))
-        s.dagster("reference backup", h.dagster_materialize("postgres_daily_backup", partition=h.yesterday_utc()), env)
+        h.log("reference backup (unmeasured): " + " ".join(h.dg_launch_assets("postgres_daily_backup")))
+        s.dagster("reference backup", h.dg_launch_assets("postgres_daily_backup", partition=h.yesterday_utc()), env)
         manifest = moto.manifests(bucket)[-1]
         art, key = manifest["artifact"], f"bench/{manifest['artifact']['key']}"
         dump = s.workdir / "reference.dump"
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
             ops = {"restore_postgres_op": {"config": {"target_database": name, "jobs": JOBS}}}
             config.write_text(json.dumps({"ops": ops}))  # JSON is YAML
             try:
-                run = s.dagster("dagster", h.dagster_job_execute("restore_postgres", config), env)
+                run = s.dagster("dagster", h.dg_launch_job("restore_postgres", config), env)
             finally:
                 h.drop_database(s.pg, name)
             meta = run.extra["outputs"].get("restore_postgres_op", {})

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The benchmarks' one harness: what every bench script in bench/ shares.
 
-- the operator command lines that are measured (`dagster asset materialize`, `dagster job execute`,
-  `pg_dump`, `pg_restore`, `redis-cli --rdb`, ...), all in the "operator commands" section below, so a
-  change of CLI (e.g. to `dg launch`) is made once;
-- whole-process measurement: wall time, peak RSS of the whole process tree (a thread polls /proc, since
-  Dagster runs each step in its own subprocess), the largest single process (GNU /usr/bin/time), CPU;
+- the operator command lines that are measured (`dg launch --assets`, `dg launch --job`, `pg_dump`,
+  `pg_restore`, `redis-cli --rdb`, ...), all in the "operator commands" section below, so a change of CLI
+  is made once;
+- whole-process measurement: wall time, peak RSS of the whole process tree (a thread polls /proc: pg_dump,
+  redis-cli and any step process a run is asked to start), the largest single process (GNU /usr/bin/time), CPU;
 - the investigations-like database builder (a table of a target size, reused across runs);
 - a moto S3 server process, and a throwaway DAGSTER_HOME whose run is read back for step times;
 - the common CLI (`--size-gb`, `--repeat`, ...), interleaved repeats, and the report: medians, ratios
@@ -138,11 +138,12 @@ def base_env(extra: list[str] | None = None) -> dict[str, str]:
 DAGSTER_MODULE = "cidadao_backup_dagster.definitions"
 
 
-def dagster_materialize(
+def dg_launch_assets(
     select: str, *, partition: str | None = None, partition_range: str | None = None, config: Path | None = None
 ) -> list[str]:
-    """What an operator runs to materialize an asset (one partition or a single-run range)."""
-    argv = [venv_tool("dagster"), "asset", "materialize", "-m", DAGSTER_MODULE, "--select", select]
+    """What an operator runs to materialize assets (one partition or a single-run range), as the README says:
+    `dg launch --assets`, which runs the code location's implicit asset job with its executor."""
+    argv = [venv_tool("dg"), "launch", "-m", DAGSTER_MODULE, "--assets", select]
     if partition:
         argv += ["--partition", partition]
     if partition_range:
@@ -152,9 +153,14 @@ def dagster_materialize(
     return argv
 
 
-def dagster_job_execute(job: str, config: Path) -> list[str]:
-    """What an operator runs to launch a job with a YAML config (e.g. restore_postgres)."""
-    return [venv_tool("dagster"), "job", "execute", "-m", DAGSTER_MODULE, "-j", job, "-c", str(config)]
+def dg_launch_job(job: str, config: Path) -> list[str]:
+    """What an operator runs to launch a job with a YAML config (e.g. restore_postgres): `dg launch --job`."""
+    return [venv_tool("dg"), "launch", "-m", DAGSTER_MODULE, "--job", job, "-c", str(config)]
+
+
+def code_location_load() -> list[str]:
+    """Interpreter start, imports and building the definitions: the part of every run before any work."""
+    return [sys.executable, "-c", f"import {DAGSTER_MODULE}"]
 
 
 def pg_dump_floor(pg: Pg, db: str) -> list[str]:
@@ -879,7 +885,7 @@ def dagster_home(workdir: Path) -> Path:
 
 
 def run_dagster(label: str, argv: list[str], env: dict[str, str], workdir: Path, sample_s: float) -> Run:
-    """Measure one Dagster CLI run as a whole process tree (the CLI plus every step process), then read the
+    """Measure one Dagster CLI run as a whole process tree (the CLI, pg_dump and any step process), then read the
     run back from its instance (unmeasured): step times, step output and materialization metadata."""
     home = dagster_home(workdir)
     try:
