@@ -87,9 +87,8 @@ def fixed_cost_checks(by: dict[str, h.Summary], run: str, floor: str) -> list[tu
 
 def slowest_imports(env: dict[str, str], top: int = 12) -> list[str]:
     """`python -X importtime` of the code location: the slowest imports by cumulative time, outermost first."""
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", *h.code_location_load()[1:]], env=env, capture_output=True, text=True
-    )
+    argv = [sys.executable, "-X", "importtime", *h.code_location_load()[1:]]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=h.OUT)
     rows = []
     for line in out.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -109,8 +108,9 @@ def profile_run(s: h.Session, argv: list[str], env: dict[str, str]) -> list[str]
     try:
         run_env = {**env, "DAGSTER_HOME": str(home), "BACKUP_STORAGE_URL": f"file://{store}"}
         done = subprocess.run(
-            [sys.executable, "-m", "cProfile", "-o", str(prof), *argv], env=run_env, capture_output=True, text=True
-        )
+            [sys.executable, "-m", "cProfile", "-o", str(prof), *argv],
+            env=run_env, capture_output=True, text=True, cwd=home,
+        )  # fmt: skip
         if done.returncode != 0:
             return [f"cProfile run failed (exit {done.returncode}): {done.stderr[-500:]}"]
         stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
@@ -148,7 +148,8 @@ def main(argv: list[str]) -> int:
         if s.wants("floor"):
             plan.append(("floor", lambda: h.Run([s.measure("floor", h.pg_dump_floor(s.pg, db))])))
         if s.wants("load"):
-            plan.append(("load", lambda: h.Run([s.measure("load", h.code_location_load(), {**s.env, **pg_env})])))
+            load_env = {**s.env, **pg_env}  # run outside the checkout: PYTHONPATH chooses the code, as for dg
+            plan.append(("load", lambda: h.Run([s.measure("load", h.code_location_load(), load_env, cwd=s.workdir)])))
         if s.wants("dagster"):
             plan.append(("dagster", lambda: variant_dagster(s, "dagster", backup, pg_env)))
         if redis:
@@ -171,7 +172,8 @@ def main(argv: list[str]) -> int:
         if by.get(name) and by[name].last.get("steps"):
             steps = by[name].last["steps"]
             lines.append(
-                f"{name} steps (last run, {len(steps)} in one process, {sum(steps.values()):.2f}s in all): "
+                f"{name} steps (last run: {len(steps)} steps, {by[name].last.get('step_processes')} step processes; "
+                f"{sum(steps.values()):.2f}s in all): "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in steps.items())
             )
     if by.get("load") and by.get("dagster"):

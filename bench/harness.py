@@ -318,6 +318,7 @@ def run_measured(
     sample_s: float = 0.05,
     check: bool = True,
     stderr_keep: int = 4000,
+    cwd: Path = REPO,
 ) -> Measured:
     """Run `argv` under /usr/bin/time. Why not wait4() on our own child: a child vforked from this (large)
     Python process inherits its RSS high-water mark across exec, so its ru_maxrss would report at least
@@ -328,7 +329,7 @@ def run_measured(
         full = [GNU_TIME, "-f", "%M %U %S %x", "-o", tfile.name, *argv] if use_time else argv
         busy0, total0 = cpu_jiffies()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(full, stdout=stdout, stderr=err, env=env, cwd=REPO)
+        proc = subprocess.Popen(full, stdout=stdout, stderr=err, env=env, cwd=cwd)
         sampler = TreeSampler(proc.pid, sample_s, skip_root=use_time)
         sampler.start()
         _, status, ru = os.wait4(proc.pid, 0)
@@ -889,7 +890,11 @@ def run_dagster(label: str, argv: list[str], env: dict[str, str], workdir: Path,
     run back from its instance (unmeasured): step times, step output and materialization metadata."""
     home = dagster_home(workdir)
     try:
-        m = run_measured(label, argv, env={**env, "DAGSTER_HOME": str(home)}, sample_s=sample_s, check=False)
+        # Not from the checkout: `dg launch -m` puts its working directory first on sys.path, and PYTHONPATH
+        # must choose the measured code (`--env PYTHONPATH=<another checkout>` measures that one).
+        m = run_measured(
+            label, argv, env={**env, "DAGSTER_HOME": str(home)}, sample_s=sample_s, check=False, cwd=home
+        )
         info = subprocess.run(
             [sys.executable, str(HARNESS), "dagster-run-info", str(home)],
             env={**env, "DAGSTER_HOME": str(home)},
@@ -922,6 +927,7 @@ def _dagster_run_info(home: str) -> int:
     steps: dict[str, float] = {}
     outputs: dict[str, dict] = {}
     checks: dict[str, bool] = {}
+    step_processes = 0  # the multiprocess executor records one STEP_WORKER_STARTED per step process
 
     def jsonable(value: Any) -> Any:
         try:
@@ -938,6 +944,7 @@ def _dagster_run_info(home: str) -> int:
         if event is None:
             continue
         data = event.event_specific_data
+        step_processes += event.event_type_value == "STEP_WORKER_STARTED"
         if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and getattr(data, "duration_ms", None):
             steps[event.step_key] = round(data.duration_ms / 1000, 3)
         elif event.event_type_value == "STEP_OUTPUT":
@@ -947,6 +954,7 @@ def _dagster_run_info(home: str) -> int:
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             checks[data.check_name] = data.passed
     result = {"success": run.status == dg.DagsterRunStatus.SUCCESS, "steps": steps, "outputs": outputs}
+    result["step_processes"] = step_processes
     print(json.dumps({**result, "checks": checks}, default=str))
     return 0
 
