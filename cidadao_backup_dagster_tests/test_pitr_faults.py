@@ -18,7 +18,16 @@ import psycopg
 import pytest
 
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
-from cidadao_backup_dagster.core.postgres.pitr import archive_wal, base_backup
+from cidadao_backup_dagster.core.errors import PermanentError
+from cidadao_backup_dagster.core.postgres.pitr import (
+    WalGap,
+    archive_wal,
+    base_backup,
+    drop_slot,
+    plan_recovery,
+    restore_to_instant,
+    slot_name_for,
+)
 from cidadao_backup_dagster.core.postgres.pitr.server import check_client
 from cidadao_backup_dagster.core.postgres.pitr.transfer import restore_database_as_of
 
@@ -28,7 +37,12 @@ from .test_pitr import (  # noqa: F401 - fixtures
     SETTINGS,
     Cluster,
     as_postgres,
+    ids,
+    insert,
+    pitr_env,
     restore_tmp,
+    server_now,
+    source,
     started_cluster,
 )
 
@@ -144,3 +158,139 @@ def test_killed_under_pgbench_load_right_after_a_wal_run_loses_only_what_committ
         assert not recovered - live  # nothing that never committed comes back
         lost = sum((live - recovered).values())
         assert lost > 0  # pgbench went on after the run: what it wrote after the run's end is all that is lost
+
+
+# ------------------------------------------------------------------------------------------ the slot
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """This module's own cluster (`source` and `pitr_env` use it): the slot tests change its settings."""
+    with started_cluster(PG15) as started:
+        yield started
+
+
+def wal_checks() -> dict[str, object]:
+    """The WAL archive's checks, run alone as Dagster runs them (the asset is not materialized)."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
+    from cidadao_backup_dagster.defs.resources import build_resources
+    from cidadao_backup_dagster.defs.sources import default_pg
+
+    wal = pitr_defs.build_wal_asset(default_pg())
+    checks = pitr_defs.build_wal_checks(default_pg(), wal)
+    result = dg.materialize(
+        [wal, *checks], resources=build_resources(), selection=dg.AssetSelection.checks_for_assets(wal)
+    )
+    assert result.success
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def recycle_wal(cluster: Cluster, db: str, switches: int = 4) -> None:
+    """Write and switch past a few segments, then checkpoint: the server removes (recycles) WAL no slot holds."""
+    for i in range(switches):
+        insert(cluster, db, 1000 + 10 * i, 1009 + 10 * i)
+        cluster.sql("SELECT pg_switch_wal()")
+    cluster.sql("CHECKPOINT")
+    cluster.sql("CHECKPOINT")
+
+
+def on_server(cluster: Cluster, segment: str) -> bool:
+    return bool(cluster.sql("SELECT count(*) FROM pg_ls_waldir() WHERE name = %s", params=(segment,))[0][0])
+
+
+def archive_resumes_after_the_gap(cluster: Cluster, db: str, storage, first, gap_error, tmp: Path) -> None:
+    """What must follow a lost or dropped slot: the run that meets it names the slot, the gap and the fix; the WAL
+    continuity check reports the gap (WAL never archived); an instant past it is refused from the old base; once
+    a new base backup is taken, the archive goes on and recovers to instants after the gap."""
+    slot, segment = slot_name_for(db), first.partial.removesuffix(".partial")
+    message = str(gap_error.value)
+    assert slot in message and segment in message and "base backup" in message, message
+    continuity = wal_checks()["wal_continuity"]
+    assert not continuity.passed and continuity.severity.value == "ERROR"
+    assert continuity.description.startswith(f"Missing: {segment}"), continuity.description
+    later = server_now(cluster)
+    with pytest.raises(WalGap, match=segment):
+        plan_recovery(storage, source=db, target_time=later)
+
+    # The fix the message names: a new base backup; the archive went on past the gap, so it is usable at once.
+    base_backup(cluster.conn(db), storage, source=db, partition="2026-12-07", settings=SETTINGS)
+    insert(cluster, db, 2001, 2010)
+    expected = ids(cluster.conn(db))
+    instant = server_now(cluster)
+    cluster.sql("DELETE FROM items", db)
+    run = archive_wal(cluster.conn(db), storage, source=db, settings=SETTINGS)
+    assert run.resumed_from  # where the run after the gap stopped
+    with restore_to_instant(storage, source=db, target_time=instant, tmp_dir=str(tmp)) as server:
+        assert ids(server.conn(db)) == expected
+
+
+def test_a_dropped_slot_is_reported_and_its_gap_never_papered_over(cluster, source, pitr_env, restore_tmp):  # noqa: F811
+    """The slot dropped (by hand, by a failover): the slot check says so at once. While the server still has the
+    WAL the archive needs next, a run recreates the slot and streams on: no gap, truly. Once the server has
+    removed it, the run recreates the slot but fails naming the slot, the gap and the fix (a new base backup);
+    it never claims continuity: the continuity check reports the WAL that was never archived."""
+    storage = LocalStorage(pitr_env.parent / "backups")
+    conn, slot = cluster.conn(source), slot_name_for(source)
+    insert(cluster, source, 1, 10)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 11, 20)
+    archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert {name: e.passed for name, e in wal_checks().items()} == {
+        "wal_continuity": True,
+        "recoverable_within_rpo": True,
+        "slot_retention": True,
+    }
+
+    assert drop_slot(conn, slot)
+    verdict = wal_checks()["slot_retention"]
+    assert not verdict.passed and f"Replication slot {slot} does not exist" in verdict.description
+    # Dropped, but nothing removed yet: the next run takes the slot back and the archive stays whole.
+    second = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert second.slot is not None and second.slot.name == slot
+    assert all(e.passed for e in wal_checks().values())
+
+    assert drop_slot(conn, slot)
+    recycle_wal(cluster, source)
+    assert not on_server(cluster, second.partial.removesuffix(".partial"))
+    with pytest.raises(PermanentError) as gap_error:
+        archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert wal_checks()["slot_retention"].passed  # the slot is back, holding WAL from now on
+    archive_resumes_after_the_gap(cluster, source, storage, second, gap_error, restore_tmp)
+
+
+def test_a_lost_slot_is_reported_and_its_gap_never_papered_over(cluster, source, pitr_env, restore_tmp):  # noqa: F811
+    """max_slot_wal_keep_size small, the runs stopped: the server invalidates the slot (wal_status lost). The
+    slot check is an ERROR, the run fails naming the slot and the fix; done as told (drop it, let the next run
+    recreate it, take a new base backup), the gap is reported and the archive goes on after it."""
+    storage = LocalStorage(pitr_env.parent / "backups")
+    conn, slot = cluster.conn(source), slot_name_for(source)
+    insert(cluster, source, 1, 10)
+    base_backup(conn, storage, source=source, partition="2026-11-30", settings=SETTINGS)
+    insert(cluster, source, 11, 20)
+    first = archive_wal(conn, storage, source=source, settings=SETTINGS)
+    cluster.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    cluster.sql("SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            cluster.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", params=(slot,))[0][0]
+            != "lost"
+        ):
+            assert time.monotonic() < deadline, "the server did not invalidate the slot"
+            recycle_wal(cluster, source, 2)
+    finally:
+        cluster.sql("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        cluster.sql("SELECT pg_reload_conf()")
+
+    verdict = wal_checks()["slot_retention"]
+    assert not verdict.passed and verdict.severity.value == "ERROR" and "is lost" in verdict.description
+    with pytest.raises(PermanentError, match=f"Replication slot {slot} is lost") as refused:
+        archive_wal(conn, storage, source=source, settings=SETTINGS)
+    assert f"pg_drop_replication_slot('{slot}')" in str(refused.value) and "base backup" in str(refused.value)
+
+    assert drop_slot(conn, slot)  # the fix, as the message says
+    with pytest.raises(PermanentError) as gap_error:
+        archive_wal(conn, storage, source=source, settings=SETTINGS)
+    archive_resumes_after_the_gap(cluster, source, storage, first, gap_error, restore_tmp)
