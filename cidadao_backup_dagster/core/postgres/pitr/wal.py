@@ -8,6 +8,7 @@ are configured, SHA-256, manifest written last), under a name of its own: nothin
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,7 @@ from .layout import (
     list_archive,
     parse_segment,
     segment_name,
+    segno_of,
     wal_object_key,
     wal_series,
     zstd_entry,
@@ -110,10 +112,11 @@ def archive_wal(conn: PgConnection, storage: Storage, *, source: str, **options)
     receivewal = check_client("pg_receivewal", info.major, pg_bin)
     waldump = exact_client("pg_waldump", info.major, pg_bin)  # without it no commit times are kept
     slot = opts.slot or slot_name_for(source)
-    ensure_slot(conn, slot)
+    recreated = ensure_slot(conn, slot).created
     listing = list_archive(storage, source, info.timeline, info.segment_size)
 
     work = Path(tempfile.mkdtemp(prefix="cbd-pitr-wal-", dir=opts.tmp_dir))
+    gap = needed = None
     try:
         resumed_from, start_lsn, placeholders = _seed(storage, listing, info, work, opts.identities, opts.say)
         end_lsn, recoverable_until = current_position(conn)
@@ -121,7 +124,16 @@ def archive_wal(conn: PgConnection, storage: Storage, *, source: str, **options)
             f"Streaming WAL from {format_lsn(start_lsn) if start_lsn is not None else 'the slot'} to "
             f"{format_lsn(end_lsn)} (slot {slot})"
         )
-        _receive(conn, receivewal, slot, end_lsn, work, opts.timeout)
+        try:
+            _receive(conn, receivewal, slot, end_lsn, work, opts.timeout)
+            if recreated and start_lsn is not None:
+                opts.say(f"Slot {slot} was missing and was created again; the server still had the WAL: no gap")
+        except _WalRemoved as removed:
+            # Stopping here forever would hide the gap (no WAL past it, nothing for wal_continuity to see) and keep
+            # new base backups useless: archive from where the server still has WAL, then fail naming the gap.
+            gap, needed = removed, start_lsn
+            placeholders, start_lsn = _past_the_gap(work, info, end_lsn)
+            _receive(conn, receivewal, slot, end_lsn, work, opts.timeout)
         result = WalRunResult(source, info.timeline, start_lsn, end_lsn, recoverable_until, None, None, resumed_from)
         common = _Common(storage, source, info, conn, opts, started_at, recoverable_until)
         for path in sorted(work.iterdir()):
@@ -136,7 +148,30 @@ def archive_wal(conn: PgConnection, storage: Storage, *, source: str, **options)
         f"Archived {len(result.segments)} segment(s) and {result.partial or 'no partial'}; recoverable until "
         f"{iso(recoverable_until)} (RPO achieved: {result.rpo_seconds:g} s behind the run's end)"
     )
+    if gap is not None:
+        raise _gap_error(gap, slot, recreated, needed, info, result)
     return result
+
+
+class _WalRemoved(PermanentError):
+    """The server no longer has the WAL the archive needs next (pg_receivewal's error text)."""
+
+
+def _gap_error(removed: _WalRemoved, slot: str, recreated: bool, needed: int | None, info: ServerInfo, result):
+    """The run that met a gap (WAL the archive needed from `needed` on was removed): what is missing, the fix."""
+    size, tli = info.segment_size, info.timeline
+    after = segno_of(result.start_lsn, size)
+    missing = "the WAL before it" if needed is None else segment_name(tli, segno_of(needed, size), size)
+    if needed is not None and after - 1 > segno_of(needed, size):
+        missing += f" .. {segment_name(tli, after - 1, size)}"
+    why = f"slot {slot} was missing and this run created it again" if recreated else f"slot {slot} did not hold it"
+    return PermanentError(
+        f"Replication slot {slot}: the server no longer has the WAL the archive needs next ({removed}); {why}. The "
+        f"WAL archive has a gap: {missing} was never archived; this run archived from "
+        f"{segment_name(tli, after, size)} on. Instants after the gap are recoverable only from a base backup taken "
+        "after it. Fix: take a new base backup now (postgres_base_backup); keep the slot (a large enough "
+        "max_slot_wal_keep_size, and wal_keep_size) so runs never fall this far behind"
+    )
 
 
 def _archive_file(c: _Common, path: Path, listing, waldump: str | None, work: Path, result: WalRunResult) -> None:
@@ -229,6 +264,19 @@ def _seed(storage, listing, info: ServerInfo, work: Path, identities, say) -> tu
     return None, None, set()
 
 
+def _past_the_gap(work: Path, info: ServerInfo, end_lsn: int) -> tuple[set[str], int]:
+    """Reseed `work` to stream from the segment of the current position: always on the server (the slot's
+    restart_lsn is not: pg_receivewal's failed attempt may have reported the removed position back to it), and
+    no WAL before it is of use, since only a base backup taken after the gap (later still) can replay it."""
+    shutil.rmtree(work)
+    work.mkdir()
+    size = info.segment_size
+    first = segno_of(max(end_lsn - 1, 0), size)
+    name = segment_name(info.timeline, first - 1, size)
+    _placeholder(work / name, size)
+    return {name}, first * size
+
+
 def _placeholder(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         f.truncate(size)  # sparse: pg_receivewal checks the size of a completed segment, never its bytes
@@ -268,10 +316,7 @@ def _receive(conn: PgConnection, receivewal: str, slot: str, end_lsn: int, work:
     if proc.returncode != 0:
         err = conn.redact(proc.stderr).strip()[-1500:]
         if "has already been removed" in err:
-            raise PermanentError(
-                f"The server no longer has the WAL the archive needs next ({err}). The archive has a gap: take a "
-                "new base backup; keep the slot (and consider wal_keep_size) so runs never fall this far behind"
-            )
+            raise _WalRemoved(re.sub(r"\s+", " ", err))
         raise pg_error_type(err)(f"pg_receivewal failed (exit code {proc.returncode}): {err or 'no error text'}")
 
 
