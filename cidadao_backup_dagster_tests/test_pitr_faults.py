@@ -295,3 +295,41 @@ def test_a_lost_slot_is_reported_and_its_gap_never_papered_over(cluster, source,
     with pytest.raises(PermanentError) as gap_error:
         archive_wal(conn, storage, source=source, settings=SETTINGS)
     archive_resumes_after_the_gap(cluster, source, storage, first, gap_error, restore_tmp)
+
+
+# ------------------------------------------------------------------------------------------ RPO, as scheduled
+
+
+def test_scheduled_wal_runs_show_an_rpo_within_five_minutes(cluster, source, pitr_env):  # noqa: F811
+    """The WAL archive as the daemon runs it: the schedule's tick gives a run request, and the code location's
+    job runs it with that request's config and tags; the run's metadata shows the achieved RPO, at most 5 min."""
+    import dagster as dg
+
+    from cidadao_backup_dagster.definitions import build_defs
+
+    insert(cluster, source, 1, 10)
+    defs = build_defs()
+    schedule = defs.resolve_schedule_def("postgres_wal_archive_schedule")
+    assert schedule.cron_schedule == "*/5 * * * *"
+    job = defs.resolve_job_def("postgres_wal_archive_job")
+    with dg.instance_for_test() as instance:
+        for tick in range(2):  # the second run resumes where the first stopped
+            with dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=server_now(cluster),
+                repository_def=defs.get_repository_def(),
+            ) as context:
+                (request,) = schedule.evaluate_tick(context).run_requests
+            result = job.execute_in_process(
+                run_config=request.run_config,
+                tags=request.tags,
+                partition_key=request.partition_key,
+                instance=instance,
+            )
+            assert result.success
+            (materialization,) = result.asset_materializations_for_node("postgres_wal_archive")
+            meta = materialization.metadata
+            assert 0 <= meta["rpo_seconds"].value <= 300
+            assert meta["recoverable_until"].value and meta["end_lsn"].value
+            insert(cluster, source, 11 + 10 * tick, 20 + 10 * tick)
+    assert meta["resumed_from"].value  # the second run took up where the first left the archive
