@@ -804,7 +804,8 @@ def test_an_incremental_chain_on_17_is_combined_and_a_missing_member_refused(pg1
 
 def test_dagster_incremental_chain_on_17_restores_to_an_instant(pg17, source17, restore_tmp, monkeypatch):
     """PostgreSQL 17, summarize_wal on: full base, incremental base (the assets), one WAL run whose metadata shows
-    the achieved RPO, restore_postgres with target_time (Launchpad run config) -> exactly T's rows, combined."""
+    the achieved RPO, restore_postgres with target_time (Launchpad run config, then `dg launch`) -> exactly T's
+    rows, combined."""
     import dagster as dg
 
     from cidadao_backup_dagster.defs.postgres import pitr as pitr_defs
@@ -876,8 +877,22 @@ def test_dagster_incremental_chain_on_17_restores_to_an_instant(pg17, source17, 
         logs = [entry.user_message for entry in instance.all_logs(outcome.run_id)]
         assert any("pg_combinebackup combined 2 backups" in line for line in logs)
         assert restore_dirs(work) == []
+
+        # The same restore as an operator runs it: `dg launch --job restore_postgres -c restore.yaml`.
+        from .test_pitr_drill import dg_launch
+
+        config = restore_tmp / "restore.yaml"
+        config.write_text(
+            "ops:\n  restore_postgres_op:\n    config:\n"
+            f"      target_time: '{instant.isoformat()}'\n      target_database: {target}_cli\n"
+        )
+        out = dg_launch("restore_postgres", config, restore_tmp / "home")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert ids(pg.conn(f"{target}_cli")) == list(range(1, 41))
+        assert restore_dirs(work) == []
     finally:
         pg.sql(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+        pg.sql(f"DROP DATABASE IF EXISTS {target}_cli WITH (FORCE)")
 
 
 def test_no_wal_summaries_since_the_parent_gives_a_full_then_incrementals(pg17, source17, tmp_path):
