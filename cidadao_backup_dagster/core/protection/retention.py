@@ -28,9 +28,14 @@ class Artifact:
     manifest_key: str | None = None
     object_keys: tuple[str, ...] = ()
     problem: str = ""  # why it is not valid
+    series: str | None = None  # where it lives, when not under its class's series (PITR: the WAL of a timeline)
+    group: str = ""  # artifacts of one group are deleted under one audit record (PITR: a timeline's old WAL)
+    what: str = ""  # its label, when it is a summary (PITR: the WAL kept) rather than one run's artifact
 
     @property
     def label(self) -> str:
+        if self.what:
+            return self.what
         name = (self.manifest_key or "").rsplit("/", 1)[-1]
         return f"{self.partition} ({name})" if name else f"{self.partition} (objects without a manifest)"
 
@@ -129,6 +134,7 @@ def delete_artifact(storage: Storage, series: str, artifact: Artifact) -> list[s
     """Manifest first (from then on the artifact is invisible to readers), then its objects. Objects another
     manifest still names are never deleted (a legacy partition could share them)."""
     still_named: set[str] = set()
+    series = artifact.series or series
     index = index_series(storage, series, artifact.partition)
     for key in index.manifests.get(artifact.partition, []):
         if key == artifact.manifest_key:

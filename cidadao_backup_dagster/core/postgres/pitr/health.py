@@ -18,6 +18,7 @@ from ...artifacts.manifest import (
     all_valid_manifests,
     index_series,
     iso,
+    parse_iso,
     parse_manifest,
     utc_now,
 )
@@ -25,7 +26,18 @@ from ...artifacts.reader import read_stored_only
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError, StorageReadError
 from .fetch import extract_member
-from .layout import Gap, WalFile, base_chain, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
+from .layout import (
+    ArchiveListing,
+    Gap,
+    WalFile,
+    base_chain,
+    base_series,
+    find_gaps,
+    list_archive,
+    parse_lsn,
+    segment_name,
+    segno_of,
+)
 from .recovery import RecoveryOptions
 from .server import SlotState, check_client
 from .wal import newest_partial
@@ -62,14 +74,7 @@ def archive_status(storage: Storage, source: str) -> ArchiveStatus:
     partial_segno = listing.newest_partial
     newest = max([*complete, *([partial_segno] if partial_segno is not None else [])], default=None)
     gaps = find_gaps(complete, partial_segno, timeline, size, start, newest) if newest is not None else []
-    until = None
-    candidates = []
-    if partial_segno is not None and (p := newest_partial(storage, listing.partials[partial_segno])) is not None:
-        candidates.append(p)
-    if complete and (m := _newest_valid_of(storage, listing.complete[max(complete)])) is not None:
-        candidates.append(WalFile(m))
-    if candidates:
-        until = max(w.recoverable_until for w in candidates)
+    until = last.recoverable_until if (last := _newest_wal(storage, listing, complete)) else None
     return ArchiveStatus(
         source,
         len(bases),
@@ -82,6 +87,76 @@ def archive_status(storage: Storage, source: str) -> ArchiveStatus:
         gaps,
         until,
     )
+
+
+def _newest_wal(storage: Storage, listing: ArchiveListing, complete: set[int]) -> WalFile | None:
+    """The archived file reaching the newest recoverable instant: the newest partial or completed segment."""
+    candidates = []
+    partial_segno = listing.newest_partial
+    if partial_segno is not None and (p := newest_partial(storage, listing.partials[partial_segno])) is not None:
+        candidates.append(p)
+    if complete and (m := _newest_valid_of(storage, listing.complete[max(complete)])) is not None:
+        candidates.append(WalFile(m))
+    return max(candidates, key=lambda w: w.recoverable_until, default=None)
+
+
+# ------------------------------------------------------------------------------------------ recoverable window
+
+
+@dataclass(frozen=True)
+class RecoverableWindow:
+    """The instants a restore can reach now, on the newest base's timeline: from `earliest` (the consistency
+    instant of the oldest intact base from which the archive has no gap to its newest file) to `latest` (the newest
+    recoverable instant). `achieved_rpo_seconds`: how far `latest` lagged behind the newest WAL file's publication
+    (the worker's clock against the server's: the data a crash right after that run would have lost)."""
+
+    source: str
+    earliest: datetime | None
+    latest: datetime | None
+    achieved_rpo_seconds: float | None
+    newest_base: str | None  # its partition
+    bases: int
+    problems: tuple[str, ...] = ()
+
+    def lag(self, now: datetime | None = None) -> timedelta | None:
+        return (now or utc_now()) - self.latest if self.latest else None
+
+
+def recoverable_window(storage: Storage, source: str) -> RecoverableWindow:
+    """One listing of the newest base's timeline and a few manifest reads; a storage read error raises."""
+    bases = [m for m in all_valid_manifests(storage, base_series(source)) if m.kind == "postgres-base-backup"]
+    if not bases:
+        return RecoverableWindow(source, None, None, None, None, 0, ("no base backup yet",))
+    newest = bases[-1].data["base"]
+    timeline, size = int(newest["timeline"]), int(newest["segment_size"])
+    listing = list_archive(storage, source, timeline, size)
+    complete, partial = {s for s in listing.complete if s in listing.stored}, listing.newest_partial
+    reach = max([*complete, *([partial] if partial is not None else [])], default=None)
+    last = _newest_wal(storage, listing, complete)
+    earliest, problems = None, []
+    for base in (m for m in bases if int(m.data["base"]["timeline"]) == timeline):
+        b = base.data["base"]
+        start, end = (segno_of(parse_lsn(b[k]), size) for k in ("start_lsn", "end_lsn"))
+        if reach is None or reach < end:
+            continue  # the archive does not reach its end yet
+        if gaps := find_gaps(complete, partial, timeline, size, start, reach):
+            problems.append(f"base {base.partition} cannot reach the newest WAL (gap: {gaps[0]})")
+            continue
+        try:
+            base_chain(storage, base)
+        except RefusedError as exc:
+            problems.append(str(exc))
+            continue
+        earliest = base.taken_at
+        break
+    if earliest is None:
+        problems.append("no base backup from which the archive is continuous up to its newest WAL file")
+    finished = last.manifest.data["timings"].get("finished_at") if last else None
+    rpo = max(0.0, (parse_iso(finished) - last.recoverable_until).total_seconds()) if last and finished else None
+    return RecoverableWindow(
+        source, earliest, last.recoverable_until if last else None, None if rpo is None else round(rpo, 3),
+        bases[-1].partition, len(bases), tuple(problems),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
