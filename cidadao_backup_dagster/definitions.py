@@ -74,7 +74,8 @@ def build_defs(sources: Sources | None = None, settings: Settings | None = None)
     BACKUP_SOURCES_FILE's (the BackupSources component passes its own)."""
     settings = settings or Settings.from_environ(sources=sources)
     domains = build_domains(settings)
-    classes = [c for d in domains for c in d.artifact_classes]
+    # PITR's base backups and WAL: one retention plan and one report row per source with PITR on
+    classes = [*(c for d in domains for c in d.artifact_classes), *protection.pitr_retention_classes(settings)]
     resources = {**build_resources(settings), **exports.build_export_resources(settings)}
     targets = [t for d in domains for t in d.storage_targets]
     protection_defs = protection.build_defs(classes, targets, settings)

@@ -21,6 +21,7 @@ from ..artifacts.drill_reports import is_report_name
 from ..artifacts.manifest import iso, parse_iso, valid_manifests
 from ..artifacts.storage import Storage
 from ..errors import BackupError
+from ..postgres.pitr.health import BASE_MAX_AGE, RecoverableWindow, recoverable_window
 
 LEVELS = ("ok", "warning", "high", "critical")
 ICONS = {"ok": "✅", "warning": "🟡", "high": "🟠", "critical": "🔴", "skipped": "⏭️", "error": "❌"}
@@ -43,6 +44,8 @@ DEFAULT_TARGETS = {
     ("redis", "hourly"): Targets(1, 2, 5 * 60, "cache failure < 5 min", drilled=True),
     ("exports", "daily"): Targets(7 * 24, 7 * 24),  # strategy: "Critical Investigations: 7 days"
     ("exports", "weekly"): Targets(7 * 24, 15 * 24),
+    # PITR (postgres/<source>/base): the newest recoverable instant, WAL archived every 5 min, alert at 10 min
+    ("postgres", "base"): Targets(5 / 60, 10 / 60, 30 * 60, "point-in-time recovery < 30 min", drilled=True),
 }
 CADENCE_HOURS = {"hourly": 1, "daily": 24, "weekly": 7 * 24, "monthly": 31 * 24}
 
@@ -99,10 +102,10 @@ def errored(name: str, reason: str, location: str = "") -> ClassHealth:
     return ClassHealth(name, "error", location=location, note=f"could not be read: {reason}")
 
 
-def latest_drill(storage: Storage, series: str) -> dict | None:
+def latest_drill(storage: Storage, series: str, root: str | None = None) -> dict | None:
     """The newest restore-drill report (passed or not) that proved an artifact of `series`. Drills write to
-    `drills/<kind>/<source>/<month>/report.json` beside a series `<kind>/<source>/<cadence>`."""
-    root = "drills/" + series.rsplit("/", 1)[0] + "/"
+    `drills/<kind>/<source>/<month>/report.json` beside a series `<kind>/<source>/<cadence>` (or under `root`)."""
+    root = root or "drills/" + series.rsplit("/", 1)[0] + "/"
     inside = storage.uri(series) + "/"
     best = None
     for key in storage.list_keys(root):
@@ -134,6 +137,8 @@ def class_health(
     """One row of the report. `checks_for(asset)` returns the latest check results of the asset that writes
     the series (named in its newest manifest, else `asset`)."""
     targets = targets or default_targets(series)
+    if is_pitr_series(series):
+        return pitr_health(name, storage, series, now=now, targets=targets, checks_for=checks_for, asset=asset)
     row = ClassHealth(name, "ok", location=storage.uri(series), targets=targets, asset=asset)
     valid = valid_manifests(storage, series, limit=size_history + 1)
     if not valid and targets.rpo_hours is None and targets.alert_hours is None:
@@ -162,17 +167,23 @@ def class_health(
                     row.raise_to("warning", f"size {change:+.0%} from the median of the previous {len(previous)}")
     row.drill = _drill_summary(storage, series, targets, now, row)
     if checks_for and row.asset:
-        row.checks = sorted(checks_for(row.asset), key=lambda c: c.name)
-        for check in row.checks:
-            if not check.passed:
-                level = "high" if check.severity.upper() == "ERROR" else "warning"
-                row.raise_to(level, f"check {check.name} failed ({check.severity.upper()})")
+        _judge_checks(row, checks_for(row.asset))
     return row
 
 
-def _drill_summary(storage: Storage, series: str, targets: Targets, now: datetime, row: ClassHealth) -> dict | None:
+def _judge_checks(row: ClassHealth, checks: Sequence[CheckStatus]) -> None:
+    row.checks = sorted(checks, key=lambda c: c.name)
+    for check in row.checks:
+        if not check.passed:
+            level = "high" if check.severity.upper() == "ERROR" else "warning"
+            row.raise_to(level, f"check {check.name} failed ({check.severity.upper()})")
+
+
+def _drill_summary(
+    storage: Storage, series: str, targets: Targets, now: datetime, row: ClassHealth, root: str | None = None
+) -> dict | None:
     try:
-        report = latest_drill(storage, series)
+        report = latest_drill(storage, series, root)
     except BackupError as exc:
         row.raise_to("warning", f"drill reports unreadable ({exc})")
         return None
@@ -317,6 +328,7 @@ def render_markdown(rows: Sequence[ClassHealth], now: datetime) -> str:
                 + ": "
                 + "; ".join([*([r.note] if r.note else []), *r.problems])
             )
+    lines += _window_lines(rows, now)
     if notes:
         lines += ["", "Findings:", *notes]
     return "\n".join(lines)
@@ -339,8 +351,99 @@ def numeric_metadata(rows: Sequence[ClassHealth]) -> dict[str, float | int]:
             out[f"{r.name}_size_change_pct"] = r.size_change_pct
         if r.drill and r.drill["duration_s"] is not None:
             out[f"{r.name}_drill_duration_s"] = r.drill["duration_s"]
+    out.update(_window_numbers(rows))
     return out
 
 
 def with_alert_limit(targets: Targets, alert_hours: float | None) -> Targets:
     return targets if alert_hours is None else replace(targets, alert_hours=alert_hours)
+
+
+# ------------------------------------------------------------------------------------------------ PITR
+
+
+@dataclass
+class PitrHealth(ClassHealth):
+    """A PITR source's row (series `postgres/<source>/base`): its newest artifact is the newest recoverable instant,
+    its age how far that lags behind now, and it carries the recoverable window."""
+
+    window: RecoverableWindow | None = None
+
+
+def is_pitr_series(series: str) -> bool:
+    parts = str(series).split("/")
+    return len(parts) == 3 and parts[0] == "postgres" and parts[2] == "base"
+
+
+def pitr_health(
+    name: str,
+    storage: Storage,
+    series: str,
+    *,
+    now: datetime,
+    targets: Targets,
+    checks_for: Callable[[str], Sequence[CheckStatus]] | None = None,
+    asset: str | None = None,
+) -> PitrHealth:
+    """Judged by what a restore to an instant can reach: the newest recoverable instant against the RPO targets,
+    a window with a base to start from, the newest base's age; the PITR drill and the base and WAL checks."""
+    source = series.split("/")[1]
+    row = PitrHealth(name, "ok", location=storage.uri(series), targets=targets, asset=asset)
+    window = row.window = recoverable_window(storage, source)
+    row.newest_partition = window.newest_base
+    if window.latest is None:
+        row.raise_to("critical", "nothing is recoverable to an instant: " + "; ".join(window.problems))
+    else:
+        lag = (now - window.latest).total_seconds()
+        row.taken_at, row.age_hours = iso(window.latest), round(lag / 3600, 4)
+        limit, rpo = targets.alert_hours, targets.rpo_hours
+        if limit is not None and lag > limit * 3600:
+            row.raise_to(
+                "critical", f"the newest recoverable instant is {_seconds(lag)} old, over {_seconds(limit * 3600)}"
+            )
+        elif rpo is not None and lag > rpo * 3600:
+            row.raise_to("warning", f"the newest recoverable instant is {_seconds(lag)} old, over the RPO")
+        for problem in window.problems:
+            row.raise_to("high" if window.earliest is None else "warning", problem)
+    if window.newest_base_at is not None and now - window.newest_base_at > BASE_MAX_AGE:
+        row.raise_to("warning", f"the newest base backup is {(now - window.newest_base_at).days} days old")
+    row.drill = _drill_summary(storage, series, targets, now, row, root=f"drills/postgres-pitr/{source}/")
+    if checks_for and asset:  # the base backup asset's checks and the WAL archive's (wal_continuity, RPO, slot)
+        wal = "postgres_wal_archive".join(asset.rsplit("postgres_base_backup", 1))
+        _judge_checks(row, [*checks_for(asset), *(checks_for(wal) if wal != asset else [])])
+    return row
+
+
+def _window_lines(rows: Sequence[ClassHealth], now: datetime) -> list[str]:
+    windows = [(r, r.window) for r in rows if isinstance(r, PitrHealth) and r.window is not None]
+    if not windows:
+        return []
+    lines = [
+        "",
+        "Point-in-time recovery: the instants a restore can reach now",
+        "",
+        "| class | recoverable from | recoverable until | achieved RPO (last WAL run) | behind now |",
+        "|---|---|---|---|---|",
+    ]
+    for r, w in windows:
+        lag = w.lag(now)
+        cells = (
+            f"**{r.name}**",
+            iso(w.earliest) if w.earliest else "none",
+            iso(w.latest) if w.latest else "none",
+            _seconds(w.achieved_rpo_seconds) if w.achieved_rpo_seconds is not None else "—",
+            _seconds(lag.total_seconds()) if lag is not None else "—",
+        )
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _window_numbers(rows: Sequence[ClassHealth]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in rows:
+        w = r.window if isinstance(r, PitrHealth) else None
+        if w is not None and w.achieved_rpo_seconds is not None:
+            out[f"{r.name}_achieved_rpo_s"] = w.achieved_rpo_seconds
+        if w is not None and w.earliest and w.latest:
+            out[f"{r.name}_recoverable_hours"] = round((w.latest - w.earliest).total_seconds() / 3600, 2)
+    return out

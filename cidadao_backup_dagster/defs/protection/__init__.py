@@ -6,7 +6,7 @@ import dagster as dg
 from ..settings import Settings
 from ..sources import PgBinding
 from .classes import ArtifactClass
-from .retention import RetentionSettings, build_retention_job, build_retention_schedule
+from .retention import RetentionSettings, build_retention_job, build_retention_schedule, pitr_retention_classes
 from .storage_checks import build_apply_s3_lifecycle, build_storage_checks
 from .sweeper import build_sweeper
 
@@ -35,6 +35,9 @@ def build_defs(
             )
         },
     )
+
+
+__all__ = ["ArtifactClass", "build_defs", "build_storage_checks_for", "build_sweeper_defs", "pitr_retention_classes"]
 
 
 def build_sweeper_defs(settings: Settings) -> dg.Definitions:

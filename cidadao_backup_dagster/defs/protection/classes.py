@@ -16,3 +16,6 @@ class ArtifactClass:
     resource_keys: tuple[str, ...] = ("postgres_source",)  # what `series`/`protected` read besides storage
     asset: str | None = None  # the asset that writes it (the report links its checks)
     alert_limit: Callable[[object], float] | None = None  # resources -> freshness alert limit in hours
+    # (storage, series, policy, now) -> Plan, when the class is not one artifact per run (PITR: base chains + WAL)
+    planner: Callable[..., object] | None = None
+    min_keep: int | None = None  # its own floor instead of RETENTION_MIN_KEEP (PITR: full chains)

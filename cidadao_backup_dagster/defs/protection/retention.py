@@ -5,12 +5,15 @@ plan, and (unless dry_run) deletes manifest-first, one audit record per deleted 
 """
 
 from datetime import UTC, datetime
+from itertools import groupby
 
 import dagster as dg
 from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
-from ...core.protection.retention import Plan, Policy, delete_artifact, inventory, plan_retention
+from ...core.postgres.pitr.layout import base_series
+from ...core.postgres.pitr.retention import plan_pitr_retention, source_of
+from ...core.protection.retention import Artifact, Plan, Policy, delete_artifact, inventory, plan_retention
 from ..audit import audited
 from .classes import ArtifactClass
 from .dry_run import DryRunConfig, daily_for_real, finish
@@ -36,7 +39,10 @@ class RetentionSettings(dg.ConfigurableResource):
                 raise ConfigurationError(
                     "BACKUP_RETENTION_DAYS", f"{item!r} is not name=days", "write e.g. postgres_daily=14"
                 ) from None
-        return Policy(keep_days=overrides.get(artifact_class.name, artifact_class.keep_days), min_keep=self.min_keep)
+        return Policy(
+            keep_days=overrides.get(artifact_class.name, artifact_class.keep_days),
+            min_keep=artifact_class.min_keep or self.min_keep,
+        )
 
 
 class RetentionConfig(DryRunConfig):
@@ -57,8 +63,11 @@ def _apply_class(
         context.log.warning(f"{name}: skipped ({exc})")
         return f"| {name} | skipped | | {exc} |", None, None
     try:
-        protected = artifact_class.protected(resources, context.log.warning)
-        plan = plan_retention(inventory(storage, series), policy, now, protected)
+        if artifact_class.planner is not None:
+            plan = artifact_class.planner(storage, series, policy, now)
+        else:
+            protected = artifact_class.protected(resources, context.log.warning)
+            plan = plan_retention(inventory(storage, series), policy, now, protected)
     except Exception as exc:  # noqa: BLE001 - unsure means stop: any read error spares the whole class
         cause = f"{type(exc).__name__}: {exc}"
         context.log.error(f"{name}: nothing deleted, storage could not be read ({cause})")
@@ -68,12 +77,30 @@ def _apply_class(
         f"{policy.min_keep}:\n" + "\n".join(plan.describe() or ["(nothing stored)"])
     )
     if not dry_run:
-        for artifact in plan.delete:
-            target = storage.uri(artifact.manifest_key or f"{series}/{artifact.partition}/")
+        for target, batch in _batches(storage, series, plan.delete):
             with audited(context, storage, "delete", target) as audit:
-                audit["objects"] = delete_artifact(storage, series, artifact)
-    gone = ", ".join(a.label for a in plan.delete) or "—"
+                deleted = [key for artifact in batch for key in delete_artifact(storage, series, artifact)]
+                audit["objects"] = deleted if len(batch) == 1 else _summary(deleted)
+    labels = [a.label for a in plan.delete]
+    gone = ", ".join(labels if len(labels) <= 12 else [*labels[:5], f"… {len(labels) - 10} more …", *labels[-5:]])
+    gone = gone or "—"
     return f"| {name} | {len(plan.delete)} | {len(plan.keep)} | {gone} |", plan, None
+
+
+def _batches(storage, series: str, artifacts: list[Artifact]):
+    """(audit target, artifacts) in plan order: one per artifact, one per run of a group (a timeline's old WAL:
+    a record per segment would bury the trail)."""
+    for group, run in groupby(artifacts, key=lambda a: a.group):
+        run = list(run)
+        if group:
+            yield storage.uri(f"{group}/") + f" ({len(run)} artifacts: {run[0].partition} .. {run[-1].partition})", run
+        else:
+            for a in run:
+                yield storage.uri(a.manifest_key or f"{a.series or series}/{a.partition}/"), [a]
+
+
+def _summary(keys: list[str]) -> dict:
+    return {"count": len(keys), "first": keys[0] if keys else None, "last": keys[-1] if keys else None}
 
 
 def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
@@ -125,3 +152,47 @@ def build_retention_job(classes: list[ArtifactClass]) -> dg.JobDefinition:
 
 def build_retention_schedule(job: dg.JobDefinition) -> dg.ScheduleDefinition:
     return daily_for_real(job, "30 4 * * *")  # 04:30 UTC: after the 03:00 daily backup and its checks
+
+
+# ------------------------------------------------------------------------------------------ PITR
+
+BASE_RETENTION_VARIABLE = "POSTGRES_BASE_RETENTION_DAYS"  # base backups (and the WAL they need): default 35 days
+MIN_CHAINS_VARIABLE = "POSTGRES_BASE_MIN_CHAINS"  # the newest full chains always kept: default 2
+
+
+def pitr_retention_classes(settings) -> list[ArtifactClass]:
+    """`postgres_pitr` per PostgreSQL source with PITR on: its base backups and WAL under one plan
+    (core/postgres/pitr/retention.py). Also a row of the health report (its recoverable window)."""
+    from ..postgres.pitr import BASE_ASSET, pitr_for  # at call time: defs.postgres imports this package
+    from ..postgres.pitr_checks import MAX_AGE_VARIABLE, number_setting
+    from ..sources import PgBinding
+
+    out = []
+    for binding in (PgBinding.of(spec, settings) for spec in settings.sources.postgres):
+        if not pitr_for(binding):
+            continue
+        days = number_setting(binding.settings, BASE_RETENTION_VARIABLE, 35)
+        chains = int(number_setting(binding.settings, MIN_CHAINS_VARIABLE, 2))
+        if days <= 0 or chains < 1:
+            raise ConfigurationError(
+                f"{BASE_RETENTION_VARIABLE}/{MIN_CHAINS_VARIABLE}",
+                f"{days:g} days, {chains} chains",
+                "days > 0, chains >= 1",
+            )
+        wal_minutes = number_setting(binding.settings, MAX_AGE_VARIABLE, 10)
+        out.append(
+            ArtifactClass(
+                binding.class_name("postgres_pitr"),
+                binding.storage_key,
+                lambda r, b=binding: base_series(b.source(r).series_name()),
+                days,
+                resource_keys=(binding.source_key,),
+                asset=binding.key(BASE_ASSET).to_user_string(),
+                alert_limit=lambda r, m=wal_minutes: m / 60,  # the report: the newest recoverable instant's age
+                planner=lambda storage, series, policy, now: plan_pitr_retention(
+                    storage, source_of(series), policy, now
+                ),
+                min_keep=chains,
+            )
+        )
+    return out

@@ -115,6 +115,7 @@ class RecoverableWindow:
     latest: datetime | None
     achieved_rpo_seconds: float | None
     newest_base: str | None  # its partition
+    newest_base_at: datetime | None  # its consistency instant
     bases: int
     problems: tuple[str, ...] = ()
 
@@ -126,7 +127,7 @@ def recoverable_window(storage: Storage, source: str) -> RecoverableWindow:
     """One listing of the newest base's timeline and a few manifest reads; a storage read error raises."""
     bases = [m for m in all_valid_manifests(storage, base_series(source)) if m.kind == "postgres-base-backup"]
     if not bases:
-        return RecoverableWindow(source, None, None, None, None, 0, ("no base backup yet",))
+        return RecoverableWindow(source, None, None, None, None, None, 0, ("no base backup yet",))
     newest = bases[-1].data["base"]
     timeline, size = int(newest["timeline"]), int(newest["segment_size"])
     listing = list_archive(storage, source, timeline, size)
@@ -155,7 +156,7 @@ def recoverable_window(storage: Storage, source: str) -> RecoverableWindow:
     rpo = max(0.0, (parse_iso(finished) - last.recoverable_until).total_seconds()) if last and finished else None
     return RecoverableWindow(
         source, earliest, last.recoverable_until if last else None, None if rpo is None else round(rpo, 3),
-        bases[-1].partition, len(bases), tuple(problems),
+        bases[-1].partition, bases[-1].taken_at, len(bases), tuple(problems),
     )  # fmt: skip
 
 
