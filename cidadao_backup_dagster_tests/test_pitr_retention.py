@@ -347,7 +347,7 @@ def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(c
         assert archived_before_b and wal_segnos(k for k in gone if ".partial" not in k) == archived_before_b
         assert all(segno >= b_start for segno in wal_segnos(after))  # the rest: every file from B's start on
         audited = [r for r in read_audit(storage) if r["action"] == "delete"]
-        assert any(r["target"].endswith(a.key) for r in audited) and all(r["result"] == "ok" for r in audited)
+        assert any(r["artifact"].endswith(a.key) for r in audited) and all(r["result"] == "ok" for r in audited)
 
         with restore_to_instant(storage, source=source, target_time=between, tmp_dir=str(work)) as server:
             assert ids(server.conn(source)) == list(range(1, 31))
@@ -359,3 +359,17 @@ def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(c
         assert window.earliest == b.taken_at and window.latest is not None and window.latest > instant
         assert window.achieved_rpo_seconds is not None and window.achieved_rpo_seconds >= 0
         assert run(False)["planned_deletions"].value == 0  # nothing more: B and C are the floor
+
+        # The health report (its asset, as scheduled) shows the window and the achieved RPO.
+        report = (
+            build_defs()
+            .resolve_job_def("backup_health_report_job")
+            .execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        )
+        (materialization,) = report.asset_materializations_for_node("backup_health_report")
+        text = materialization.metadata["report"].value
+        assert (
+            "Point-in-time recovery" in text
+            and f"| **postgres_pitr** | {iso(b.taken_at)} | {iso(window.latest)} |" in text
+        )
+        assert materialization.metadata["postgres_pitr_achieved_rpo_s"].value == window.achieved_rpo_seconds
