@@ -31,15 +31,16 @@ from cidadao_backup_dagster.core.postgres.pitr.retention import RetentionStopped
 from cidadao_backup_dagster.core.protection.retention import Policy, delete_artifact
 
 from .conftest import make_s3_client
-from .test_pitr import (  # noqa: F401 - cluster and restore_tmp are fixtures
+from .test_pitr import (  # noqa: F401 - cluster, pitr_env, restore_tmp, source: fixtures
     PG15,
     SETTINGS,
     cluster,
     ids,
     insert,
-    made_source,
+    pitr_env,
     restore_tmp,
     server_now,
+    source,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -281,7 +282,7 @@ def switch(pg, db: str, first: int, last: int) -> None:
 
 
 @pytest.mark.skipif(not (PG15 / "initdb").exists(), reason="needs the PostgreSQL 15 server binaries")
-def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(cluster, restore_tmp, monkeypatch):  # noqa: F811
+def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(request, monkeypatch):
     """Three full bases A, B, C with WAL runs between; apply_retention (floor of 2 chains, days tiny): a dry run
     deletes nothing; the real run deletes A and the WAL before B's start, nothing else; a restore to an instant
     between B and C, and to one after C, still gives exactly that instant's rows. The report shows the window."""
@@ -290,86 +291,73 @@ def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(c
     from cidadao_backup_dagster.core.protection.audit import read_audit
     from cidadao_backup_dagster.definitions import build_defs
 
-    with made_source(cluster, "pitrret") as source:
-        storage = LocalStorage(restore_tmp / "backups")
-        conn = cluster.conn(source)
-        work = restore_tmp / "work"
-        work.mkdir()
-        work.chmod(0o711)
-        for name, value in {
-            "POSTGRES_PITR": "on",
-            "DATABASE_URL": cluster.url(source),
-            "POSTGRES_SOURCE_NAME": source,
-            "BACKUP_STORAGE_URL": f"file://{restore_tmp}/backups",
-            "OFFSITE_STORAGE_URL": f"file://{restore_tmp}/offsite",
-            "PG_BIN_DIR": str(PG15),
-            "RESTORE_TMPDIR": str(work),
-            "BACKUP_RETENTION_DAYS": "postgres_pitr=0.00001",  # under a second: every base is "old"
-        }.items():
-            monkeypatch.setenv(name, value)
-        switch(cluster, source, 1, 10)
-        a = base_backup(conn, storage, source=source, partition="2026-11-02", settings=SETTINGS)
-        switch(cluster, source, 11, 20)
-        archive_wal(conn, storage, source=source, settings=SETTINGS)
-        b = base_backup(conn, storage, source=source, partition="2026-11-09", settings=SETTINGS)
-        switch(cluster, source, 21, 30)
-        between = server_now(cluster)
-        switch(cluster, source, 31, 35)
-        archive_wal(conn, storage, source=source, settings=SETTINGS)
-        c = base_backup(conn, storage, source=source, partition="2026-11-16", settings=SETTINGS)
-        insert(cluster, source, 36, 40)
-        instant = server_now(cluster)
-        cluster.sql("DELETE FROM items", source)
-        archive_wal(conn, storage, source=source, settings=SETTINGS)
-        b_start = segno_of(parse_lsn(b.data["base"]["start_lsn"]), b.data["base"]["segment_size"])
-        a_start = segno_of(parse_lsn(a.data["base"]["start_lsn"]), a.data["base"]["segment_size"])
-        assert a_start < b_start
-        before = set(storage.list_keys(f"postgres/{source}/"))
+    work = request.getfixturevalue("pitr_env")  # PITR on for a source of the PG15 cluster, storage in its tmp
+    pg, db, tmp = (request.getfixturevalue(n) for n in ("cluster", "source", "restore_tmp"))
+    storage, conn = LocalStorage(tmp / "backups"), pg.conn(db)
+    monkeypatch.setenv("OFFSITE_STORAGE_URL", f"file://{tmp}/offsite")
+    monkeypatch.setenv("BACKUP_RETENTION_DAYS", "postgres_pitr=0.00001")  # under a second: every base is "old"
+    switch(pg, db, 1, 10)
+    a = base_backup(conn, storage, source=db, partition="2026-11-02", settings=SETTINGS)
+    switch(pg, db, 11, 20)
+    archive_wal(conn, storage, source=db, settings=SETTINGS)
+    b = base_backup(conn, storage, source=db, partition="2026-11-09", settings=SETTINGS)
+    switch(pg, db, 21, 30)
+    between = server_now(pg)
+    switch(pg, db, 31, 35)
+    archive_wal(conn, storage, source=db, settings=SETTINGS)
+    c = base_backup(conn, storage, source=db, partition="2026-11-16", settings=SETTINGS)
+    insert(pg, db, 36, 40)
+    instant = server_now(pg)
+    pg.sql("DELETE FROM items", db)
+    archive_wal(conn, storage, source=db, settings=SETTINGS)
+    b_start = segno_of(parse_lsn(b.data["base"]["start_lsn"]), b.data["base"]["segment_size"])
+    a_start = segno_of(parse_lsn(a.data["base"]["start_lsn"]), a.data["base"]["segment_size"])
+    assert a_start < b_start
+    before = set(storage.list_keys(f"postgres/{db}/"))
 
-        def run(dry_run: bool):
-            instance = dg.DagsterInstance.ephemeral()
-            result = build_defs().resolve_job_def("apply_retention").execute_in_process(
-                run_config={"ops": {"apply_retention_op": {"config": {"dry_run": dry_run}}}}, instance=instance,
-            )  # fmt: skip
-            (out,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-            return out.event_specific_data.metadata
+    def run(dry_run: bool):
+        instance = dg.DagsterInstance.ephemeral()
+        result = build_defs().resolve_job_def("apply_retention").execute_in_process(
+            run_config={"ops": {"apply_retention_op": {"config": {"dry_run": dry_run}}}}, instance=instance,
+        )  # fmt: skip
+        (out,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        return out.event_specific_data.metadata
 
-        dry = run(True)
-        assert dry["planned_deletions"].value >= 2 and "postgres_pitr" in dry["plan"].value
-        assert set(storage.list_keys(f"postgres/{source}/")) == before  # the dry run deleted nothing
-        run(False)
-        after = set(storage.list_keys(f"postgres/{source}/"))
-        gone = before - after
-        assert a.key in gone and a.artifact_key in gone and a.data["base"]["backup_manifest"]["key"] in gone
-        assert {b.key, c.key, b.artifact_key, c.artifact_key} <= after
-        complete = [k for k in before if ".partial" not in k]
-        archived_before_b = {s for s in wal_segnos(complete) if s < b_start}
-        assert archived_before_b and wal_segnos(k for k in gone if ".partial" not in k) == archived_before_b
-        assert all(segno >= b_start for segno in wal_segnos(after))  # the rest: every file from B's start on
-        audited = [r for r in read_audit(storage) if r["action"] == "delete"]
-        assert any(r["artifact"].endswith(a.key) for r in audited) and all(r["result"] == "ok" for r in audited)
+    dry = run(True)
+    assert dry["planned_deletions"].value >= 2 and "postgres_pitr" in dry["plan"].value
+    assert set(storage.list_keys(f"postgres/{db}/")) == before  # the dry run deleted nothing
+    run(False)
+    after = set(storage.list_keys(f"postgres/{db}/"))
+    gone = before - after
+    assert a.key in gone and a.artifact_key in gone and a.data["base"]["backup_manifest"]["key"] in gone
+    assert {b.key, c.key, b.artifact_key, c.artifact_key} <= after
+    complete = [k for k in before if ".partial" not in k]
+    archived_before_b = {s for s in wal_segnos(complete) if s < b_start}
+    assert archived_before_b and wal_segnos(k for k in gone if ".partial" not in k) == archived_before_b
+    assert all(segno >= b_start for segno in wal_segnos(after))  # the rest: every file from B's start on
+    audited = [r for r in read_audit(storage) if r["action"] == "delete"]
+    assert any(r["artifact"].endswith(a.key) for r in audited) and all(r["result"] == "ok" for r in audited)
 
-        with restore_to_instant(storage, source=source, target_time=between, tmp_dir=str(work)) as server:
-            assert ids(server.conn(source)) == list(range(1, 31))
-            assert server.plan.base.key == b.key
-        with restore_to_instant(storage, source=source, target_time=instant, tmp_dir=str(work)) as server:
-            assert ids(server.conn(source)) == list(range(1, 41))
+    with restore_to_instant(storage, source=db, target_time=between, tmp_dir=str(work)) as server:
+        assert ids(server.conn(db)) == list(range(1, 31))
+        assert server.plan.base.key == b.key
+    with restore_to_instant(storage, source=db, target_time=instant, tmp_dir=str(work)) as server:
+        assert ids(server.conn(db)) == list(range(1, 41))
 
-        window = recoverable_window(storage, source)
-        assert window.earliest == b.taken_at and window.latest is not None and window.latest > instant
-        assert window.achieved_rpo_seconds is not None and window.achieved_rpo_seconds >= 0
-        assert run(False)["planned_deletions"].value == 0  # nothing more: B and C are the floor
+    window = recoverable_window(storage, db)
+    assert window.earliest == b.taken_at and window.latest is not None and window.latest > instant
+    assert window.achieved_rpo_seconds is not None and window.achieved_rpo_seconds >= 0
+    assert run(False)["planned_deletions"].value == 0  # nothing more: B and C are the floor
 
-        # The health report (its asset, as scheduled) shows the window and the achieved RPO.
-        report = (
-            build_defs()
-            .resolve_job_def("backup_health_report_job")
-            .execute_in_process(instance=dg.DagsterInstance.ephemeral())
-        )
-        (materialization,) = report.asset_materializations_for_node("backup_health_report")
-        text = materialization.metadata["report"].value
-        assert (
-            "Point-in-time recovery" in text
-            and f"| **postgres_pitr** | {iso(b.taken_at)} | {iso(window.latest)} |" in text
-        )
-        assert materialization.metadata["postgres_pitr_achieved_rpo_s"].value == window.achieved_rpo_seconds
+    # The health report (its asset, as scheduled) shows the window and the achieved RPO.
+    report = (
+        build_defs()
+        .resolve_job_def("backup_health_report_job")
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    )
+    (materialization,) = report.asset_materializations_for_node("backup_health_report")
+    text = materialization.metadata["report"].value
+    assert (
+        "Point-in-time recovery" in text and f"| **postgres_pitr** | {iso(b.taken_at)} | {iso(window.latest)} |" in text
+    )
+    assert materialization.metadata["postgres_pitr_achieved_rpo_s"].value == window.achieved_rpo_seconds

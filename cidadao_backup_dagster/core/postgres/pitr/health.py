@@ -26,18 +26,7 @@ from ...artifacts.reader import read_stored_only
 from ...artifacts.storage import MiB, Storage
 from ...errors import BackupError, RefusedError, StorageReadError
 from .fetch import extract_member
-from .layout import (
-    ArchiveListing,
-    Gap,
-    WalFile,
-    base_chain,
-    base_series,
-    find_gaps,
-    list_archive,
-    parse_lsn,
-    segment_name,
-    segno_of,
-)
+from .layout import Gap, WalFile, base_chain, base_series, find_gaps, list_archive, parse_lsn, segment_name, segno_of
 from .recovery import RecoveryOptions
 from .server import SlotState, check_client
 from .wal import newest_partial
@@ -89,7 +78,7 @@ def archive_status(storage: Storage, source: str) -> ArchiveStatus:
     )
 
 
-def _newest_wal(storage: Storage, listing: ArchiveListing, complete: set[int]) -> WalFile | None:
+def _newest_wal(storage: Storage, listing, complete: set[int]) -> WalFile | None:
     """The archived file reaching the newest recoverable instant: the newest partial or completed segment."""
     candidates = []
     partial_segno = listing.newest_partial
