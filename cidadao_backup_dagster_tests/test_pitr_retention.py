@@ -30,18 +30,9 @@ from cidadao_backup_dagster.core.postgres.pitr.layout import (
 from cidadao_backup_dagster.core.postgres.pitr.retention import RetentionStopped, plan_pitr_retention
 from cidadao_backup_dagster.core.protection.retention import Policy, delete_artifact
 
+from . import test_pitr as pitr
 from .conftest import make_s3_client
-from .test_pitr import (  # noqa: F401 - cluster, pitr_env, restore_tmp, source: fixtures
-    PG15,
-    SETTINGS,
-    cluster,
-    ids,
-    insert,
-    pitr_env,
-    restore_tmp,
-    server_now,
-    source,
-)
+from .test_pitr import cluster, pitr_env, restore_tmp, source  # noqa: F401 - fixtures
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SIZE = 16 * 2**20
@@ -277,11 +268,11 @@ def test_the_report_shows_the_recoverable_window(tmp_path):
 
 def switch(pg, db: str, first: int, last: int) -> None:
     """Rows, then a WAL switch: the next base starts in a later segment."""
-    insert(pg, db, first, last)
+    pitr.insert(pg, db, first, last)
     pg.sql("SELECT pg_switch_wal()")
 
 
-@pytest.mark.skipif(not (PG15 / "initdb").exists(), reason="needs the PostgreSQL 15 server binaries")
+@pytest.mark.skipif(not (pitr.PG15 / "initdb").exists(), reason="needs the PostgreSQL 15 server binaries")
 def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(request, monkeypatch):
     """Three full bases A, B, C with WAL runs between; apply_retention (floor of 2 chains, days tiny): a dry run
     deletes nothing; the real run deletes A and the WAL before B's start, nothing else; a restore to an instant
@@ -297,19 +288,19 @@ def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(r
     monkeypatch.setenv("OFFSITE_STORAGE_URL", f"file://{tmp}/offsite")
     monkeypatch.setenv("BACKUP_RETENTION_DAYS", "postgres_pitr=0.00001")  # under a second: every base is "old"
     switch(pg, db, 1, 10)
-    a = base_backup(conn, storage, source=db, partition="2026-11-02", settings=SETTINGS)
+    a = base_backup(conn, storage, source=db, partition="2026-11-02", settings=pitr.SETTINGS)
     switch(pg, db, 11, 20)
-    archive_wal(conn, storage, source=db, settings=SETTINGS)
-    b = base_backup(conn, storage, source=db, partition="2026-11-09", settings=SETTINGS)
+    archive_wal(conn, storage, source=db, settings=pitr.SETTINGS)
+    b = base_backup(conn, storage, source=db, partition="2026-11-09", settings=pitr.SETTINGS)
     switch(pg, db, 21, 30)
-    between = server_now(pg)
+    between = pitr.server_now(pg)
     switch(pg, db, 31, 35)
-    archive_wal(conn, storage, source=db, settings=SETTINGS)
-    c = base_backup(conn, storage, source=db, partition="2026-11-16", settings=SETTINGS)
-    insert(pg, db, 36, 40)
-    instant = server_now(pg)
+    archive_wal(conn, storage, source=db, settings=pitr.SETTINGS)
+    c = base_backup(conn, storage, source=db, partition="2026-11-16", settings=pitr.SETTINGS)
+    pitr.insert(pg, db, 36, 40)
+    instant = pitr.server_now(pg)
     pg.sql("DELETE FROM items", db)
-    archive_wal(conn, storage, source=db, settings=SETTINGS)
+    archive_wal(conn, storage, source=db, settings=pitr.SETTINGS)
     b_start = segno_of(parse_lsn(b.data["base"]["start_lsn"]), b.data["base"]["segment_size"])
     a_start = segno_of(parse_lsn(a.data["base"]["start_lsn"]), a.data["base"]["segment_size"])
     assert a_start < b_start
@@ -339,10 +330,10 @@ def test_apply_retention_on_a_real_archive_then_restore_inside_the_kept_window(r
     assert any(r["artifact"].endswith(a.key) for r in audited) and all(r["result"] == "ok" for r in audited)
 
     with restore_to_instant(storage, source=db, target_time=between, tmp_dir=str(work)) as server:
-        assert ids(server.conn(db)) == list(range(1, 31))
+        assert pitr.ids(server.conn(db)) == list(range(1, 31))
         assert server.plan.base.key == b.key
     with restore_to_instant(storage, source=db, target_time=instant, tmp_dir=str(work)) as server:
-        assert ids(server.conn(db)) == list(range(1, 41))
+        assert pitr.ids(server.conn(db)) == list(range(1, 41))
 
     window = recoverable_window(storage, db)
     assert window.earliest == b.taken_at and window.latest is not None and window.latest > instant
