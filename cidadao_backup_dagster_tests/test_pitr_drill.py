@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, parse_manifest, series_prefix
+from cidadao_backup_dagster.core.artifacts.layout import series_prefix
+from cidadao_backup_dagster.core.artifacts.manifest import all_valid_manifests, parse_manifest
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.postgres.backup import backup_postgres
 from cidadao_backup_dagster.core.postgres.pitr import archive_wal, base_backup, base_series

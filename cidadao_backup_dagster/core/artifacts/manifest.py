@@ -20,10 +20,7 @@ from ..secrets import redact_data
 from .clock import iso as iso  # re-exported: most callers take the time format from here
 from .clock import parse_iso as parse_iso  # re-exported, as iso
 from .clock import utc_now as utc_now  # re-exported, as iso
-from .layout import _write_order, new_manifest_key
-from .layout import index_series as index_series  # re-exported: postgres/pitr imports it from here
-from .layout import run_token as run_token  # re-exported, as index_series
-from .layout import series_prefix as series_prefix  # re-exported, as index_series
+from .layout import _write_order, index_series, new_manifest_key, run_token
 from .sections import (
     ArtifactInfo,
     ExportContents,

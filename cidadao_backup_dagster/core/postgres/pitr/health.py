@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from ...artifacts.layout import index_series
 from ...artifacts.manifest import (
     Manifest,
     _newest_valid_of,
     all_valid_manifests,
-    index_series,
     iso,
     parse_iso,
     parse_manifest,

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from ...artifacts.manifest import Manifest, index_series, iso, parse_iso, parse_manifest, series_prefix
+from ...artifacts.layout import index_series, series_prefix
+from ...artifacts.manifest import Manifest, iso, parse_iso, parse_manifest
 from ...artifacts.pipeline import StreamStats
 from ...artifacts.publish import NewObject, artifact_entry
 from ...artifacts.storage import Storage

@@ -311,7 +311,7 @@ def restore_to_instant(storage: Storage, *, source: str, target_time: str | date
         )
     opts.say(
         f"Recovering {source} as of {iso(plan.target_time)} from base {plan.base.partition} "
-        f"({plan.base.data['base']['start_lsn']}"
+        f"({plan.base.pitr_base.start_lsn}"
         + (f", an incremental chain of {len(plan.members)} backups" if len(plan.members) > 1 else "")
         + f") and {len(plan.wal)} WAL file(s)"
     )

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import zstandard
 
-from ...artifacts.manifest import Manifest, iso, parse_manifest, run_token, utc_now
+from ...artifacts.layout import run_token
+from ...artifacts.manifest import Manifest, iso, parse_manifest, utc_now
 from ...artifacts.pipeline import stream_to_writer
 from ...artifacts.publish import NewObject, manifest_data, tool_versions
 from ...artifacts.reader import is_encrypted, read_artifact
