@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -51,6 +51,15 @@ def read_fields(cls: type[T], data: Mapping[str, Any], **given: Any) -> T:
         if f.name not in given and (f.name in data or _required(f)):
             values[f.name] = CONVERTERS.get(str(f.type), lambda v: v)(data[f.name])
     return cls(**values)
+
+
+class Section:
+    """A record read field by field (`read_fields`); an absent section reads as an empty one. Records that
+    derive or nest fields override `parse`."""
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | None) -> Self:
+        return read_fields(cls, data or {})
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class Timings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SourceInfo:
+class SourceInfo(Section):
     """`source`: what was read (credentials are never stored; `url` is the display form)."""
 
     url: str = ""
@@ -121,13 +130,9 @@ class SourceInfo:
     name: str | None = None  # redis: the source's name
     redis_version: str | None = None  # redis
 
-    @classmethod
-    def parse(cls, data: dict) -> SourceInfo:
-        return read_fields(cls, data)
-
 
 @dataclass(frozen=True, kw_only=True)
-class ToolVersions:
+class ToolVersions(Section):
     """`tools`: what wrote it. Each domain records its own (pg_dump, redis-py, psycopg/zlib, zstandard)."""
 
     cidadao_backup_dagster: str | None = None
@@ -140,13 +145,9 @@ class ToolVersions:
     zstandard: str | None = None
     zlib: str | None = None
 
-    @classmethod
-    def parse(cls, data: dict | None) -> ToolVersions:
-        return read_fields(cls, data or {})
-
 
 @dataclass(frozen=True, kw_only=True)
-class RunInfo:
+class RunInfo(Section):
     """`run`: who wrote it (Dagster run, asset), and whether the partition was written after its window."""
 
     dagster_run_id: str | None = None
@@ -154,10 +155,6 @@ class RunInfo:
     late: bool = False
     on_demand: bool = False
     reason: str | None = None
-
-    @classmethod
-    def parse(cls, data: dict | None) -> RunInfo:
-        return read_fields(cls, data or {})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,7 +235,7 @@ class ExportContents:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PitrBase:
+class PitrBase(Section):
     """A PITR base backup's `base`: where its WAL starts and ends (recovery replays WAL from `start_lsn`)."""
 
     timeline: int
@@ -250,7 +247,3 @@ class PitrBase:
     slot: str | None = None
     label: str | None = None
     backup_start_time: str | None = None
-
-    @classmethod
-    def parse(cls, data: dict) -> PitrBase:
-        return read_fields(cls, data)
