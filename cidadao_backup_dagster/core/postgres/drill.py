@@ -9,7 +9,7 @@ from ..artifacts.manifest import iso, utc_now
 from ..artifacts.storage import Storage
 from ..errors import BackupError
 from ..protection.scratch import DRILL_PREFIX, create_scratch_database, scratch_name
-from .client import BinDir, PgConnection, restore_client
+from .client import PgConnection, restore_client
 from .restore import Logger, drop_database, restore_backup, select_backup
 
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
@@ -25,16 +25,15 @@ def run_drill(
     *,
     source: str,
     partition: str,
-    jobs: int = 2,
-    tmp_dir: str | None = None,
-    bin_dir: BinDir = None,
-    identities: list | None = None,
     say: Logger = print,
+    **options,
 ) -> dict:
-    """Run one drill and store its report (also on failure, when a backup was found to prove)."""
+    """Run one drill and store its report (also on failure, when a backup was found to prove). `options` are
+    restore_backup's (jobs, tmp_dir, bin_dir, identities); the scratch database is restored with no_owner."""
     started = utc_now()
     manifest = select_backup(storage, series, "latest")  # raises when there is nothing to drill
-    bin_dir = restore_client(manifest, bin_dir).bin_dir  # refused before the scratch database exists
+    # refused before the scratch database exists
+    options["bin_dir"] = restore_client(manifest, options.get("bin_dir")).bin_dir
     scratch = scratch_name(DRILL_PREFIX, source)
     report: dict = {
         "kind": "postgres-restore-drill",
@@ -52,18 +51,7 @@ def run_drill(
         # killed, the sweeper can tell whose it was and how old it is.
         create_scratch_database(server, scratch)
         say(f"Drill: scratch database {server.with_dbname(scratch).display()} created")
-        result = restore_backup(
-            storage,
-            manifest,
-            server,
-            scratch,
-            jobs=jobs,
-            tmp_dir=tmp_dir,
-            bin_dir=bin_dir,
-            no_owner=True,
-            identities=identities,
-            say=say,
-        )
+        result = restore_backup(storage, manifest, server, scratch, no_owner=True, say=say, **options)
         report.update(
             passed=result.ok,
             problems=result.mismatches,
