@@ -20,13 +20,16 @@ def _is_freshness(checks_def) -> bool:
     return any(k.name == "freshness" for k in checks_def.check_keys)
 
 
-def _cadence(binding: PgBinding, spec: BackupSpec, cron: str, job_description: str, schedule_description: str):
+def _cadence(binding: PgBinding, spec: BackupSpec):
     """(asset, its checks, its job, its schedule) of one cadence; the job and the schedule are named after the
-    asset: postgres_daily_backup_job, postgres_daily_backup_schedule."""
+    asset: postgres_daily_backup_job, postgres_daily_backup_schedule. The partitions and the cron are the
+    source's of that cadence (`partitions.daily`, `daily_schedule`)."""
+    spec = replace(spec, partitions_def=getattr(binding.partitions, spec.cadence))
+    cron = getattr(binding.spec, f"{spec.cadence}_schedule")
     asset, checks = build_backup_asset(spec, binding), build_backup_checks(spec, binding)
-    job = source_asset_job(binding, f"{spec.asset_name}_job", asset, job_description)
+    job = source_asset_job(binding, f"{spec.asset_name}_job", asset, spec.job_description)
     schedule = latest_partition_schedule(
-        binding.named(f"{spec.asset_name}_schedule"), job, spec.partitions_def, cron, schedule_description
+        binding.named(f"{spec.asset_name}_schedule"), job, spec.partitions_def, cron, spec.schedule_description
     )
     return asset, checks, job, schedule
 
@@ -79,30 +82,19 @@ def _artifact_classes(binding: PgBinding) -> list[ArtifactClass]:
 
 
 def build(binding: PgBinding) -> DomainDefs:
-    spec = binding.spec
     # The strategy's daily backup at 03:00 UTC and its manual weekly one, Sundays 02:00 (defaults).
-    daily, daily_checks, daily_job, daily_schedule = _cadence(
-        binding,
-        replace(DAILY_SPEC, partitions_def=binding.partitions.daily),
-        spec.daily_schedule,
-        "Daily PostgreSQL backup with its integrity, size and freshness checks.",
-        "Daily backup of the UTC day that just ended.",
+    assets, per_cadence, jobs, schedules = zip(
+        *(_cadence(binding, spec) for spec in (DAILY_SPEC, WEEKLY_SPEC)), strict=True
     )
-    weekly, weekly_checks, weekly_job, weekly_schedule = _cadence(
-        binding,
-        replace(WEEKLY_SPEC, partitions_def=binding.partitions.weekly),
-        spec.weekly_schedule,
-        "Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
-        "Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
-    )
+    checks = [c for cadence_checks in per_cadence for c in cadence_checks]
     return DomainDefs(
         defs=dg.Definitions(
-            assets=[daily, weekly],
-            asset_checks=[*daily_checks, *weekly_checks],
-            jobs=[daily_job, weekly_job, build_on_demand_job(binding)],
-            schedules=[daily_schedule, weekly_schedule],
+            assets=list(assets),
+            asset_checks=checks,
+            jobs=[*jobs, build_on_demand_job(binding)],
+            schedules=list(schedules),
         ),
-        health_checks=[c for c in [*daily_checks, *weekly_checks] if _is_freshness(c)],
+        health_checks=[c for c in checks if _is_freshness(c)],
         artifact_classes=_artifact_classes(binding),
         storage_targets=[
             (binding.key(DAILY_SPEC.asset_name), binding.storage_key),

@@ -24,6 +24,8 @@ class BackupSpec:
     cadence: str  # path segment in storage: daily | weekly
     offsite: bool  # written to offsite_storage instead of backup_storage
     description: str
+    job_description: str  # of its job, `<asset_name>_job`
+    schedule_description: str  # of its schedule, `<asset_name>_schedule`
     partitions_def: dg.TimeWindowPartitionsDefinition | None = None  # per binding, from its settings
 
     def storage(self, binding: PgBinding, resources) -> BackupStorage:
@@ -42,6 +44,8 @@ DAILY_SPEC = BackupSpec(
         "streamed with SHA-256 into BACKUP_STORAGE_URL, with exact per-table row counts from the same snapshot. "
         "A partition is the UTC day that just ended; the manifest.json beside the dump is written last."
     ),
+    job_description="Daily PostgreSQL backup with its integrity, size and freshness checks.",
+    schedule_description="Daily backup of the UTC day that just ended.",
 )
 WEEKLY_SPEC = BackupSpec(
     asset_name="postgres_weekly_offsite_backup",
@@ -51,6 +55,8 @@ WEEKLY_SPEC = BackupSpec(
         "Weekly backup (Sunday-to-Saturday partitions) written to OFFSITE_STORAGE_URL: the strategy's manual "
         "weekly backup to external S3-compatible storage, made the same way as the daily one."
     ),
+    job_description="Weekly PostgreSQL backup to OFFSITE_STORAGE_URL with its checks.",
+    schedule_description="Weekly offsite backup of the Sunday-to-Saturday week that just ended.",
 )
 
 
