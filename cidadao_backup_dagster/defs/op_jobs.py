@@ -29,9 +29,9 @@ def optional_text(key: str, value: str | None) -> dict[str, dg.MetadataValue]:
     return {key: dg.MetadataValue.text(value)} if value else {}
 
 
-def audit_output(audit: dict, output: dg.Output, artifact_key: str) -> None:
+def audit_output(audit: dict, metadata: dict[str, dg.MetadataValue], artifact_key: str) -> None:
     """Copy an op's output metadata into its audit record."""
-    meta = {k: v.value for k, v in output.metadata.items() if k != "sample"}
+    meta = {k: v.value for k, v in metadata.items() if k != "sample"}
     audit.update(meta, artifact=meta[artifact_key])
     if meta.get("dry_run"):
         audit["result"] = "dry_run"
@@ -47,10 +47,10 @@ def recovery_job(
     resource_keys: set[str],
     action: str,
     artifact_key: str,
-    run: Callable[[dg.OpExecutionContext, dg.Config, PgBinding | RedisBinding], dg.Output],
+    run: Callable[[dg.OpExecutionContext, dg.Config, PgBinding | RedisBinding], dict[str, dg.MetadataValue]],
 ) -> dg.JobDefinition:
     """Job `name` (op `<name>_op`) running `run` under an audit record `action` whose artifact is the output's
-    `artifact_key` metadata."""
+    `artifact_key` metadata. `run` returns that metadata: a recovery op's output is nothing else."""
     tags = {"cidadao/domain": "recovery", **binding.tags}
 
     @dg.op(
@@ -61,8 +61,8 @@ def recovery_job(
     )
     def recovery_op(context: dg.OpExecutionContext, config: config_type) -> dg.Output:  # type: ignore[valid-type]
         with audited(context, audit_storage(binding.storage(context.resources)), action) as audit:
-            output = run(context, config, binding)
-            audit_output(audit, output, artifact_key)
-            return output
+            metadata = run(context, config, binding)
+            audit_output(audit, metadata, artifact_key)
+            return dg.Output(None, metadata=metadata)
 
     return op_job(recovery_op, binding.named(name), description + source_note(binding), tags)

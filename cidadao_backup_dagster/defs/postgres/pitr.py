@@ -13,9 +13,8 @@ from ...core.postgres.pitr.transfer import restore_database_as_of
 from ..audit import audited
 from ..drills import recent_drill_checks
 from ..failures import failure
-from ..op_jobs import optional_text
 from ..partitions import SnapshotConfig, guard_late, late_metadata
-from ..recovery.config import restore_options, restore_tools
+from ..recovery.config import restore_options, restore_tools, restored_metadata, rows_metadata
 from ..schedules import latest_partition_schedule, source_asset_job
 from ..settings import Settings
 from ..sources import DomainDefs, PgBinding
@@ -253,7 +252,7 @@ def _recovering(context, binding: PgBinding) -> tuple:
     return binding.storage(context.resources).open(), source, tools
 
 
-def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dg.Output:
+def restore_as_of(context, config, binding: PgBinding, target_server, dbname: str) -> dict:
     """`restore_postgres` with a `target_time`: the database as of that instant, from base backup + WAL."""
     if config.output == "data_directory":
         return _data_directory(context, config, binding)
@@ -268,23 +267,18 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
         raise failure(exc, allow_retries=False) from None
     restored, plan = result.restore, result.plan
     context.log.info(f"Restored as of {config.target_time}: {restored.tables} tables, {restored.rows:,} rows")
-    return dg.Output(
-        None,
-        metadata={
-            "target": dg.MetadataValue.text(restored.target),
-            "target_time": dg.MetadataValue.text(config.target_time),
-            **recovery_metadata(plan, result.recovered_to),
-            "base_uri": dg.MetadataValue.text(plan.base.artifact.uri),
-            "wal_files": dg.MetadataValue.int(len(plan.wal)),
-            "duration_s": dg.MetadataValue.float(restored.total_seconds),
-            "tables": dg.MetadataValue.int(restored.tables),
-            "rows": dg.MetadataValue.int(restored.rows),
-            **optional_text("replaced_database", restored.replaced_database),
-        },
-    )
+    return {
+        "target": dg.MetadataValue.text(restored.target),
+        "target_time": dg.MetadataValue.text(config.target_time),
+        **recovery_metadata(plan, result.recovered_to),
+        "base_uri": dg.MetadataValue.text(plan.base.artifact.uri),
+        "wal_files": dg.MetadataValue.int(len(plan.wal)),
+        "duration_s": dg.MetadataValue.float(restored.total_seconds),
+        **restored_metadata(restored),
+    }
 
 
-def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
+def recover_rows_as_of(context, config, binding: PgBinding, live) -> dict:
     """`recover_rows` with `as_of`: the rows as they were at that instant, from base backup + WAL."""
     try:
         storage, source, tools = _recovering(context, binding)
@@ -300,25 +294,15 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dg.Output:
         "would come back (dry run)" if rows.dry_run else f"came back ({rows.inserted} inserted, {rows.updated} updated)"
     )
     context.log.info(f"{rows.matched_in_backup} rows of {rows.table} matched as of {config.as_of}; {done}")
-    return dg.Output(
-        None,
-        metadata={
-            "table": dg.MetadataValue.text(rows.table),
-            "as_of": dg.MetadataValue.text(config.as_of),
-            **recovery_metadata(result.plan, result.recovered_to),
-            "dry_run": dg.MetadataValue.bool(rows.dry_run),
-            "matched_in_backup": dg.MetadataValue.int(rows.matched_in_backup),
-            "would_insert": dg.MetadataValue.int(rows.would_insert),
-            "already_present": dg.MetadataValue.int(rows.already_present),
-            "inserted": dg.MetadataValue.int(rows.inserted),
-            "updated": dg.MetadataValue.int(rows.updated),
-            "sample": dg.MetadataValue.json(rows.sample),
-            "duration_s": dg.MetadataValue.float(rows.seconds),
-        },
-    )
+    return {
+        "table": dg.MetadataValue.text(rows.table),
+        "as_of": dg.MetadataValue.text(config.as_of),
+        **recovery_metadata(result.plan, result.recovered_to),
+        **rows_metadata(rows),
+    }
 
 
-def _data_directory(context, config, binding: PgBinding) -> dg.Output:
+def _data_directory(context, config, binding: PgBinding) -> dict:
     """`restore_postgres` with `output: data_directory`: the cluster as of `target_time`, as a data directory."""
     try:
         if not config.data_directory:
@@ -333,13 +317,10 @@ def _data_directory(context, config, binding: PgBinding) -> dg.Output:
         )  # fmt: skip
     except (BackupError, ConfigurationError) as exc:
         raise failure(exc, allow_retries=False) from None
-    return dg.Output(
-        None,
-        metadata={
-            "target": dg.MetadataValue.path(str(path)),
-            "target_time": dg.MetadataValue.text(config.target_time),
-            **recovery_metadata(plan, recovered_to),
-            "server_major": dg.MetadataValue.int(plan.server_major),
-            "wal_files": dg.MetadataValue.int(len(plan.wal)),
-        },
-    )
+    return {
+        "target": dg.MetadataValue.path(str(path)),
+        "target_time": dg.MetadataValue.text(config.target_time),
+        **recovery_metadata(plan, recovered_to),
+        "server_major": dg.MetadataValue.int(plan.server_major),
+        "wal_files": dg.MetadataValue.int(len(plan.wal)),
+    }

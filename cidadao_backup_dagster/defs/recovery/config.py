@@ -1,10 +1,12 @@
-"""Run config of the PostgreSQL recovery jobs (`restore_postgres`, `recover_rows`), and the restore options they
-pass on, as dumps or (with PITR) base backup + WAL."""
+"""Run config of the PostgreSQL recovery jobs (`restore_postgres`, `recover_rows`), the restore options they
+pass on, and the metadata they report, as dumps or (with PITR) base backup + WAL alike."""
 
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
+
+from ..op_jobs import optional_text
 
 
 class BackupChoice(dg.Config):
@@ -115,4 +117,27 @@ def restore_tools(context, postgres_source) -> dict:
         "bin_dir": postgres_source.bin_dir,
         "identities": context.resources.encryption.identities(),
         "say": context.log.info,
+    }
+
+
+def restored_metadata(result) -> dict[str, dg.MetadataValue]:
+    """A restored database's tables and rows (verified against the manifest) and the database it replaced."""
+    return {
+        "tables": dg.MetadataValue.int(result.tables),
+        "rows": dg.MetadataValue.int(result.rows),
+        **optional_text("replaced_database", result.replaced_database),
+    }
+
+
+def rows_metadata(result) -> dict[str, dg.MetadataValue]:
+    """What `recover_rows` found in the backup and brought back (or, dry run, would)."""
+    return {
+        "dry_run": dg.MetadataValue.bool(result.dry_run),
+        "matched_in_backup": dg.MetadataValue.int(result.matched_in_backup),
+        "would_insert": dg.MetadataValue.int(result.would_insert),
+        "already_present": dg.MetadataValue.int(result.already_present),
+        "inserted": dg.MetadataValue.int(result.inserted),
+        "updated": dg.MetadataValue.int(result.updated),
+        "sample": dg.MetadataValue.json(result.sample),
+        "duration_s": dg.MetadataValue.float(result.seconds),
     }

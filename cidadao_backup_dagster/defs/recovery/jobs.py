@@ -12,7 +12,7 @@ from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.recover import recover_rows as recover_rows_core
 from ...core.postgres.restore import restore_backup, select_backup
 from ..failures import failure
-from ..op_jobs import optional_text, recovery_job
+from ..op_jobs import recovery_job
 from ..postgres import pitr
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
 from ..postgres.on_demand import on_demand_series
@@ -26,6 +26,8 @@ from .config import (
     RestorePostgresConfig,
     restore_options,
     restore_tools,
+    restored_metadata,
+    rows_metadata,
 )
 
 
@@ -62,7 +64,7 @@ def build_restore_job(binding: PgBinding) -> dg.JobDefinition:
     )
 
 
-def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, binding: PgBinding) -> dg.Output:
+def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, binding: PgBinding) -> dict:
     resources = context.resources
     postgres_source: PostgresSource = binding.source(resources)
     recovery = resources.recovery
@@ -94,22 +96,17 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
             f"The previous {dbname} is kept as {result.replaced_database} (undo: rename it back). It still holds "
             f"data and disk space: DROP DATABASE {result.replaced_database} once the restore is accepted"
         )
-    return dg.Output(
-        None,
-        metadata={
-            "target": dg.MetadataValue.text(result.target),
-            "backup_partition": dg.MetadataValue.text(result.partition),
-            "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
-            "backup_uri": dg.MetadataValue.text(result.backup_uri),
-            "duration_s": dg.MetadataValue.float(result.total_seconds),
-            "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
-            "restore_s": dg.MetadataValue.float(result.restore_seconds),
-            "verify_s": dg.MetadataValue.float(result.verify_seconds),
-            "tables": dg.MetadataValue.int(result.tables),
-            "rows": dg.MetadataValue.int(result.rows),
-            **optional_text("replaced_database", result.replaced_database),
-        },
-    )
+    return {
+        "target": dg.MetadataValue.text(result.target),
+        "backup_partition": dg.MetadataValue.text(result.partition),
+        "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
+        "backup_uri": dg.MetadataValue.text(result.backup_uri),
+        "duration_s": dg.MetadataValue.float(result.total_seconds),
+        "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
+        "restore_s": dg.MetadataValue.float(result.restore_seconds),
+        "verify_s": dg.MetadataValue.float(result.verify_seconds),
+        **restored_metadata(result),
+    }
 
 
 def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
@@ -128,7 +125,7 @@ def build_recover_rows_job(binding: PgBinding) -> dg.JobDefinition:
     )
 
 
-def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, binding: PgBinding) -> dg.Output:
+def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, binding: PgBinding) -> dict:
     resources = context.resources
     postgres_source: PostgresSource = binding.source(resources)
     recovery = resources.recovery
@@ -160,19 +157,9 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
         )
     else:
         context.log.info(f"Recovered {result.inserted} rows into {result.table} (updated {result.updated})")
-    return dg.Output(
-        None,
-        metadata={
-            "table": dg.MetadataValue.text(result.table),
-            "backup_partition": dg.MetadataValue.text(result.partition),
-            "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
-            "dry_run": dg.MetadataValue.bool(result.dry_run),
-            "matched_in_backup": dg.MetadataValue.int(result.matched_in_backup),
-            "would_insert": dg.MetadataValue.int(result.would_insert),
-            "already_present": dg.MetadataValue.int(result.already_present),
-            "inserted": dg.MetadataValue.int(result.inserted),
-            "updated": dg.MetadataValue.int(result.updated),
-            "sample": dg.MetadataValue.json(result.sample),
-            "duration_s": dg.MetadataValue.float(result.seconds),
-        },
-    )
+    return {
+        "table": dg.MetadataValue.text(result.table),
+        "backup_partition": dg.MetadataValue.text(result.partition),
+        "backup_snapshot_at": dg.MetadataValue.text(manifest.timings.snapshot_at),
+        **rows_metadata(result),
+    }

@@ -111,7 +111,7 @@ def build_recovery_jobs(binding: RedisBinding) -> list[dg.JobDefinition]:
     return [restore_redis, flush_redis_cache]
 
 
-def _restore(context, config: RestoreRedisConfig, binding: RedisBinding) -> dg.Output:
+def _restore(context, config: RestoreRedisConfig, binding: RedisBinding) -> dict:
     resources = context.resources
     redis_source: RedisSource = binding.source(resources)
     encryption, recovery = resources.encryption, resources.recovery
@@ -150,27 +150,24 @@ def _restore(context, config: RestoreRedisConfig, binding: RedisBinding) -> dg.O
             allow_retries=False,
         )
     context.log.info(f"Restore verified: {result.keys:,} keys in {result.total_seconds:.1f} s")
-    return dg.Output(
-        None,
-        metadata={
-            "target": dg.MetadataValue.text(result.target),
-            "backup_partition": dg.MetadataValue.text(result.partition),
-            "backup_uri": dg.MetadataValue.text(result.backup_uri),
-            "format": dg.MetadataValue.text(result.format),
-            "keys": dg.MetadataValue.int(result.keys),
-            "keys_per_db": dg.MetadataValue.json(result.in_target),
-            "expired_skipped": dg.MetadataValue.int(result.expired),
-            "flushed_first": dg.MetadataValue.bool(result.flushed),
-            "duration_s": dg.MetadataValue.float(result.total_seconds),
-            "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
-            "load_s": dg.MetadataValue.float(result.load_seconds),
-            "copy_s": dg.MetadataValue.float(result.copy_seconds),
-            **optional_text("pre_flush_snapshot", result.pre_flush_snapshot),
-        },
-    )
+    return {
+        "target": dg.MetadataValue.text(result.target),
+        "backup_partition": dg.MetadataValue.text(result.partition),
+        "backup_uri": dg.MetadataValue.text(result.backup_uri),
+        "format": dg.MetadataValue.text(result.format),
+        "keys": dg.MetadataValue.int(result.keys),
+        "keys_per_db": dg.MetadataValue.json(result.in_target),
+        "expired_skipped": dg.MetadataValue.int(result.expired),
+        "flushed_first": dg.MetadataValue.bool(result.flushed),
+        "duration_s": dg.MetadataValue.float(result.total_seconds),
+        "fetch_s": dg.MetadataValue.float(result.fetch_seconds),
+        "load_s": dg.MetadataValue.float(result.load_seconds),
+        "copy_s": dg.MetadataValue.float(result.copy_seconds),
+        **optional_text("pre_flush_snapshot", result.pre_flush_snapshot),
+    }
 
 
-def _flush(context, config: FlushRedisConfig, binding: RedisBinding) -> dg.Output:
+def _flush(context, config: FlushRedisConfig, binding: RedisBinding) -> dict:
     resources = context.resources
     redis_source: RedisSource = binding.source(resources)
     snapshot = None
@@ -188,12 +185,9 @@ def _flush(context, config: FlushRedisConfig, binding: RedisBinding) -> dg.Outpu
         raise failure(exc) from None
     total = sum(before.values())
     context.log.info(f"FLUSHALL on {target.display()}: {total:,} keys removed; the application repopulates the cache")
-    return dg.Output(
-        None,
-        metadata={
-            "target": dg.MetadataValue.text(target.display()),
-            "keys_removed": dg.MetadataValue.int(total),
-            "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
-            **optional_text("pre_flush_snapshot", snapshot.artifact.uri if snapshot else None),
-        },
-    )
+    return {
+        "target": dg.MetadataValue.text(target.display()),
+        "keys_removed": dg.MetadataValue.int(total),
+        "keys_per_db_before": dg.MetadataValue.json({str(k): v for k, v in before.items()}),
+        **optional_text("pre_flush_snapshot", snapshot.artifact.uri if snapshot else None),
+    }
