@@ -71,11 +71,10 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
     try:
         source = postgres_source.connection()
         server = recovery.server(config.target_server_url, source, "target_server_url")
+        dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
         if getattr(config, "target_time", ""):  # base backup + WAL instead of a dump
-            dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
             return pitr.restore_as_of(context, config, binding, server, dbname)
         storage, manifest = _chosen_backup(config, binding, resources)
-        dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
         target = server.with_dbname(dbname).display()
         context.log.info(f"Restoring {picked(manifest)} ({config.backup_set}) to {target}")
         result = restore_backup(
