@@ -114,11 +114,8 @@ class PgBinding(Binding):
 
     @property
     def offsite_key(self) -> str:
-        return self.resource_key("offsite_storage")
-
-    def offsite(self, resources):
         """The weekly external copy's storage (OFFSITE_STORAGE_URL under the source's storage prefix)."""
-        return getattr(resources, self.offsite_key)
+        return self.resource_key("offsite_storage")
 
     @property
     def resource_keys(self) -> set[str]:

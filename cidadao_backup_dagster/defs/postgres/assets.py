@@ -29,7 +29,7 @@ class BackupSpec:
     partitions_def: dg.TimeWindowPartitionsDefinition | None = None  # per binding, from its settings
 
     def storage(self, binding: PgBinding, resources) -> BackupStorage:
-        return binding.offsite(resources) if self.offsite else binding.storage(resources)
+        return getattr(resources, self.storage_key(binding))
 
     def storage_key(self, binding: PgBinding) -> str:
         return binding.offsite_key if self.offsite else binding.storage_key
