@@ -41,9 +41,9 @@ class _InflatingReader(io.RawIOBase):
     the inflated bytes on the way. zlib checks the gzip trailer (CRC-32 and length) at the member's end."""
 
     def __init__(self, f: Any, identities: list | None = None):
-        self._stored = HashingReader(f)
-        self._decrypt = DecryptingReader(self._stored, identities) if identities else None
-        self._compressed = self._decrypt or self._stored
+        self.stored = HashingReader(f)  # SHA-256 and size of the stored bytes
+        self._decrypt = DecryptingReader(self.stored, identities) if identities else None
+        self._compressed = self._decrypt or self.stored
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self.raw_sha = hashlib.sha256()
         self.raw_bytes = 0
@@ -51,14 +51,6 @@ class _InflatingReader(io.RawIOBase):
         self.error: str | None = None
         self.trailing = False
         self._eof = False
-
-    @property
-    def stored_sha(self) -> Any:
-        return self._stored.sha
-
-    @property
-    def stored_bytes(self) -> int:
-        return self._stored.count
 
     def readable(self) -> bool:
         return True
@@ -104,7 +96,7 @@ class _InflatingReader(io.RawIOBase):
         """Hash the rest of the stored object (after a reader stopped early, e.g. on a decode error)."""
         if self._decrypt is not None:
             self._decrypt.close()
-        drain(self._stored)
+        drain(self.stored)
 
     @property
     def complete(self) -> bool:
@@ -143,8 +135,8 @@ def inspect_export(
         except UnicodeDecodeError as exc:
             records, problem = None, f"content is not UTF-8 ({exc.reason} at byte {exc.start})"
         raw.drain()
-    result.stored_bytes, result.raw_bytes = raw.stored_bytes, raw.raw_bytes
-    if raw.stored_sha.hexdigest() != manifest.stored_sha256:
+    result.stored_bytes, result.raw_bytes = raw.stored.count, raw.raw_bytes
+    if raw.stored.sha.hexdigest() != manifest.stored_sha256:
         result.problems.append("SHA-256 of the stored object does not match the manifest")
     if raw.error:
         result.problems.append(raw.error)
