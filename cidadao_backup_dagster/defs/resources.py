@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..core.artifacts.crypto import encryption_stage, fingerprint, load_identities, parse_recipients
 from ..core.artifacts.lateness import parse_grace
-from ..core.artifacts.storage import MiB, S3Storage, Storage, sse_arguments, storage_from_url
+from ..core.artifacts.storage import DEFAULT_PARTS_IN_FLIGHT, MiB, S3Storage, Storage, sse_arguments, storage_from_url
 from ..core.errors import ConfigurationError
 from ..core.monitoring.alerts import Channels, parse_level
 from ..core.postgres.backup import BackupSettings, safe_name
@@ -85,6 +85,7 @@ class BackupStorage(dg.ConfigurableResource):
     variable: str = Field(default="BACKUP_STORAGE_URL", description="Environment variable named in errors")
     missing_hint: str = Field(default="", description="What to do when the URL is empty")
     part_size_mb: int = Field(default=16, description="S3 multipart part size, equal for all parts (MiB)")
+    parts_in_flight: int = Field(default=DEFAULT_PARTS_IN_FLIGHT, description="S3 parts uploading at once (memory)")
     prefix: str = Field(default="", description="Folder under the URL for one source (its storage_prefix)")
     s3_sse: str = Field(
         default="AES256",
@@ -108,9 +109,8 @@ class BackupStorage(dg.ConfigurableResource):
             )
         url = f"{self.url.rstrip('/')}/{self.prefix.strip('/')}" if self.prefix.strip("/") else self.url
         sse_arguments(self.s3_sse, self.s3_sse_kms_key_id, self.sse_variable)  # a bad setting fails on any URL
-        storage = storage_from_url(
-            url, variable=self.variable, s3_client_factory=self.s3.get_client, part_size=self.part_size_mb * MiB
-        )
+        s3_args = {"s3_client_factory": self.s3.get_client, "parts_in_flight": self.parts_in_flight}
+        storage = storage_from_url(url, variable=self.variable, part_size=self.part_size_mb * MiB, **s3_args)
         if isinstance(storage, S3Storage):
             storage.use_encryption(self.s3_sse, self.s3_sse_kms_key_id, self.sse_variable)
         return storage
@@ -396,6 +396,7 @@ def _storage(settings: "Settings", s3: S3Settings, prefix: str = "", *, offsite:
         s3_sse_kms_key_id=settings.env_or(f"{sse}_KMS_KEY_ID", ""),
         sse_variable=sse,
         part_size_mb=settings.s3_part_size_mb,
+        parts_in_flight=settings.s3_parts_in_flight,
         s3=s3,
     )
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import dagster as dg
 
-from ..core.artifacts.storage import MIN_PART_SIZE, MiB
+from ..core.artifacts.storage import DEFAULT_PARTS_IN_FLIGHT, MIN_PART_SIZE, MiB
 from ..core.errors import ConfigurationError
 from ..core.sources import Sources, check_distinct_series, load_sources
 from .partitions import DEFAULT_START, START_VARIABLE, BackupPartitions, backup_partitions, parse_start
@@ -25,6 +25,7 @@ from .partitions import DEFAULT_START, START_VARIABLE, BackupPartitions, backup_
 PART_SIZE_VARIABLE = "BACKUP_S3_PART_SIZE_MB"
 DEFAULT_PART_SIZE_MB = 16
 PART_SIZE_RANGE = (MIN_PART_SIZE // MiB, 5 * 1024)  # S3's part minimum (5 MiB) and maximum (5 GiB)
+PARTS_IN_FLIGHT_VARIABLE = "BACKUP_S3_PARTS_IN_FLIGHT"
 REDIS_MAX_AGE_VARIABLE = "REDIS_SNAPSHOT_MAX_AGE_H"
 
 
@@ -65,6 +66,7 @@ class Settings:
     retry_delay_s: float | None  # BACKUP_RETRY_DELAY_S; None = each asset's own first wait
     local_storage: Path  # where BACKUP_STORAGE_URL points when unset
     s3_part_size_mb: int = DEFAULT_PART_SIZE_MB  # BACKUP_S3_PART_SIZE_MB: every S3 multipart part (equal sizes)
+    s3_parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT  # BACKUP_S3_PARTS_IN_FLIGHT: parts uploading (and in memory)
     redis_snapshot_max_age_h: float = 2.0  # REDIS_SNAPSHOT_MAX_AGE_H: Redis freshness ERROR past it (strategy)
 
     @classmethod
@@ -92,6 +94,7 @@ class Settings:
             retry_delay_s=delay,
             local_storage=Path(env.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "cidadao-backups",
             s3_part_size_mb=int(_number(env, PART_SIZE_VARIABLE, DEFAULT_PART_SIZE_MB, *PART_SIZE_RANGE, whole=True)),
+            s3_parts_in_flight=int(_number(env, PARTS_IN_FLIGHT_VARIABLE, DEFAULT_PARTS_IN_FLIGHT, 1, 16, whole=True)),
             redis_snapshot_max_age_h=_number(env, REDIS_MAX_AGE_VARIABLE, 2.0, 0.0, math.inf, above=True),
         )
 

@@ -13,12 +13,23 @@ from urllib.parse import unquote, urlsplit
 
 from ...errors import ConfigurationError
 from ...secrets import has_credentials
-from .base import DEFAULT_PART_SIZE, DIR_MODE, FILE_MODE, MIN_PART_SIZE, SSE_MODES, MiB, ObjectWriter, Storage
+from .base import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_PARTS_IN_FLIGHT,
+    DIR_MODE,
+    FILE_MODE,
+    MIN_PART_SIZE,
+    SSE_MODES,
+    MiB,
+    ObjectWriter,
+    Storage,
+)
 from .local import LocalStorage
 from .s3 import S3Storage, sse_arguments, write_error_hint, write_error_type
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "DEFAULT_PARTS_IN_FLIGHT",
     "DIR_MODE",
     "FILE_MODE",
     "MIN_PART_SIZE",
@@ -44,6 +55,7 @@ def storage_from_url(
     variable: str,
     s3_client_factory: Callable[[], Any] | None = None,
     part_size: int = DEFAULT_PART_SIZE,
+    parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
 ) -> Storage:
     """Build a Storage from `s3://bucket/prefix` or `file:///path`; errors name `variable` and never repeat
     credentials (a storage URL takes none)."""
@@ -81,7 +93,9 @@ def storage_from_url(
             )
         if s3_client_factory is None:
             raise ConfigurationError(variable, "an s3:// URL needs an S3 client", "configure the S3 resource")
-        return S3Storage(s3_client_factory(), bucket, unquote(parts.path), part_size=part_size)
+        return S3Storage(
+            s3_client_factory(), bucket, unquote(parts.path), part_size=part_size, max_in_flight=parts_in_flight
+        )
     raise ConfigurationError(
         variable,
         f"unsupported scheme {parts.scheme or '(none)'!r}",

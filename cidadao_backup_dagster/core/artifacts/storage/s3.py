@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ...errors import BackupError, ConfigurationError, PermanentError, StorageAccessDenied, StorageReadError
-from .base import DEFAULT_PART_SIZE, MIN_PART_SIZE, SSE_MODES, MiB, ObjectWriter, Storage
+from .base import DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT, MIN_PART_SIZE, SSE_MODES, MiB, ObjectWriter, Storage
 
 
 class _S3MultipartWriter(ObjectWriter):
     """Buffers into equal-size parts (Cloudflare R2 rejects unequal non-trailing parts) and uploads
-    them on a small thread pool, so at most `max_in_flight + 1` parts are ever held in memory.
-    Retries with backoff on 5xx/SlowDown come from botocore's retry mode on the client."""
+    them on a small thread pool, so at most `max_in_flight + 1` parts are ever held in memory: each part is
+    filled in place and handed to its upload as it is (a bytearray, which botocore sends and retries like
+    bytes), never copied. Retries with backoff on 5xx/SlowDown come from botocore's retry mode on the client."""
 
     def __init__(
         self,
@@ -29,7 +30,7 @@ class _S3MultipartWriter(ObjectWriter):
         self._client, self._bucket, self._key = client, bucket, key
         self._encryption = encryption or {}  # ServerSideEncryption (+ SSEKMSKeyId) for the create / the PUT
         self._part_size = part_size
-        self._buf = bytearray()
+        self._buf = bytearray()  # the part being filled; grows to part_size, then goes to its upload
         self._upload_id: str | None = None
         self._parts: list[Future] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -37,14 +38,17 @@ class _S3MultipartWriter(ObjectWriter):
         self._max_in_flight = max_in_flight
 
     def write(self, data: bytes | memoryview) -> int:
-        self._buf += data
-        while len(self._buf) >= self._part_size:
-            part = bytes(self._buf[: self._part_size])
-            del self._buf[: self._part_size]
+        view = memoryview(data).cast("B")
+        while len(self._buf) + len(view) >= self._part_size:
+            take = self._part_size - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            part, self._buf = self._buf, bytearray()
             self._submit(part)
+        self._buf += view
         return len(data)
 
-    def _submit(self, part: bytes) -> None:
+    def _submit(self, part: bytes | bytearray) -> None:
         if self._upload_id is None:
             with self._encryption_errors():
                 self._upload_id = self._client.create_multipart_upload(
@@ -59,7 +63,7 @@ class _S3MultipartWriter(ObjectWriter):
         future.add_done_callback(lambda _f: self._slots.release())
         self._parts.append(future)
 
-    def _upload_part(self, number: int, body: bytes) -> dict:
+    def _upload_part(self, number: int, body: bytes | bytearray) -> dict:
         resp = self._client.upload_part(
             Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
@@ -72,8 +76,8 @@ class _S3MultipartWriter(ObjectWriter):
             return
         try:
             if self._buf:
-                self._submit(bytes(self._buf))
-                self._buf.clear()
+                part, self._buf = self._buf, bytearray()
+                self._submit(part)
             parts = [f.result() for f in self._parts]
             self._client.complete_multipart_upload(
                 Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
@@ -159,6 +163,7 @@ class S3Storage(Storage):
         *,
         sse: str = "AES256",
         kms_key_id: str = "",
+        max_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
     ):
         if part_size < MIN_PART_SIZE:
             raise ConfigurationError(
@@ -166,6 +171,7 @@ class S3Storage(Storage):
             )
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.part_size = part_size
+        self.max_in_flight = max_in_flight  # parts uploading at once; each holds part_size bytes meanwhile
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.use_encryption(sse, kms_key_id)
 
@@ -202,7 +208,9 @@ class S3Storage(Storage):
             ) from None
 
     def open_write(self, key: str) -> ObjectWriter:
-        return _S3MultipartWriter(self.client, self.bucket, self._key(key), self.part_size, encryption=self.encryption)
+        return _S3MultipartWriter(
+            self.client, self.bucket, self._key(key), self.part_size, self.max_in_flight, encryption=self.encryption
+        )
 
     def open_read(self, key: str) -> BinaryIO:
         from botocore.exceptions import BotoCoreError, ClientError
