@@ -6,6 +6,7 @@ import threading
 
 import zstandard
 
+from cidadao_backup_dagster.core.artifacts import pipeline
 from cidadao_backup_dagster.core.artifacts.pipeline import stream_to_writer
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 
@@ -56,3 +57,20 @@ def test_hashes_and_single_checksummed_frame(tmp_path):
     assert params.has_checksum
     dobj = zstandard.ZstdDecompressor().decompressobj()
     assert dobj.decompress(stored) == payload and dobj.eof and not dobj.unused_data
+
+
+def test_bounded_zstd_jobs_and_workers_still_write_one_checksummed_frame(tmp_path):
+    """2 MiB jobs (a bounded memory) over many jobs, and at most ZSTD_MAX_WORKERS workers for threads=-1: the
+    stored object is still one frame that decodes to the input, whatever the level."""
+    payload = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 4 for i in range(70_000))  # ~9 MB, 4+ jobs
+    for level, threads in ((3, -1), (3, 2), (3, 0), (9, -1)):
+        assert pipeline.compressor(level, threads)  # builds with a job size or zstd's own
+        storage = LocalStorage(tmp_path / f"l{level}t{threads}")
+        writer = storage.open_write("z.zst")
+        stats = stream_to_writer(io.BytesIO(payload), writer, level=level, threads=threads)
+        writer.commit()
+        stored = (tmp_path / f"l{level}t{threads}" / "z.zst").read_bytes()
+        assert stats.raw_sha256 == hashlib.sha256(payload).hexdigest()
+        assert zstandard.get_frame_parameters(stored).has_checksum
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        assert dobj.decompress(stored) == payload and dobj.eof and not dobj.unused_data

@@ -26,10 +26,14 @@ import zstandard
 from .storage import MiB, ObjectWriter
 
 CHUNK = MiB
-# zstd's own job size at level 3 is 8 MiB, and its workers hold about five jobs each (input, output, the
-# window): ~90 MB for two workers. 2 MiB jobs hold ~15 MB for ~5 % more CPU (measured in
-# bench/profile_backup_memory.py); the frame and its checksum are the same.
+# zstd's own job size at level 3 is 8 MiB and two workers then hold ~90 MB of buffers; 2 MiB jobs hold ~15 MB
+# for ~5 % more CPU (bench/profile_backup_memory.py); the frame and its checksum are the same. Only up to
+# level 7, where jobs overlap by 1/8 of a window of at most 2 MiB; higher levels keep zstd's job sizes.
 ZSTD_JOB_SIZE = 2 * MiB
+ZSTD_SMALL_JOB_MAX_LEVEL = 7
+# threads=-1 starts at most this many workers: pg_dump and a Redis SYNC are one stream each (a few hundred
+# MB/s at most), which two level-3 workers keep up with; every further worker only adds buffers.
+ZSTD_MAX_WORKERS = 2
 Codec = Literal["zstd", "gzip"]
 DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 6}
 
@@ -120,9 +124,12 @@ class _Reporter:
 
 
 def compressor(level: int = 3, threads: int = -1, job_size: int = ZSTD_JOB_SIZE) -> zstandard.ZstdCompressor:
-    """threads=-1: one zstd worker per core, 0: compress in the calling thread; write_checksum so `zstd -t` and
-    readers catch corruption. `job_size` (bytes; 0 = zstd's default) bounds the workers' buffers."""
-    if threads == 0 or not job_size:
+    """threads=-1: one zstd worker per core, at most ZSTD_MAX_WORKERS; 0: compress in the calling thread.
+    write_checksum so `zstd -t` and readers catch corruption. `job_size` (bytes; 0 = zstd's default) bounds the
+    workers' buffers (see ZSTD_JOB_SIZE)."""
+    if threads < 0:
+        threads = min(os.cpu_count() or 1, ZSTD_MAX_WORKERS)
+    if threads == 0 or not job_size or level > ZSTD_SMALL_JOB_MAX_LEVEL:
         return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, job_size=job_size, write_checksum=1)
     return zstandard.ZstdCompressor(compression_params=params)
