@@ -261,14 +261,38 @@ class TreeSampler(threading.Thread):
         except (OSError, IndexError, ValueError):
             return 0, "?"
 
+    @staticmethod
+    def _image(pid: int) -> tuple[str, bytes] | None:
+        try:
+            return os.readlink(f"/proc/{pid}/exe"), Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+
+    @staticmethod
+    def _private(pid: int) -> int:
+        """Pages only this process holds (smaps_rollup Private_*): what a fork adds before it execs."""
+        total = 0
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return 0
+        return total
+
     def sample(self) -> None:
-        stack, total, procs = [self.root], 0, {}
+        stack, total, procs = [(self.root, None)], 0, {}
         while stack:
-            pid = stack.pop()
-            stack.extend(self._children(pid))
+            pid, parent = stack.pop()
+            stack.extend((kid, pid) for kid in self._children(pid))
             if pid == self.root and self.skip_root:
                 continue  # the /usr/bin/time wrapper: measurement overhead, not the measured work
             rss, name = self._rss_and_name(pid)
+            image = self._image(pid) if parent is not None else None
+            if image is not None and image == self._image(parent):
+                # Forked and not yet exec'd (Dagster's log capture, a subprocess): it shares its parent's
+                # pages, so only its private ones are memory the tree adds.
+                rss, name = self._private(pid), f"{name}(fork)"
             total += rss
             procs[f"{name}[{pid}]"] = rss
         self.samples += 1
