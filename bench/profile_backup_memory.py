@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -68,7 +69,6 @@ def child(argv: list[str]) -> int:
         p.add_argument(name, required=True)
     a = p.parse_args(argv)
     cfg = json.loads(a.config)
-    from cidadao_backup_dagster.core.artifacts import pipeline
     from cidadao_backup_dagster.core.artifacts.storage import LocalStorage, MiB, S3Storage
     from cidadao_backup_dagster.core.postgres.backup import BackupSettings, backup_postgres
     from cidadao_backup_dagster.core.postgres.client import PgConnection
@@ -89,11 +89,8 @@ def child(argv: list[str]) -> int:
         storage = LocalStorage(Path(a.result).parent / "local-store")
     if "in_flight" in cfg:
         storage.max_in_flight = cfg["in_flight"]
-    settings = BackupSettings(**{k: cfg[k] for k in ("zstd_threads",) if k in cfg})
-    if "threads" in cfg:
-        settings = BackupSettings(zstd_threads=cfg["threads"])
-    if "job_mb" in cfg:
-        settings = BackupSettings(zstd_threads=settings.zstd_threads, zstd_job_mb=cfg["job_mb"])
+    names = {"threads": "zstd_threads", "job_mb": "zstd_job_mb"}
+    settings = BackupSettings(**{field: cfg[key] for key, field in names.items() if key in cfg})
     if cfg.get("trace"):
         import tracemalloc
 
@@ -119,7 +116,6 @@ def child(argv: list[str]) -> int:
     sampler.stop()
     out["peaks"] = sampler.peaks
     out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    del pipeline
     Path(a.result).write_text(json.dumps(out))
     return 0
 
@@ -156,6 +152,7 @@ def main(argv: list[str]) -> int:
             subprocess.run([*argv, "--delay-ms", str(a.upload_delay_ms)], check=True, env=h.base_env())
             out = json.loads(result.read_text())
             moto.empty(bucket)
+            shutil.rmtree(work / "local-store", ignore_errors=True)
             pk = out["peaks"]
             row = (
                 f"{spec or 'defaults':<28} base {h.mb(pk['base']):>4} MB  dump {h.mb(pk['dump']):>4} MB "
