@@ -31,8 +31,9 @@ CHUNK = MiB
 # level 7, where jobs overlap by 1/8 of a window of at most 2 MiB; higher levels keep zstd's job sizes.
 ZSTD_JOB_SIZE = 2 * MiB
 ZSTD_SMALL_JOB_MAX_LEVEL = 7
-# threads=-1 starts at most this many workers: pg_dump and a Redis SYNC are one stream each (a few hundred
-# MB/s at most), which two level-3 workers keep up with; every further worker only adds buffers.
+# threads=-1 starts at most this many workers up to that level: pg_dump and a Redis SYNC are one stream each
+# (a few hundred MB/s at most), which two level-3 workers keep up with; every further worker only adds buffers.
+# A higher level is slow enough per core to use them all.
 ZSTD_MAX_WORKERS = 2
 Codec = Literal["zstd", "gzip"]
 DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 6}
@@ -124,12 +125,14 @@ class _Reporter:
 
 
 def compressor(level: int = 3, threads: int = -1, job_size: int = ZSTD_JOB_SIZE) -> zstandard.ZstdCompressor:
-    """threads=-1: one zstd worker per core, at most ZSTD_MAX_WORKERS; 0: compress in the calling thread.
-    write_checksum so `zstd -t` and readers catch corruption. `job_size` (bytes; 0 = zstd's default) bounds the
-    workers' buffers (see ZSTD_JOB_SIZE)."""
+    """threads=-1: one zstd worker per core (at most ZSTD_MAX_WORKERS up to level 7); 0: compress in the calling
+    thread. write_checksum so `zstd -t` and readers catch corruption. `job_size` (bytes; 0 = zstd's default)
+    bounds the workers' buffers (see ZSTD_JOB_SIZE)."""
+    if level > ZSTD_SMALL_JOB_MAX_LEVEL:
+        return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     if threads < 0:
         threads = min(os.cpu_count() or 1, ZSTD_MAX_WORKERS)
-    if threads == 0 or not job_size or level > ZSTD_SMALL_JOB_MAX_LEVEL:
+    if threads == 0 or not job_size:
         return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, job_size=job_size, write_checksum=1)
     return zstandard.ZstdCompressor(compression_params=params)
