@@ -10,8 +10,8 @@ import pytest
 from cidadao_backup_dagster.core.artifacts.manifest import Manifest, iso, write_manifest
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.definitions import build_defs
+from cidadao_backup_dagster.defs.monitoring.resources import AlertSettings
 from cidadao_backup_dagster.defs.postgres import daily_checks
-from cidadao_backup_dagster.defs.resources import AlertSettings
 
 from .test_alerts_core import Receiver
 

@@ -19,7 +19,7 @@ import dagster as dg
 
 from cidadao_backup_dagster.core.postgres.client import PgConnection
 from cidadao_backup_dagster.definitions import build_defs
-from cidadao_backup_dagster.defs.resources import AlertSettings
+from cidadao_backup_dagster.defs.monitoring.resources import AlertSettings
 from cidadao_backup_dagster.demo import seed
 
 from .conftest import unique_name

@@ -8,7 +8,7 @@ import dagster as dg
 
 from ...core.errors import ConfigurationError
 from ...core.monitoring.alerts import AlertDeliveryError, Evaluation, IncidentBook, deliver, run_failure_alert
-from ..resources import AlertSettings
+from .resources import AlertSettings
 
 HISTORY_PER_CHECK = 50  # newest executions read per check and tick (a tick normally finds one or two new)
 # Execution record statuses of a check that ran to a result (the other one, PLANNED, has no result yet).
