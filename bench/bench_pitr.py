@@ -338,6 +338,9 @@ class PitrBench:
 
     def window(self, kind: str) -> h.Run:
         secs = self.s.args.pgbench_seconds
+        # Every window starts right after a checkpoint: the same full-page images in each (WAL volume and tps).
+        with self.c.pg.connect("postgres") as conn:
+            conn.execute("CHECKPOINT")
         if kind == "alone":
             m, out = self.measure("alone_wal", self.pgbench(secs))
             return h.Run([m], extra={"tps": tps_of(out)})
