@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cidadao_backup_dagster.core.artifacts.sections import ToolVersions
 from cidadao_backup_dagster.core.errors import PermanentError
 from cidadao_backup_dagster.core.postgres import client
 from cidadao_backup_dagster.core.postgres.client import (
@@ -93,8 +94,10 @@ def test_debian_pg_wrapper_on_path_is_left_to_the_versioned_folders(only_fakes, 
 
 
 class FakeManifest:
+    """Only the manifest's typed `tools` section, which is all restore_client reads."""
+
     def __init__(self, tools):
-        self.data = {"tools": tools} if tools is not None else {}
+        self.tools = ToolVersions.parse(tools)
 
 
 def test_pg_restore_must_read_the_dumps_archive_version(only_fakes):

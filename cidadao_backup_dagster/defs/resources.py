@@ -23,7 +23,6 @@ from ..core.secrets import (
     register_secret,
 )
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec
-from .monitoring.resources import AlertSettings
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -383,6 +382,8 @@ def _per_source(settings: "Settings", s3: S3Settings) -> dict[str, dg.Configurab
 
 def _shared(settings: "Settings") -> dict[str, dg.ConfigurableResource]:
     """The resources every source shares: backup policy, encryption, alerts and recovery settings."""
+    from .monitoring.resources import AlertSettings  # at call time: the defs.monitoring package imports this module
+
     env_or = settings.env_or
     return {
         "backup_policy": BackupPolicy(
