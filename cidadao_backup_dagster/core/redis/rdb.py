@@ -29,9 +29,11 @@ import json
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from functools import cache
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # ------------------------------------------------------------------------------------------- CRC64
 
@@ -49,13 +51,34 @@ def _byte_table() -> list[int]:
 
 
 _T8_LIST = _byte_table()
-_T8 = np.array(_T8_LIST, dtype=np.uint64)
-_FF = np.uint64(0xFF)
-_I16 = np.arange(65536, dtype=np.uint64)
-_T16 = _T8[(_T8[_I16 & _FF] ^ (_I16 >> np.uint64(8))) & _FF] ^ (_T8[_I16 & _FF] >> np.uint64(8))
-del _I16
-_BYTE_SHIFTS = np.arange(8, dtype=np.uint64) * np.uint64(8)
-_BASIS = (np.arange(256, dtype=np.uint64)[None, :] << _BYTE_SHIFTS[:, None]).ravel()
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """numpy and the lane tables, built on the first large CRC: every run loads this module (the code location
+    imports the Redis domain), most never compute a CRC64, and numpy costs ~50 ms and ~15 MB."""
+
+    np: object
+    t8: np.ndarray
+    ff: np.uint64
+    t16: np.ndarray
+    byte_shifts: np.ndarray
+    basis: np.ndarray
+
+
+@cache
+def _tables() -> _Tables:
+    import numpy
+
+    t8 = numpy.array(_T8_LIST, dtype=numpy.uint64)
+    ff = numpy.uint64(0xFF)
+    i16 = numpy.arange(65536, dtype=numpy.uint64)
+    t16 = t8[(t8[i16 & ff] ^ (i16 >> numpy.uint64(8))) & ff] ^ (t8[i16 & ff] >> numpy.uint64(8))
+    shifts = numpy.arange(8, dtype=numpy.uint64) * numpy.uint64(8)
+    basis = (numpy.arange(256, dtype=numpy.uint64)[None, :] << shifts[:, None]).ravel()
+    return _Tables(numpy, t8, ff, t16, shifts, basis)
+
+
 _ZERO_OPS: dict[int, np.ndarray] = {}
 
 LANES = 16384
@@ -72,9 +95,10 @@ def crc64_py(data: bytes | memoryview, crc: int = 0) -> int:
 
 def _apply(op: np.ndarray, states: np.ndarray) -> np.ndarray:
     """Apply a linear 'append zero bytes' operator (8 tables of 256) to an array of CRC states."""
-    out = op[0][states & _FF]
+    t = _tables()
+    out = op[0][states & t.ff]
     for k in range(1, 8):
-        out ^= op[k][(states >> _BYTE_SHIFTS[k]) & _FF]
+        out ^= op[k][(states >> t.byte_shifts[k]) & t.ff]
     return out
 
 
@@ -83,7 +107,8 @@ def _zero_op(n: int) -> np.ndarray:
     op = _ZERO_OPS.get(n)
     if op is None:
         if n == 1:
-            op = (_T8[_BASIS & _FF] ^ (_BASIS >> np.uint64(8))).reshape(8, 256)
+            t = _tables()
+            op = (t.t8[t.basis & t.ff] ^ (t.basis >> t.np.uint64(8))).reshape(8, 256)
         elif n % 2:
             op = _apply(_zero_op(1), _zero_op(n - 1).ravel()).reshape(8, 256)
         else:
@@ -95,7 +120,8 @@ def _zero_op(n: int) -> np.ndarray:
 
 def _crc64_lanes(block: memoryview, crc: int, lanes: int) -> int:
     """CRC of `block` (a multiple of 2*lanes bytes) continuing from `crc`."""
-    per_lane = len(block) // lanes
+    t = _tables()
+    np, per_lane = t.np, len(block) // lanes
     words = np.frombuffer(block, dtype="<u2").reshape(lanes, per_lane // 2).T.copy()
     state = np.zeros(lanes, dtype=np.uint64)
     state[0] = crc
@@ -106,7 +132,7 @@ def _crc64_lanes(block: memoryview, crc: int, lanes: int) -> int:
         np.bitwise_xor(state, row, out=idx)
         np.bitwise_and(idx, mask, out=idx)
         np.right_shift(state, sixteen, out=state)
-        np.take(_T16, idx, out=looked)
+        np.take(t.t16, idx, out=looked)
         np.bitwise_xor(state, looked, out=state)
     length = per_lane  # fold neighbours: crc(A || B) = zeros(len B) applied to crc(A), xor crc(B)
     while len(state) > 1:
