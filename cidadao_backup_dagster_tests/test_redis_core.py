@@ -17,6 +17,7 @@ from cidadao_backup_dagster.core.artifacts.manifest import Manifest, read_manife
 from cidadao_backup_dagster.core.artifacts.storage import LocalStorage
 from cidadao_backup_dagster.core.errors import BackupError, ConfigurationError
 from cidadao_backup_dagster.core.redis.backup import RedisEndpoint, RedisSnapshotSettings, backup_redis
+from cidadao_backup_dagster.core.redis.crc64 import Crc64, crc64, crc64_py
 from cidadao_backup_dagster.core.redis.drill import _copy_into_throwaway, run_redis_drill
 from cidadao_backup_dagster.core.redis.flush import flush_all
 from cidadao_backup_dagster.core.redis.health import (
@@ -26,14 +27,7 @@ from cidadao_backup_dagster.core.redis.health import (
     persistence_incident,
     read_persistence,
 )
-from cidadao_backup_dagster.core.redis.rdb import (
-    Crc64,
-    RdbVerifier,
-    check_logical_stream,
-    crc64,
-    crc64_py,
-    dump_payload_ok,
-)
+from cidadao_backup_dagster.core.redis.rdb import RdbVerifier, check_logical_stream, dump_payload_ok
 from cidadao_backup_dagster.core.redis.records import _records_from_logical, copy_records
 from cidadao_backup_dagster.core.redis.restore import restore_snapshot
 from cidadao_backup_dagster.core.redis.snapshots import select_snapshot

@@ -38,3 +38,55 @@ def test_the_values_reach_the_storage_and_redis_resources():
     assert resources["backup_storage"].part_size_mb == 32
     assert resources["offsite_storage"].part_size_mb == 32
     assert resources["redis_source"].snapshot_max_age_hours == 3.0
+
+
+def _env_fields():
+    """(resource class, field, variable) of every field bound to a variable with env_field."""
+    from cidadao_backup_dagster.defs.exports.resources import ExportPolicy
+    from cidadao_backup_dagster.defs.monitoring.resources import AlertSettings
+    from cidadao_backup_dagster.defs.protection.retention import RetentionSettings
+    from cidadao_backup_dagster.defs.resources import (
+        BackupEncryption,
+        BackupPolicy,
+        PostgresSource,
+        RecoverySettings,
+        RedisSource,
+    )
+
+    classes = (
+        PostgresSource, RedisSource, BackupPolicy, BackupEncryption, RecoverySettings, AlertSettings, ExportPolicy,
+        RetentionSettings,
+    )  # fmt: skip
+    return [
+        (cls, name, (info.json_schema_extra or {})["env"])
+        for cls in classes
+        for name, info in cls.model_fields.items()
+        if "env" in (info.json_schema_extra or {})
+    ]
+
+
+def test_every_bound_field_is_read_from_its_variable_when_set_and_keeps_its_default_when_not(monkeypatch):
+    import dagster as dg
+
+    from cidadao_backup_dagster.defs.settings import from_env
+
+    fields = _env_fields()
+    assert len(fields) >= 25  # every resource's variables, not an empty loop
+    for cls, name, variable in fields:
+        info = cls.model_fields[name]
+        assert variable in info.description, (cls.__name__, name)
+        assert getattr(from_env(cls, Settings.from_environ({})), name) == info.default, (cls.__name__, name)
+        value = 7 if info.annotation is int else "set-by-test"
+        monkeypatch.setenv(variable, str(value))
+        configured = from_env(cls, Settings.from_environ({variable: str(value)}))
+        with dg.build_resources({"r": configured}) as built:  # resolves the dg.EnvVar as a run would
+            assert getattr(built.r, name) == value, (cls.__name__, name)
+        monkeypatch.delenv(variable)
+
+
+def test_every_variable_a_resource_reads_is_in_the_configuration_table():
+    from pathlib import Path
+
+    table = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    missing = sorted({variable for _c, _n, variable in _env_fields() if f"`{variable}`" not in table})
+    assert not missing, f"not documented in docs/configuration.md: {missing}"

@@ -2,10 +2,13 @@
 reports, the drill asset's result, and the checks, job and schedule around it."""
 
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
 from ..core.artifacts.drill_reports import DrillReport
+from ..core.artifacts.drills import DrillReports
+from ..core.monitoring.health import drill_rule_descriptions
 from .artifact_checks import DrillSeries, build_drill_checks
 from .audit import audit_storage, audited
 from .schedules import latest_partition_schedule, source_asset_job
@@ -21,36 +24,31 @@ def recent_drill_checks(checks: list) -> list:
     return [c for c in checks if any(k.name == "recent_passing_drill" for k in c.check_keys)]
 
 
-def drill_series(
-    binding: Binding,
-    *,
-    read_report: Callable[..., dict | None],
-    newest_passing: Callable[..., dict | None],
-    noun: str,
-    report_name: str,
-    rto_s: float,
-    descriptions: dict[str, str],
-) -> DrillSeries:
-    """How the drill checks read one source's drill reports, with the domain's `read_report(storage, source
-    resource, month)` and `newest_passing(storage, source resource)`."""
+def drill_series(binding: Binding, reports: DrillReports, names: Callable[[Any], str | tuple[str, ...]]) -> DrillSeries:
+    """How the drill checks read one source's drill `reports`, filed under `names(source resource)` (the first is
+    where a month's report is read; a tuple adds names the series had before). The checks' descriptions say what
+    the drill kind proves, and come from the RTO and recency rules themselves."""
 
     def read(resources, partition: str) -> DrillReport | None:
-        storage = binding.storage(resources).open()
-        return DrillReport.of(read_report(storage, binding.source(resources), partition))
+        storage, source = binding.storage(resources).open(), names(binding.source(resources))
+        return DrillReport.of(reports.read_report(storage, source if isinstance(source, str) else source[0], partition))
 
     def newest(resources) -> DrillReport | None:
         storage = binding.storage(resources).open()
-        return DrillReport.of(newest_passing(storage, binding.source(resources)))
+        return DrillReport.of(reports.newest_passing_report(storage, names(binding.source(resources))))
 
     return DrillSeries(
-        noun=noun,
-        report_name=report_name,
+        noun=reports.noun,
+        report_name=f"{reports.title} report",
         partitions_def=MONTHLY,
         needs=frozenset({binding.source_key, binding.storage_key}),
-        rto_s=rto_s,
+        rto_s=reports.rto_s,
         read_report=read,
         newest_passing=newest,
-        descriptions=descriptions,
+        descriptions={
+            "drill_passed": f"ERROR unless {reports.passes_when}.",
+            **drill_rule_descriptions(reports.rto_s, reports.rto_name, reports.title),
+        },
     )
 
 
@@ -88,16 +86,17 @@ def drill_result(context, report: DrillReport, rto_s: int, proved: dict, restore
 def build_drill(
     binding: Binding,
     name: str,
-    *,
-    kind: str,
-    description: str,
+    reports: DrillReports,
+    names: Callable[[Any], str | tuple[str, ...]],
     run: Callable[[dg.AssetExecutionContext, Binding], dg.MaterializeResult],
-    series: DrillSeries,
-    job: tuple[str, str],
-    schedule: tuple[str, str, str],
+    description: str,
+    *,
+    cron: str,
 ):
-    """(drill asset `name`, its checks, its job, its schedule) for one source: `job` is (name, description),
-    `schedule` (name, cron, description)."""
+    """(drill asset `name`, its checks, `<name>_job`, `<name>_schedule` on `cron`) for one source, of the drill
+    kind `reports` describes, its reports filed under `names(source resource)`."""
+    series = drill_series(binding, reports, names)
+    kind = binding.kind.source_resource.removesuffix("_source")  # postgres | redis
 
     @dg.asset(
         key=binding.key(name),
@@ -112,9 +111,8 @@ def build_drill(
         return run(context, binding)
 
     checks = build_drill_checks(drill, series)
-    drill_job = source_asset_job(binding, job[0], drill, job[1])
-    schedule_name, cron, schedule_description = schedule
+    drill_job = source_asset_job(binding, f"{name}_job", drill, f"Monthly {reports.title} with its checks.")
     drill_schedule = latest_partition_schedule(
-        binding.named(schedule_name), drill_job, MONTHLY, cron, schedule_description
+        binding.named(f"{name}_schedule"), drill_job, MONTHLY, cron, f"Monthly {reports.title}."
     )
     return drill, checks, drill_job, drill_schedule

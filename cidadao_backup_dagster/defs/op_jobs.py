@@ -5,7 +5,9 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from ..core.errors import BackupError, ConfigurationError
 from .audit import audit_storage, audited
+from .failures import failure
 from .sources import Binding, PgBinding, RedisBinding
 
 
@@ -50,7 +52,8 @@ def recovery_job(
     run: Callable[[dg.OpExecutionContext, dg.Config, PgBinding | RedisBinding], dict[str, dg.MetadataValue]],
 ) -> dg.JobDefinition:
     """Job `name` (op `<name>_op`) running `run` under an audit record `action` whose artifact is the output's
-    `artifact_key` metadata. `run` returns that metadata: a recovery op's output is nothing else."""
+    `artifact_key` metadata. `run` returns that metadata: a recovery op's output is nothing else. A BackupError or
+    ConfigurationError `run` raises fails the run, never retried: a recovery is re-launched by a person."""
     tags = {"cidadao/domain": "recovery", **binding.tags}
 
     @dg.op(
@@ -61,7 +64,10 @@ def recovery_job(
     )
     def recovery_op(context: dg.OpExecutionContext, config: config_type) -> dg.Output:  # type: ignore[valid-type]
         with audited(context, audit_storage(binding.storage(context.resources)), action) as audit:
-            metadata = run(context, config, binding)
+            try:
+                metadata = run(context, config, binding)
+            except (BackupError, ConfigurationError) as exc:  # a refusal or a fault a person must look at first
+                raise failure(exc, allow_retries=False) from None
             audit_output(audit, metadata, artifact_key)
             return dg.Output(None, metadata=metadata)
 

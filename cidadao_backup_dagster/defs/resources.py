@@ -2,8 +2,6 @@
 Settings read when the definitions are built), validated where it is used, with errors that name the variable
 and the fix."""
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
@@ -23,28 +21,26 @@ from ..core.secrets import (
     register_secret,
 )
 from ..core.sources import PostgresSourceSpec, RedisSourceSpec
-
-if TYPE_CHECKING:
-    from .settings import Settings
+from .settings import Settings, env_field, from_env
 
 
 class PostgresSource(dg.ConfigurableResource):
     """The database to back up (`DATABASE_URL`)."""
 
     database_url: str = Field(default="", description="postgresql://user:password@host:5432/dbname (DATABASE_URL)")
-    pg_bin_dir: str = Field(
-        default="", description="The one folder holding pg_dump/pg_restore (PG_BIN_DIR); empty = search PG_BIN_DIRS"
-    )
-    pg_bin_dirs: str = Field(
-        default="",
-        description="Folders searched for a pg_dump/pg_restore of at least the server's version (PG_BIN_DIRS, "
-        "colon-separated), before /usr/lib/postgresql/*/bin and PATH",
+    pg_bin_dir: str = env_field("PG_BIN_DIR", "", "The one folder holding pg_dump/pg_restore; empty = PG_BIN_DIRS")
+    pg_bin_dirs: str = env_field(
+        "PG_BIN_DIRS",
+        "",
+        "Folders searched for a pg_dump/pg_restore of at least the server's version (colon-separated), before "
+        "/usr/lib/postgresql/*/bin and PATH",
     )
     url_variable: str = Field(default="DATABASE_URL", description="Environment variable holding the URL (in errors)")
-    name: str = Field(
-        default="cidadao",
-        description="Stable name of this source's backup series (POSTGRES_SOURCE_NAME, or the source's name in "
-        "BACKUP_SOURCES_FILE): storage keys use it, so renaming or moving the database keeps one series",
+    name: str = env_field(
+        "POSTGRES_SOURCE_NAME",
+        "cidadao",
+        "Stable name of this source's backup series (or the source's name in BACKUP_SOURCES_FILE): storage keys "
+        "use it, so renaming or moving the database keeps one series",
     )
 
     def connection(self) -> PgConnection:
@@ -131,18 +127,19 @@ def _parse_range(text: str) -> tuple[int | None, int | None]:
 class BackupPolicy(dg.ConfigurableResource):
     """Knobs for compression and the health checks; defaults come from the strategy."""
 
-    zstd_level: int = Field(default=3, description="zstd level (BACKUP_ZSTD_LEVEL): 1 fastest, 19 smallest")
+    zstd_level: int = env_field("BACKUP_ZSTD_LEVEL", 3, "zstd level: 1 fastest, 19 smallest")
     size_history: int = Field(default=7, description="How many earlier valid backups the size check compares to")
     max_size_deviation_pct: float = Field(default=50.0, description="Strategy: 'backup_size_deviation > 50%'")
-    expected_size_mb: str = Field(
-        default="500-2000", description="Expected stored size MIN-MAX in MB (BACKUP_EXPECTED_SIZE_MB); 'off' disables"
+    expected_size_mb: str = env_field(
+        "BACKUP_EXPECTED_SIZE_MB", "500-2000", "Expected stored size MIN-MAX in MB; 'off' disables"
     )
     daily_max_age_hours: float = Field(default=48, description="Strategy alert: backup_age_hours > 48 (RPO 24 h)")
     weekly_max_age_hours: float = Field(default=8 * 24 + 6, description="Weekly offsite copy: a week plus slack")
-    late_grace_hours: str = Field(
-        default="",
-        description="How long after its period ends a partition may still be backed up, per cadence "
-        "(BACKUP_LATE_GRACE_HOURS, e.g. 'daily=48,weekly=192,hourly=6'; these are the defaults)",
+    late_grace_hours: str = env_field(
+        "BACKUP_LATE_GRACE_HOURS",
+        "",
+        "How long after its period ends a partition may still be backed up, per cadence, e.g. "
+        "'daily=48,weekly=192,hourly=6' (these are the defaults)",
     )
 
     def late_grace(self) -> dict[str, float]:
@@ -163,11 +160,9 @@ class BackupEncryption(dg.ConfigurableResource):
     """age encryption of every artifact. The worker needs only the public keys; the identity file is read
     only by restores, drills and deep verification."""
 
-    recipients: str = Field(default="", description="age public keys, comma-separated (BACKUP_AGE_RECIPIENTS)")
-    identity_file: str = Field(default="", description="age identity file for restores (BACKUP_AGE_IDENTITY_FILE)")
-    environment: str = Field(
-        default="", description="Deployment marker (CIDADAO_ENV); 'production' requires encryption"
-    )
+    recipients: str = env_field("BACKUP_AGE_RECIPIENTS", "", "age public keys, comma-separated")
+    identity_file: str = env_field("BACKUP_AGE_IDENTITY_FILE", "", "age identity file for restores")
+    environment: str = env_field("CIDADAO_ENV", "", "Deployment marker; 'production' requires encryption")
 
     @property
     def production(self) -> bool:
@@ -196,14 +191,14 @@ class RecoverySettings(dg.ConfigurableResource):
     """Where restores work. Passwords live here (from the environment), never in a job's run config,
     because run config is stored in the run history for everyone to read."""
 
-    tmp_dir: str = Field(default="", description="Folder for decompressed archives (RESTORE_TMPDIR); empty = TMPDIR")
-    target_password: str = Field(
-        default="", description="Password for a restore target server other than the source (RESTORE_TARGET_PASSWORD)"
+    tmp_dir: str = env_field("RESTORE_TMPDIR", "", "Folder for decompressed archives; empty = TMPDIR")
+    target_password: str = env_field(
+        "RESTORE_TARGET_PASSWORD", "", "Password for a restore target server other than the source"
     )
-    drill_server_url: str = Field(
-        default="",
-        description="Server for the scratch databases of restore drills and of recover_rows (DRILL_DATABASE_URL); "
-        "empty = the source server",
+    drill_server_url: str = env_field(
+        "DRILL_DATABASE_URL",
+        "",
+        "Server for the scratch databases of restore drills and of recover_rows; empty = the source server",
     )
     restore_jobs: int = Field(default=2, description="pg_restore --jobs for drills")
 
@@ -249,25 +244,23 @@ class RedisSource(dg.ConfigurableResource):
     redis_url: str = Field(
         default="", description="redis://[user:password@]host:6379[/db], rediss:// for TLS (REDIS_URL)"
     )
-    name: str = Field(
-        default="cache",
-        description="Name of the snapshot series in storage (REDIS_SOURCE_NAME): keep it when the instance is "
-        "re-provisioned under a new host, so restores and checks still find the earlier snapshots",
+    name: str = env_field(
+        "REDIS_SOURCE_NAME",
+        "cache",
+        "Name of the snapshot series in storage: keep it when the instance is re-provisioned under a new host, so "
+        "restores and checks still find the earlier snapshots",
     )
-    mode: str = Field(
-        default="auto",
-        description="REDIS_SNAPSHOT_MODE: rdb (SYNC, point-in-time), logical (SCAN + DUMP + PTTL, for services "
-        "that refuse SYNC) or auto (rdb, falling back to logical with a warning)",
+    mode: str = env_field(
+        "REDIS_SNAPSHOT_MODE",
+        "auto",
+        "rdb (SYNC, point-in-time), logical (SCAN + DUMP + PTTL, for services that refuse SYNC) or auto (rdb, "
+        "falling back to logical with a warning)",
     )
-    connect_timeout_s: int = Field(default=10, description="Connect timeout in seconds (REDIS_CONNECT_TIMEOUT_S)")
-    socket_timeout_s: int = Field(
-        default=60, description="Read timeout in seconds while waiting for the server (REDIS_SOCKET_TIMEOUT_S)"
-    )
-    server_bin: str = Field(
-        default="", description="redis-server for restores and drills (REDIS_SERVER_BIN); empty = PATH"
-    )
-    target_password: str = Field(
-        default="", description="Password for a restore/flush target given in run config (REDIS_TARGET_PASSWORD)"
+    connect_timeout_s: int = env_field("REDIS_CONNECT_TIMEOUT_S", 10, "Connect timeout in seconds")
+    socket_timeout_s: int = env_field("REDIS_SOCKET_TIMEOUT_S", 60, "Read timeout in seconds waiting for the server")
+    server_bin: str = env_field("REDIS_SERVER_BIN", "", "redis-server for restores and drills; empty = PATH")
+    target_password: str = env_field(
+        "REDIS_TARGET_PASSWORD", "", "Password for a restore/flush target given in run config"
     )
     max_last_save_age_s: int = Field(default=3600, description="Strategy alert: redis_rdb_last_save_age > 3600")
     snapshot_max_age_hours: float = Field(default=2.0, description="Freshness: newest valid snapshot at most this old")
@@ -310,7 +303,7 @@ class RedisSource(dg.ConfigurableResource):
         return self.server_bin or None
 
 
-def _storage(settings: "Settings", s3: S3Settings, prefix: str = "", *, offsite: bool = False) -> BackupStorage:
+def _storage(settings: Settings, s3: S3Settings, prefix: str = "", *, offsite: bool = False) -> BackupStorage:
     """BACKUP_STORAGE_URL, or OFFSITE_STORAGE_URL, under `prefix`."""
     if offsite:
         # the offsite bucket may be another provider: OFFSITE_S3_SSE (+ _KMS_KEY_ID), else the BACKUP_ pair
@@ -336,33 +329,27 @@ def _storage(settings: "Settings", s3: S3Settings, prefix: str = "", *, offsite:
     )
 
 
-def _postgres_source(settings: "Settings", spec: PostgresSourceSpec) -> PostgresSource:
-    env_or = settings.env_or
-    return PostgresSource(
-        database_url=env_or(spec.url_env, ""),
-        pg_bin_dir=env_or("PG_BIN_DIR", ""),
-        pg_bin_dirs=env_or("PG_BIN_DIRS", ""),
-        url_variable=spec.url_env,
-        name=spec.name or env_or("POSTGRES_SOURCE_NAME", "cidadao"),
+def _postgres_source(settings: Settings, spec: PostgresSourceSpec) -> PostgresSource:
+    listed = {"name": spec.name} if spec.name else {}  # a listed source's name is its series name
+    return from_env(
+        PostgresSource, settings, database_url=settings.env_or(spec.url_env, ""), url_variable=spec.url_env, **listed
     )
 
 
-def _redis_source(settings: "Settings", spec: RedisSourceSpec) -> RedisSource:
-    env_or = settings.env_or
-    return RedisSource(
-        redis_url=env_or(spec.url_env, ""),
+def _redis_source(settings: Settings, spec: RedisSourceSpec) -> RedisSource:
+    listed = {"name": spec.name} if spec.name else {}
+    return from_env(
+        RedisSource,
+        settings,
+        redis_url=settings.env_or(spec.url_env, ""),
         url_variable=spec.url_env,
-        name=spec.name or env_or("REDIS_SOURCE_NAME", "cache"),
-        mode=spec.mode or env_or("REDIS_SNAPSHOT_MODE", "auto"),
-        connect_timeout_s=env_or("REDIS_CONNECT_TIMEOUT_S", 10, as_int=True),
-        socket_timeout_s=env_or("REDIS_SOCKET_TIMEOUT_S", 60, as_int=True),
-        server_bin=env_or("REDIS_SERVER_BIN", ""),
-        target_password=env_or("REDIS_TARGET_PASSWORD", ""),
         snapshot_max_age_hours=settings.redis_snapshot_max_age_h,
+        **listed,
+        **({"mode": spec.mode} if spec.mode else {}),
     )
 
 
-def _per_source(settings: "Settings", s3: S3Settings) -> dict[str, dg.ConfigurableResource]:
+def _per_source(settings: Settings, s3: S3Settings) -> dict[str, dg.ConfigurableResource]:
     """Each listed source's connection and storages (the shared URLs with its storage_prefix); the implicit Redis
     source's connection."""
     per_source: dict[str, dg.ConfigurableResource] = {}
@@ -380,44 +367,24 @@ def _per_source(settings: "Settings", s3: S3Settings) -> dict[str, dg.Configurab
     return per_source
 
 
-def _shared(settings: "Settings") -> dict[str, dg.ConfigurableResource]:
+def _shared(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The resources every source shares: backup policy, encryption, alerts and recovery settings."""
     from .monitoring.resources import AlertSettings  # at call time: the defs.monitoring package imports this module
 
-    env_or = settings.env_or
-    return {
-        "backup_policy": BackupPolicy(
-            zstd_level=env_or("BACKUP_ZSTD_LEVEL", 3, as_int=True),
-            expected_size_mb=env_or("BACKUP_EXPECTED_SIZE_MB", "500-2000"),
-            late_grace_hours=env_or("BACKUP_LATE_GRACE_HOURS", ""),
-        ),
-        "encryption": BackupEncryption(
-            recipients=env_or("BACKUP_AGE_RECIPIENTS", ""),
-            identity_file=env_or("BACKUP_AGE_IDENTITY_FILE", ""),
-            environment=env_or("CIDADAO_ENV", ""),
-        ),
-        "alerts": AlertSettings(
-            slack_token=env_or("SLACK_BOT_TOKEN", ""),
-            slack_channel=env_or("SLACK_CHANNEL", ""),
-            webhook_url=env_or("ALERT_WEBHOOK_URL", ""),
-            min_severity=env_or("ALERT_MIN_SEVERITY", "warning"),
-            dagster_url=env_or("ALERT_DAGSTER_URL", ""),
-        ),
-        "recovery": RecoverySettings(
-            tmp_dir=env_or("RESTORE_TMPDIR", ""),
-            target_password=env_or("RESTORE_TARGET_PASSWORD", ""),
-            drill_server_url=env_or("DRILL_DATABASE_URL", ""),
-        ),
+    shared = {
+        "backup_policy": BackupPolicy,
+        "encryption": BackupEncryption,
+        "alerts": AlertSettings,
+        "recovery": RecoverySettings,
     }
+    return {key: from_env(resource_type, settings) for key, resource_type in shared.items()}
 
 
-def build_resources(settings: "Settings | None" = None) -> dict[str, dg.ConfigurableResource]:
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """Shared resources, and per source of `settings.sources` (default: one from DATABASE_URL and one from
     REDIS_URL) its connection and its storage (the shared URLs with the source's storage_prefix). `settings`
     defaults to the environment now (tests and tools that build resources alone)."""
     if settings is None:
-        from .settings import Settings
-
         settings = Settings.from_environ()
     # Every secret of the environment is known before anything runs: whatever message carries one masks it.
     register_environment(settings.environ)

@@ -14,8 +14,10 @@ from datetime import date
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 import dagster as dg
+from pydantic import Field
 
 from ..core.artifacts.storage import DEFAULT_PARTS_IN_FLIGHT, MIN_PART_SIZE, MiB
 from ..core.errors import ConfigurationError
@@ -27,6 +29,7 @@ DEFAULT_PART_SIZE_MB = 16
 PART_SIZE_RANGE = (MIN_PART_SIZE // MiB, 5 * 1024)  # S3's part minimum (5 MiB) and maximum (5 GiB)
 PARTS_IN_FLIGHT_VARIABLE = "BACKUP_S3_PARTS_IN_FLIGHT"
 REDIS_MAX_AGE_VARIABLE = "REDIS_SNAPSHOT_MAX_AGE_H"
+R = TypeVar("R", bound=dg.ConfigurableResource)
 
 
 def _number(
@@ -110,3 +113,19 @@ class Settings:
     @cached_property
     def partitions(self) -> BackupPartitions:
         return backup_partitions(self.partitions_start)
+
+
+def env_field(variable: str, default, description: str) -> Any:
+    """A resource field that `from_env` reads from `variable` (its default when unset): the variable, its
+    default and its description are stated once, here, instead of again where the resource is built."""
+    return Field(default=default, description=f"{description} ({variable})", json_schema_extra={"env": variable})
+
+
+def from_env(resource_type: type[R], settings: Settings, **given) -> R:
+    """`resource_type` with each `env_field` read through `settings.env_or`; `given` values win."""
+    values = dict(given)
+    for name, info in resource_type.model_fields.items():
+        variable = (info.json_schema_extra or {}).get("env")  # type: ignore[union-attr]
+        if variable and name not in values:
+            values[name] = settings.env_or(variable, info.default, as_int=info.annotation is int)
+    return resource_type(**values)

@@ -1,5 +1,5 @@
-"""One kind of restore drill's reports (`drills/<kind>/<source>/...`), over drill_reports' layout: the
-PostgreSQL and Redis drills write and read theirs through one of these."""
+"""One kind of restore drill: what it proves and against which RTO, and its reports (`drills/<kind>/<source>/...`,
+over drill_reports' layout). The PostgreSQL, PITR and Redis drills are each described by one of these."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from .storage import Storage
 
 @dataclass(frozen=True)
 class DrillReports:
-    kind: str  # postgres | redis
+    kind: str  # the reports' folder: postgres | postgres-pitr | redis
+    title: str = "drill"  # in messages: "No <title> report for 2026-11"
+    noun: str = "backup"  # what a drill restores
+    rto_s: float = 0  # the strategy's RTO the drill is timed against
+    rto_name: str = ""  # which RTO: "database corruption"
+    passes_when: str = ""  # "every table's row count matched its manifest"
 
     def prefix(self, source: str) -> str:
         return f"drills/{self.kind}/{source}"

@@ -96,6 +96,20 @@ def drill_passed_verdict(report: DrillReport, noun: str) -> Verdict:
     )
 
 
+def drill_rule_descriptions(rto_s: float, rto_name: str, drill: str) -> dict[str, str]:
+    """What `drill_duration_within_rto` and `recent_passing_drill` check, worded from the rules below."""
+
+    def minutes(seconds: float) -> str:
+        return f"{seconds / 60:g} min"
+
+    return {
+        "drill_duration_within_rto": f"Time against the RTO for {rto_name} ({minutes(rto_s)}): WARN above "
+        f"{minutes(rto_s / 2)}, ERROR above {minutes(rto_s)}.",
+        "recent_passing_drill": f"ERROR when no {drill} has passed in the last {MAX_DRILL_AGE.days} days: an "
+        "untested backup is a hope, not a backup.",
+    }
+
+
 def drill_duration_verdict(seconds: float, rto_s: float) -> tuple[Verdict, str]:
     """(verdict, "WARN"|"ERROR"): pass within half the RTO; WARN above half; ERROR above the RTO."""
     meta = {"duration_s": seconds, "rto_s": rto_s, "rto_used_pct": round(100 * seconds / rto_s, 1)}

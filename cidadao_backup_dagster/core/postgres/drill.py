@@ -13,7 +13,14 @@ from .client import PgConnection, restore_client
 from .restore import Logger, drop_database, restore_backup, select_backup
 
 RTO_DATABASE_CORRUPTION_S = 30 * 60  # strategy: "Database corruption < 30 minutes"
-REPORTS = DrillReports("postgres")
+REPORTS = DrillReports(
+    "postgres",
+    "restore drill",
+    noun="backup",
+    rto_s=RTO_DATABASE_CORRUPTION_S,
+    rto_name="database corruption",
+    passes_when="the drill restored the backup and every table's row count matched its manifest",
+)
 read_report = REPORTS.read_report
 newest_passing_report = REPORTS.newest_passing_report
 

@@ -19,7 +19,15 @@ from .server import ThrowawayRedis, Workdir
 from .snapshots import fetch_snapshot, select_snapshot, snapshot_format
 
 RTO_REDIS_S = 5 * 60  # strategy RTO table: "Cache failure < 5 minutes" (see drill docs for the choice)
-REPORTS = DrillReports("redis")
+REPORTS = DrillReports(
+    "redis",
+    "Redis restore drill",
+    noun="snapshot",
+    rto_s=RTO_REDIS_S,
+    rto_name="a cache failure",
+    passes_when="the snapshot loaded and every database's key count matched the manifest (within the keys that "
+    "carry a TTL, which may have expired since)",
+)
 read_report = REPORTS.read_report
 newest_passing_report = REPORTS.newest_passing_report
 

@@ -5,8 +5,6 @@ before anything is written."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
 from pydantic import Field
 
@@ -19,9 +17,7 @@ from ...core.exports.spec import (
     parse_columns,
     parse_table,
 )
-
-if TYPE_CHECKING:
-    from ..settings import Settings
+from ..settings import Settings, env_field, from_env
 
 
 def _export_spec(
@@ -53,25 +49,24 @@ def _export_spec(
 class ExportPolicy(dg.ConfigurableResource):
     """What the exports read and how their checks judge them; defaults are the strategy's."""
 
-    investigations_table: str = Field(
-        default="investigations", description="Table of the daily JSON export (INVESTIGATIONS_EXPORT_TABLE)"
+    investigations_table: str = env_field(
+        "INVESTIGATIONS_EXPORT_TABLE", "investigations", "Table of the daily JSON export"
     )
-    investigations_columns: str = Field(
-        default=",".join(INVESTIGATIONS_COLUMNS),
-        description="Columns of the daily JSON export, in order; * = all (INVESTIGATIONS_EXPORT_COLUMNS)",
+    investigations_columns: str = env_field(
+        "INVESTIGATIONS_EXPORT_COLUMNS",
+        ",".join(INVESTIGATIONS_COLUMNS),
+        "Columns of the daily JSON export, in order; * = all",
     )
-    investigations_time_column: str = Field(
-        default="created_at",
-        description="Timestamp column that puts a row in a daily (UTC) partition (INVESTIGATIONS_EXPORT_TIME_COLUMN)",
+    investigations_time_column: str = env_field(
+        "INVESTIGATIONS_EXPORT_TIME_COLUMN", "created_at", "Timestamp column that puts a row in a daily (UTC) partition"
     )
-    agent_instances_table: str = Field(
-        default="agent_instances", description="Table of the weekly CSV snapshot (AGENT_INSTANCES_EXPORT_TABLE)"
+    agent_instances_table: str = env_field(
+        "AGENT_INSTANCES_EXPORT_TABLE", "agent_instances", "Table of the weekly CSV snapshot"
     )
-    agent_instances_columns: str = Field(
-        default="*",
-        description="Columns of the weekly CSV snapshot; * = all, in table order (AGENT_INSTANCES_EXPORT_COLUMNS)",
+    agent_instances_columns: str = env_field(
+        "AGENT_INSTANCES_EXPORT_COLUMNS", "*", "Columns of the weekly CSV snapshot; * = all, in table order"
     )
-    gzip_level: int = Field(default=6, description="gzip level 1-9 (EXPORT_GZIP_LEVEL): 1 fastest, 9 smallest")
+    gzip_level: int = env_field("EXPORT_GZIP_LEVEL", 6, "gzip level 1-9: 1 fastest, 9 smallest")
     size_history: int = Field(default=7, description="How many earlier valid exports the size check compares to")
     max_size_deviation_pct: float = Field(default=50.0, description="WARN when the size is this far from the median")
     daily_warn_age_hours: float = Field(default=48, description="Daily export: WARN when the newest is older")
@@ -103,14 +98,4 @@ class ExportPolicy(dg.ConfigurableResource):
 def build_export_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Read when the definitions are built, like `build_resources()`: a variable set then is shown in the UI
     as coming from the environment; an unset one leaves the strategy's default."""
-    env_or = settings.env_or
-    return {
-        "export_policy": ExportPolicy(
-            investigations_table=env_or("INVESTIGATIONS_EXPORT_TABLE", "investigations"),
-            investigations_columns=env_or("INVESTIGATIONS_EXPORT_COLUMNS", ",".join(INVESTIGATIONS_COLUMNS)),
-            investigations_time_column=env_or("INVESTIGATIONS_EXPORT_TIME_COLUMN", "created_at"),
-            agent_instances_table=env_or("AGENT_INSTANCES_EXPORT_TABLE", "agent_instances"),
-            agent_instances_columns=env_or("AGENT_INSTANCES_EXPORT_COLUMNS", "*"),
-            gzip_level=env_or("EXPORT_GZIP_LEVEL", 6, as_int=True),
-        )
-    }
+    return {"export_policy": from_env(ExportPolicy, settings)}

@@ -7,25 +7,22 @@ from pydantic import Field
 from ...core.errors import ConfigurationError
 from ...core.monitoring.alerts import Channels, parse_level
 from ...core.secrets import register_secret
+from ..settings import env_field
 
 
 class AlertSettings(dg.ConfigurableResource):
     """Where the alert sensors send notifications: Slack (dagster-slack, a bot token and a channel), a generic
     webhook (JSON POST), both, or neither (then alerts are only logged in the sensors' ticks)."""
 
-    slack_token: str = Field(default="", description="Slack bot token, xoxb-... with chat:write (SLACK_BOT_TOKEN)")
-    slack_channel: str = Field(default="", description="Slack channel, e.g. #backups or C0123456 (SLACK_CHANNEL)")
-    webhook_url: str = Field(
-        default="", description="Generic webhook receiving a JSON POST per alert (ALERT_WEBHOOK_URL)"
+    slack_token: str = env_field("SLACK_BOT_TOKEN", "", "Slack bot token, xoxb-... with chat:write")
+    slack_channel: str = env_field("SLACK_CHANNEL", "", "Slack channel, e.g. #backups or C0123456")
+    webhook_url: str = env_field("ALERT_WEBHOOK_URL", "", "Generic webhook receiving a JSON POST per alert")
+    min_severity: str = env_field(
+        "ALERT_MIN_SEVERITY",
+        "warning",
+        "Lowest severity sent to Slack/webhook: warning, high or critical; lower ones are only logged",
     )
-    min_severity: str = Field(
-        default="warning",
-        description="Lowest severity sent to Slack/webhook (ALERT_MIN_SEVERITY): warning, high or critical; "
-        "lower ones are only logged",
-    )
-    dagster_url: str = Field(
-        default="", description="Base URL of the Dagster UI, for links in messages (ALERT_DAGSTER_URL)"
-    )
+    dagster_url: str = env_field("ALERT_DAGSTER_URL", "", "Base URL of the Dagster UI, for links in messages")
     slack_api_url: str = Field(
         default="", description="Slack Web API base URL override (a Slack-compatible gateway); empty = Slack"
     )

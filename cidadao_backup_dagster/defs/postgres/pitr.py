@@ -256,15 +256,12 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
     """`restore_postgres` with a `target_time`: the database as of that instant, from base backup + WAL."""
     if config.output == "data_directory":
         return _data_directory(context, config, binding)
-    try:
-        storage, source, tools = _recovering(context, binding)
-        result = restore_database_as_of(
-            storage, source=source.series_name(), database=source.connection().dbname, target_time=config.target_time,
-            server=target_server, dbname=dbname, **restore_options(config), **tools,
-            worker_env=binding.settings.environ, run_id=context.run.run_id,
-        )  # fmt: skip
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    storage, source, tools = _recovering(context, binding)
+    result = restore_database_as_of(
+        storage, source=source.series_name(), database=source.connection().dbname, target_time=config.target_time,
+        server=target_server, dbname=dbname, **restore_options(config), **tools,
+        worker_env=binding.settings.environ, run_id=context.run.run_id,
+    )  # fmt: skip
     restored, plan = result.restore, result.plan
     context.log.info(f"Restored as of {config.target_time}: {restored.tables} tables, {restored.rows:,} rows")
     return {
@@ -280,15 +277,12 @@ def restore_as_of(context, config, binding: PgBinding, target_server, dbname: st
 
 def recover_rows_as_of(context, config, binding: PgBinding, live) -> dict:
     """`recover_rows` with `as_of`: the rows as they were at that instant, from base backup + WAL."""
-    try:
-        storage, source, tools = _recovering(context, binding)
-        result = recover_rows_as_of_core(
-            storage, source=source.series_name(), target_time=config.as_of, live=live, table=config.table,
-            where=config.where, scratch_server=context.resources.recovery.recover_scratch_server(live),
-            dry_run=config.dry_run, on_conflict=config.on_conflict, sample_rows=config.sample_rows, **tools,
-        )  # fmt: skip
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    storage, source, tools = _recovering(context, binding)
+    result = recover_rows_as_of_core(
+        storage, source=source.series_name(), target_time=config.as_of, live=live, table=config.table,
+        where=config.where, scratch_server=context.resources.recovery.recover_scratch_server(live),
+        dry_run=config.dry_run, on_conflict=config.on_conflict, sample_rows=config.sample_rows, **tools,
+    )  # fmt: skip
     rows = result.rows
     done = (
         "would come back (dry run)" if rows.dry_run else f"came back ({rows.inserted} inserted, {rows.updated} updated)"
@@ -304,19 +298,16 @@ def recover_rows_as_of(context, config, binding: PgBinding, live) -> dict:
 
 def _data_directory(context, config, binding: PgBinding) -> dict:
     """`restore_postgres` with `output: data_directory`: the cluster as of `target_time`, as a data directory."""
-    try:
-        if not config.data_directory:
-            raise ConfigurationError(
-                "data_directory", "is empty and output is data_directory", "name an absent or empty folder"
-            )
-        storage, source, tools = _recovering(context, binding)
-        tools["bin_dir"] = tools.pop("server_bin_dir")  # the recovery alone: no client programs
-        path, plan, recovered_to = recover_data_directory(
-            storage, source=source.series_name(), target_time=config.target_time,
-            destination=config.data_directory, **tools,
-        )  # fmt: skip
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    if not config.data_directory:
+        raise ConfigurationError(
+            "data_directory", "is empty and output is data_directory", "name an absent or empty folder"
+        )
+    storage, source, tools = _recovering(context, binding)
+    tools["bin_dir"] = tools.pop("server_bin_dir")  # the recovery alone: no client programs
+    path, plan, recovered_to = recover_data_directory(
+        storage, source=source.series_name(), target_time=config.target_time,
+        destination=config.data_directory, **tools,
+    )  # fmt: skip
     return {
         "target": dg.MetadataValue.path(str(path)),
         "target_time": dg.MetadataValue.text(config.target_time),

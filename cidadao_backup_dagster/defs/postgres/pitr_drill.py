@@ -6,9 +6,9 @@ import dagster as dg
 
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
-from ...core.postgres.pitr.drill import RTO_PITR_S, newest_passing_report, read_report, run_pitr_drill
+from ...core.postgres.pitr.drill import REPORTS, RTO_PITR_S, run_pitr_drill
 from ...core.postgres.pitr.recovery import server_search
-from ..drills import audited_drill, build_drill, drill_result, drill_series
+from ..drills import audited_drill, build_drill, drill_result
 from ..failures import failure
 from ..sources import PgBinding
 from .assets import DAILY_SPEC, series_for
@@ -58,24 +58,11 @@ def _pitr_drill(context: dg.AssetExecutionContext, binding: PgBinding) -> dg.Mat
 
 def build_pitr_drill(binding: PgBinding):
     """(drill asset, its checks, its job, its schedule) of one source with PITR on."""
-    series = drill_series(
-        binding,
-        read_report=lambda storage, source, month: read_report(storage, source.series_name(), month),
-        newest_passing=lambda storage, source: newest_passing_report(storage, source.series_name()),
-        noun="base backup and WAL",
-        report_name="PITR drill report",
-        rto_s=RTO_PITR_S,
-        descriptions={
-            "drill_passed": "ERROR unless the recovery to the newest dump's snapshot instant held every table's row "
-            "count of that dump.",
-            "drill_duration_within_rto": "Recovery time against the 30-minute RTO: WARN above 15 min, ERROR above 30.",
-            "recent_passing_drill": "ERROR when no PITR drill has passed in the last 35 days.",
-        },
-    )
-    job = ("postgres_pitr_drill_job", "Monthly PITR drill with its checks.")
     # On the 1st at 06:00 UTC: after the 03:00 dump, the WAL runs since, and the 05:00 restore drill.
-    schedule = ("postgres_pitr_drill_schedule", "0 6 1 * *", "Monthly PITR drill.")
     return build_drill(
-        binding, "postgres_pitr_drill", kind="postgres", description=DESCRIPTION, run=_pitr_drill, series=series,
-        job=job, schedule=schedule,
-    )  # fmt: skip
+        binding, "postgres_pitr_drill", REPORTS, _series_name, _pitr_drill, DESCRIPTION, cron="0 6 1 * *"
+    )
+
+
+def _series_name(source) -> str:
+    return source.series_name()

@@ -3,7 +3,7 @@ immutability checks), built from the classes the domains declare; and the sweepe
 
 import dagster as dg
 
-from ..settings import Settings
+from ..settings import Settings, from_env
 from ..sources import PgBinding
 from .classes import ArtifactClass
 from .retention import RetentionSettings, build_retention_job, build_retention_schedule, pitr_retention_classes
@@ -29,10 +29,7 @@ def build_defs(
         asset_checks=storage_checks,
         schedules=[build_retention_schedule(job)],
         resources={
-            "retention": RetentionSettings(
-                days=settings.env_or("BACKUP_RETENTION_DAYS", ""),
-                min_keep=settings.env_or("RETENTION_MIN_KEEP", 3, as_int=True),
-            )
+            "retention": from_env(RetentionSettings, settings),
         },
     )
 

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from itertools import groupby
 
 import dagster as dg
-from pydantic import Field
 
 from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.pitr.layout import base_series
 from ...core.postgres.pitr.retention import plan_pitr_retention, source_of
 from ...core.protection.retention import Artifact, Plan, Policy, delete_artifact, inventory, plan_retention
 from ..audit import audited
+from ..settings import env_field
 from .classes import ArtifactClass
 from .dry_run import DryRunConfig, daily_for_real, finish
 
@@ -22,12 +22,12 @@ from .dry_run import DryRunConfig, daily_for_real, finish
 class RetentionSettings(dg.ConfigurableResource):
     """Retention per artifact class (days), with the floor of newest valid artifacts always kept."""
 
-    days: str = Field(
-        default="",
-        description="Overrides, e.g. 'postgres_daily=14,redis_hourly=3' (BACKUP_RETENTION_DAYS); "
-        "classes not named keep their defaults",
+    days: str = env_field(
+        "BACKUP_RETENTION_DAYS",
+        "",
+        "Overrides, e.g. 'postgres_daily=14,redis_hourly=3'; classes not named keep their defaults",
     )
-    min_keep: int = Field(default=3, description="Newest valid artifacts always kept per class (RETENTION_MIN_KEEP)")
+    min_keep: int = env_field("RETENTION_MIN_KEEP", 3, "Newest valid artifacts always kept per class")
 
     def policy(self, artifact_class: ArtifactClass) -> Policy:
         overrides = {}

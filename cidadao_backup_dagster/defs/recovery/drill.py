@@ -4,14 +4,20 @@ import dagster as dg
 
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
-from ...core.postgres.drill import RTO_DATABASE_CORRUPTION_S, newest_passing_report, read_report, run_drill
-from ..drills import audited_drill, drill_result, drill_series
+from ...core.postgres.drill import REPORTS, RTO_DATABASE_CORRUPTION_S, run_drill
+from ..drills import audited_drill, drill_result
 from ..drills import build_drill as build_drill_defs
 from ..failures import failure
 from ..postgres.assets import DAILY_SPEC, series_for
 from ..resources import PostgresSource
 from ..sources import PgBinding
 from .config import restore_tools
+
+DESCRIPTION = (
+    "Monthly drill: restores the newest valid daily backup into a scratch database, verifies the "
+    "SHA-256 and every table's row count, times it against the 30-minute RTO, drops the scratch database, and "
+    "stores a report under drills/ in BACKUP_STORAGE_URL."
+)
 
 
 def _source_name(source: PostgresSource) -> str:
@@ -61,32 +67,7 @@ def _restore_drill(context: dg.AssetExecutionContext, binding: PgBinding) -> dg.
 
 def build_drill(binding: PgBinding):
     """(drill asset, its checks, its job, its schedule) for one PostgreSQL source."""
-    series = drill_series(
-        binding,
-        read_report=lambda storage, source, month: read_report(storage, _source_name(source), month),
-        newest_passing=lambda storage, source: newest_passing_report(storage, drill_names(source)),
-        noun="backup",
-        report_name="drill report",
-        rto_s=RTO_DATABASE_CORRUPTION_S,
-        descriptions={
-            "drill_passed": "ERROR unless the drill restored the backup and every table's row count matched its "
-            "manifest.",
-            "drill_duration_within_rto": "Restore time against the RTO for database corruption (30 min): WARN above "
-            "15 min, ERROR above 30.",
-            "recent_passing_drill": "ERROR when no drill has passed in the last 35 days: an untested backup is a "
-            "hope, not a backup.",
-        },
-    )
+    # On the 1st at 05:00 UTC (after the 03:00 daily backup landed), the drill of the month that just ended.
     return build_drill_defs(
-        binding,
-        "postgres_restore_drill",
-        kind="postgres",
-        description="Monthly drill: restores the newest valid daily backup into a scratch database, verifies the "
-        "SHA-256 and every table's row count, times it against the 30-minute RTO, drops the scratch database, and "
-        "stores a report under drills/ in BACKUP_STORAGE_URL.",
-        run=_restore_drill,
-        series=series,
-        job=("postgres_restore_drill_job", "Monthly restore drill with its checks."),
-        # On the 1st at 05:00 UTC (after the 03:00 daily backup landed), the drill of the month that just ended.
-        schedule=("postgres_restore_drill_schedule", "0 5 1 * *", "Monthly restore drill."),
+        binding, "postgres_restore_drill", REPORTS, drill_names, _restore_drill, DESCRIPTION, cron="0 5 1 * *"
     )

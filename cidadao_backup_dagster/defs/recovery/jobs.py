@@ -8,10 +8,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ...core.errors import BackupError, ConfigurationError
 from ...core.postgres.recover import recover_rows as recover_rows_core
 from ...core.postgres.restore import restore_backup, select_backup
-from ..failures import failure
 from ..op_jobs import recovery_job
 from ..postgres import pitr
 from ..postgres.assets import DAILY_SPEC, WEEKLY_SPEC, series_for
@@ -68,27 +66,24 @@ def _restore(context: dg.OpExecutionContext, config: RestorePostgresConfig, bind
     resources = context.resources
     postgres_source: PostgresSource = binding.source(resources)
     recovery = resources.recovery
-    try:
-        source = postgres_source.connection()
-        server = recovery.server(config.target_server_url, source, "target_server_url")
-        dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
-        if getattr(config, "target_time", ""):  # base backup + WAL instead of a dump
-            return pitr.restore_as_of(context, config, binding, server, dbname)
-        storage, manifest = _chosen_backup(config, binding, resources)
-        target = server.with_dbname(dbname).display()
-        context.log.info(f"Restoring {picked(manifest)} ({config.backup_set}) to {target}")
-        result = restore_backup(
-            storage,
-            manifest,
-            server,
-            dbname,
-            **restore_options(config),
-            **restore_tools(context, postgres_source),
-            worker_env=binding.settings.environ,
-            run_id=context.run.run_id,
-        )
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    source = postgres_source.connection()
+    server = recovery.server(config.target_server_url, source, "target_server_url")
+    dbname = config.target_database or f"{source.dbname}_restored_{datetime.now(UTC):%Y%m%d_%H%M}"
+    if getattr(config, "target_time", ""):  # base backup + WAL instead of a dump
+        return pitr.restore_as_of(context, config, binding, server, dbname)
+    storage, manifest = _chosen_backup(config, binding, resources)
+    target = server.with_dbname(dbname).display()
+    context.log.info(f"Restoring {picked(manifest)} ({config.backup_set}) to {target}")
+    result = restore_backup(
+        storage,
+        manifest,
+        server,
+        dbname,
+        **restore_options(config),
+        **restore_tools(context, postgres_source),
+        worker_env=binding.settings.environ,
+        run_id=context.run.run_id,
+    )
     context.log.info(f"Restore verified: {result.tables} tables, {result.rows:,} rows in {result.total_seconds:.1f} s")
     if result.replaced_database:
         context.log.warning(
@@ -128,26 +123,23 @@ def _recover_rows(context: dg.OpExecutionContext, config: RecoverRowsConfig, bin
     resources = context.resources
     postgres_source: PostgresSource = binding.source(resources)
     recovery = resources.recovery
-    try:
-        live = postgres_source.connection()
-        if getattr(config, "as_of", ""):  # base backup + WAL instead of a dump
-            return pitr.recover_rows_as_of(context, config, binding, live)
-        storage, manifest = _chosen_backup(config, binding, resources)
-        context.log.info(f"Recovering rows of {config.table} from {picked(manifest)}")
-        result = recover_rows_core(
-            storage,
-            manifest,
-            live,
-            config.table,
-            config.where,
-            scratch_server=recovery.recover_scratch_server(live),
-            dry_run=config.dry_run,
-            on_conflict=config.on_conflict,
-            sample_rows=config.sample_rows,
-            **restore_tools(context, postgres_source),
-        )
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    live = postgres_source.connection()
+    if getattr(config, "as_of", ""):  # base backup + WAL instead of a dump
+        return pitr.recover_rows_as_of(context, config, binding, live)
+    storage, manifest = _chosen_backup(config, binding, resources)
+    context.log.info(f"Recovering rows of {config.table} from {picked(manifest)}")
+    result = recover_rows_core(
+        storage,
+        manifest,
+        live,
+        config.table,
+        config.where,
+        scratch_server=recovery.recover_scratch_server(live),
+        dry_run=config.dry_run,
+        on_conflict=config.on_conflict,
+        sample_rows=config.sample_rows,
+        **restore_tools(context, postgres_source),
+    )
     if result.dry_run:
         context.log.info(
             f"DRY RUN: {result.matched_in_backup} rows match in backup {result.partition}; {result.would_insert} are "

@@ -11,14 +11,20 @@ import dagster as dg
 from ...core.artifacts.drill_reports import DrillReport
 from ...core.errors import BackupError, ConfigurationError
 from ...core.redis.backup import safe_name
-from ...core.redis.drill import RTO_REDIS_S, newest_passing_report, read_report, run_redis_drill
+from ...core.redis.drill import REPORTS, RTO_REDIS_S, run_redis_drill
 from ..audit import audit_storage, audited
 from ..drills import build_drill as build_drill_defs
-from ..drills import drill_result, drill_series
+from ..drills import drill_result
 from ..failures import failure
 from ..resources import RedisSource
 from ..sources import RedisBinding
 from .assets import redis_series
+
+DESCRIPTION = (
+    "Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
+    "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
+    "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL."
+)
 
 
 def _source(redis_source: RedisSource) -> str:
@@ -70,30 +76,6 @@ def _drill(context, redis_source, backup_storage, encryption, recovery) -> dg.Ma
 
 def build_drill(binding: RedisBinding):
     """(drill asset, its checks, its job, its schedule) for one Redis source."""
-    series = drill_series(
-        binding,
-        read_report=lambda storage, source, month: read_report(storage, _source(source), month),
-        newest_passing=lambda storage, source: newest_passing_report(storage, _source(source)),
-        noun="snapshot",
-        report_name="Redis drill report",
-        rto_s=RTO_REDIS_S,
-        descriptions={
-            "drill_passed": "ERROR unless the snapshot loaded and every database's key count matched the manifest "
-            "(within the keys that carry a TTL, which may have expired since).",
-            "drill_duration_within_rto": "Restore time against the Redis RTO ('Cache failure < 5 minutes'): WARN "
-            "above 2.5 min, ERROR above 5.",
-            "recent_passing_drill": "ERROR when no Redis drill has passed in the last 35 days.",
-        },
-    )
     return build_drill_defs(
-        binding,
-        "redis_restore_drill",
-        kind="redis",
-        description="Monthly drill: loads the newest valid Redis snapshot into a throwaway redis-server (private unix "
-        "socket), checks its SHA-256 and every database's key count against the manifest, times it against the "
-        "5-minute RTO, and stores a report under drills/redis/ in BACKUP_STORAGE_URL.",
-        run=_redis_restore_drill,
-        series=series,
-        job=("redis_restore_drill_job", "Monthly Redis restore drill with its checks."),
-        schedule=("redis_restore_drill_schedule", "30 5 1 * *", "Monthly Redis restore drill."),
+        binding, "redis_restore_drill", REPORTS, _source, _redis_restore_drill, DESCRIPTION, cron="30 5 1 * *"
     )

@@ -115,35 +115,32 @@ def _restore(context, config: RestoreRedisConfig, binding: RedisBinding) -> dict
     resources = context.resources
     redis_source: RedisSource = binding.source(resources)
     encryption, recovery = resources.encryption, resources.recovery
-    try:
-        target = redis_source.target(config.target_url)
-        storage = binding.storage(resources).open()
-        series = (
-            series_prefix("redis", safe_name(config.source_name), "hourly")
-            if config.source_name
-            else redis_series(redis_source)
-        )
-        manifest = select_snapshot(storage, series, config.snapshot)
-        flushing = config.if_target_not_empty == "flush"
-        context.log.info(
-            f"Restoring snapshot {manifest.dagster_partition} ({manifest.redis.format}) into {target.display()}"
-        )
-        result = restore_snapshot(
-            storage,
-            manifest,
-            target,
-            if_not_empty=config.if_target_not_empty,
-            confirm=config.confirm_target,
-            server_bin=redis_source.bin,
-            tmp_dir=recovery.scratch_dir(),
-            identities=encryption.identities(),
-            # the pre-flush snapshot is encrypted like every other snapshot (read only when it will be taken)
-            encryption=encryption.stage() if flushing else None,
-            encryption_info=encryption.manifest_entry() if flushing else None,
-            say=context.log.info,
-        )
-    except (BackupError, ConfigurationError) as exc:
-        raise failure(exc, allow_retries=False) from None
+    target = redis_source.target(config.target_url)
+    storage = binding.storage(resources).open()
+    series = (
+        series_prefix("redis", safe_name(config.source_name), "hourly")
+        if config.source_name
+        else redis_series(redis_source)
+    )
+    manifest = select_snapshot(storage, series, config.snapshot)
+    flushing = config.if_target_not_empty == "flush"
+    context.log.info(
+        f"Restoring snapshot {manifest.dagster_partition} ({manifest.redis.format}) into {target.display()}"
+    )
+    result = restore_snapshot(
+        storage,
+        manifest,
+        target,
+        if_not_empty=config.if_target_not_empty,
+        confirm=config.confirm_target,
+        server_bin=redis_source.bin,
+        tmp_dir=recovery.scratch_dir(),
+        identities=encryption.identities(),
+        # the pre-flush snapshot is encrypted like every other snapshot (read only when it will be taken)
+        encryption=encryption.stage() if flushing else None,
+        encryption_info=encryption.manifest_entry() if flushing else None,
+        say=context.log.info,
+    )
     if not result.ok:
         raise dg.Failure(
             f"Restored into {result.target} but key counts differ from the snapshot: {'; '.join(result.mismatches)}",

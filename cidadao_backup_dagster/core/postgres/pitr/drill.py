@@ -12,16 +12,21 @@ dump before suspecting the archive)."""
 
 from __future__ import annotations
 
-from ...artifacts.drills import DrillReports
+from dataclasses import replace
+
 from ...artifacts.manifest import Manifest, iso, utc_now
 from ...artifacts.storage import Storage
 from ...errors import BackupError
+from ..drill import REPORTS as POSTGRES_DRILLS
 from ..drill import RTO_DATABASE_CORRUPTION_S
 from ..restore import compare_counts, count_rows, select_backup
 from .recovery import RecoveredServer, RecoveryOptions, restore_to_instant
 
 RTO_PITR_S = RTO_DATABASE_CORRUPTION_S  # restore_postgres with target_time serves the same scenarios
-REPORTS = DrillReports("postgres-pitr")  # not "postgres": retention's drill-proven dump is the restore drill's
+# its own folder, not "postgres": retention's drill-proven dump is the restore drill's
+REPORTS = replace(POSTGRES_DRILLS, kind="postgres-pitr", title="PITR drill", noun="base backup and WAL", passes_when=(
+    "the recovery to the newest dump's snapshot instant held every table's row count of that dump"
+))  # fmt: skip
 read_report = REPORTS.read_report
 newest_passing_report = REPORTS.newest_passing_report
 
