@@ -229,24 +229,28 @@ def _chunks(read: Callable[[int], bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _read_ahead(read: Callable[[int], bytes], depth: int) -> Iterator[bytes]:
-    """Chunks of `read`, fetched by a helper thread up to `depth` chunks ahead: while this thread hashes and
-    compresses one chunk (zlib, zstd and hashlib release the GIL), the next one is already being received.
-    Memory stays bounded at `depth + 2` chunks. A read error is raised here, in the consuming thread."""
+def read_ahead_chunks(
+    read: Callable[[int], bytes], depth: int, size: int = CHUNK, name: str = "pipeline-read-ahead"
+) -> Iterator[bytes]:
+    """Chunks of `read(size)`, fetched by a helper thread up to `depth` chunks ahead: while this thread hashes
+    and compresses one chunk (zlib, zstd and hashlib release the GIL), the next one is already being received.
+    Memory stays bounded at `depth + 2` chunks. A read error is raised here, in the consuming thread, as it
+    was raised. Close the iterator when stopping early (`finally: chunks.close()`): that stops the helper
+    after its current read and waits for it, so nothing reads the source once the caller moves on."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def pump() -> None:
         try:
             while not stop.is_set():
-                chunk = read(CHUNK)
+                chunk = read(size)
                 items.put(chunk)
                 if not chunk:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             items.put(exc)
 
-    thread = threading.Thread(target=pump, name="pipeline-read-ahead", daemon=True)
+    thread = threading.Thread(target=pump, name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -304,7 +308,7 @@ def stream_to_writer(
     raw_sha = hashlib.sha256()
     raw_bytes = 0
     lines = 0
-    chunks = _read_ahead(source.read, read_ahead) if read_ahead > 0 else _chunks(source.read)
+    chunks = read_ahead_chunks(source.read, read_ahead) if read_ahead > 0 else _chunks(source.read)
     report = _Reporter(on_progress, progress_every, started, lambda: (raw_bytes, sink.count))
     try:
         for chunk in chunks:
