@@ -280,6 +280,13 @@ class TreeSampler(threading.Thread):
             return 0
         return total
 
+    @classmethod
+    def _same_address_space(cls, child_private: int, parent: int) -> bool:
+        """A fork's private pages start near zero (everything is shared with the parent, whose own private
+        pages drop alike); a vfork child's equal its parent's, because they are the same pages."""
+        parent_private = cls._private(parent)
+        return parent_private > 0 and abs(child_private - parent_private) <= 0.05 * parent_private
+
     def sample(self) -> None:
         stack, total, procs = [(self.root, None)], 0, {}
         while stack:
@@ -291,8 +298,11 @@ class TreeSampler(threading.Thread):
             image = self._image(pid) if parent is not None else None
             if image is not None and image == self._image(parent):
                 # Forked and not yet exec'd (Dagster's log capture, a subprocess): it shares its parent's
-                # pages, so only its private ones are memory the tree adds.
-                rss, name = self._private(pid), f"{name}(fork)"
+                # pages, so only its private ones are memory the tree adds. A vfork()ed child (how Python's
+                # subprocess starts programs) runs in its parent's own address space until it execs: smaps
+                # then shows the parent's private pages again, which are no memory of its own.
+                private = self._private(pid)
+                rss, name = (0 if self._same_address_space(private, parent) else private), f"{name}(fork)"
             total += rss
             procs[f"{name}[{pid}]"] = rss
         self.samples += 1
