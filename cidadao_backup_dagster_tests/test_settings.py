@@ -90,3 +90,12 @@ def test_every_variable_a_resource_reads_is_in_the_configuration_table():
     table = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     missing = sorted({variable for _c, _n, variable in _env_fields() if f"`{variable}`" not in table})
     assert not missing, f"not documented in docs/configuration.md: {missing}"
+
+
+def test_a_bound_field_takes_text_or_whole_numbers_only():
+    # dg.EnvVar resolves text and whole numbers; a float bound this way would fail only when a run starts.
+    from cidadao_backup_dagster.defs.settings import env_field
+
+    for default in (2.0, True, None):
+        with pytest.raises(TypeError, match="text or a whole number"):
+            env_field("SOME_VARIABLE", default, "a number")

@@ -115,9 +115,12 @@ class Settings:
         return backup_partitions(self.partitions_start)
 
 
-def env_field(variable: str, default, description: str) -> Any:
+def env_field(variable: str, default: str | int, description: str) -> Any:
     """A resource field that `from_env` reads from `variable` (its default when unset): the variable, its
-    default and its description are stated once, here, instead of again where the resource is built."""
+    default and its description are stated once, here, instead of again where the resource is built. Text and
+    whole numbers only: `dg.EnvVar` resolves those two (a float field is read in Settings and passed in)."""
+    if not isinstance(default, (str, int)) or isinstance(default, bool):
+        raise TypeError(f"env_field({variable!r}): the default must be text or a whole number, not {default!r}")
     return Field(default=default, description=f"{description} ({variable})", json_schema_extra={"env": variable})
 
 
